@@ -1,0 +1,10 @@
+//! Media for Switchboard, sans-IO: RTP/RTCP, codecs, jitter buffer, DTMF and recording.
+//!
+//! Nothing here touches a socket or a clock: packets and the current time come in as
+//! arguments; packets to send, events and the next deadline come out.
+//!
+//! What exists so far: [`g711`], the G.711 µ-law and A-law codecs.
+
+#![forbid(unsafe_code)]
+
+pub mod g711;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script):
+#   1. formatting and clippy (warnings are errors);
+#   2. every Rust test of the workspace, storage tests on SQLite *and* on a throwaway
+#      PostgreSQL started here (Debian's `postgresql` is installed if missing);
+#   3. the OpenAPI document checked by a third-party validator (openapi-spec-validator, PyPI).
+# Everything binds to loopback on free ports and cleans up after itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+source scripts/lib/postgres.sh
+
+started=$SECONDS
+step() { echo "==> [$((SECONDS - started))s] $*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "PostgreSQL for the storage suite"
+pg_start
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "tests"
+cargo test --workspace --locked
+
+step "OpenAPI document (openapi-spec-validator)"
+python_venv
+openapi=$(mktemp /tmp/switchboard-openapi.XXXXXX.json)
+./target/debug/switchboard openapi > "$openapi"
+.venv/bin/openapi-spec-validator "$openapi"
+rm -f "$openapi"
+
+step "all tests passed in $((SECONDS - started))s"

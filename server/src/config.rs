@@ -1,0 +1,580 @@
+//! Configuration: one TOML file, every key optional, overridable by `SWITCHBOARD_*` environment
+//! variables.
+//!
+//! An environment variable names a key by its path, sections joined by a double underscore:
+//! `SWITCHBOARD_HTTP__BIND=127.0.0.1:9000` sets `http.bind`, `SWITCHBOARD_DATA_DIR=/var/lib/sb`
+//! sets `data_dir`. Values are read as TOML (`30`, `true`, `["a"]`) where the key is not a
+//! string. Unknown keys and bad values, in the file or the environment, are refused with the
+//! key's name. `switchboard config --print-default` prints every key with its default and what
+//! it does ([`DEFAULT_TOML`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The annotated default configuration, printed by `switchboard config --print-default`.
+pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
+
+/// Environment variables with the `SWITCHBOARD_` prefix that are not configuration keys.
+const NOT_KEYS: &[&str] = &["SWITCHBOARD_ADMIN_PASSWORD", "SWITCHBOARD_CONFIG"];
+/// Prefix of variables the test harness uses; never configuration.
+const TEST_PREFIX: &str = "SWITCHBOARD_TEST_";
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the SQLite database, the secret key and recordings.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// Addresses others use to reach us.
+    pub network: NetworkConfig,
+    /// The HTTP listener (REST API, WebSockets, metrics).
+    pub http: HttpConfig,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// Logins and tokens.
+    pub auth: AuthConfig,
+    /// Encryption of secrets at rest.
+    pub security: SecurityConfig,
+    /// What is created on the first start.
+    pub bootstrap: BootstrapConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            network: NetworkConfig::default(),
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            security: SecurityConfig::default(),
+            bootstrap: BootstrapConfig::default(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `info,switchboard_server=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[network]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The public address peers reach us at (put in SIP and SDP, and in the URLs we print).
+    /// Unset: the address of the interface that routes to the internet, else 127.0.0.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<IpAddr>,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port the HTTP listener binds (port 0 picks a free one).
+    pub bind: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user:pass@host/db`. Unset: `<data_dir>/switchboard.db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 signing secret for access tokens (at least 32 bytes). Unset: generated on first
+    /// start and kept (encrypted) in the database, shared by every node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of access tokens.
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// Login attempts allowed per client IP per minute.
+    pub login_attempts_per_ip_per_minute: u32,
+    /// Login attempts allowed per account per minute.
+    pub login_attempts_per_account_per_minute: u32,
+    /// Consecutive failed logins that lock an account.
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked.
+    #[serde(with = "humantime_serde")]
+    pub lockout_duration: Duration,
+    /// Shortest password accepted for users.
+    pub min_password_length: usize,
+    /// Issuer shown in authenticator apps for TOTP.
+    pub totp_issuer: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            login_attempts_per_ip_per_minute: 30,
+            login_attempts_per_account_per_minute: 10,
+            lockout_threshold: 5,
+            lockout_duration: Duration::from_secs(15 * 60),
+            min_password_length: 10,
+            totp_issuer: "Switchboard".into(),
+        }
+    }
+}
+
+/// `[security]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Base64 of 32 random bytes: the AES-256-GCM key that encrypts SIP and trunk passwords,
+    /// TOTP seeds and the JWT secret in the database. Unset: read from `<data_dir>/secret.key`,
+    /// generated on first start. Every node sharing a database needs the same key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+}
+
+/// `[bootstrap]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// Email of the superadmin created on first start. Its password comes from
+    /// `SWITCHBOARD_ADMIN_PASSWORD`, or is generated and printed once.
+    pub admin_email: String,
+    /// Name of the tenant created on first start.
+    pub tenant_name: String,
+    /// SIP domain of that tenant.
+    pub tenant_domain: String,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self {
+            admin_email: "admin@localhost".into(),
+            tenant_name: "Default".into(),
+            tenant_domain: "localhost".into(),
+        }
+    }
+}
+
+/// A configuration that can't be used. The message names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then `SWITCHBOARD_*` variables
+    /// from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    ConfigError(format!("config file {}: {}", path.display(), e.message()))
+                        .with_span(&text, e.span())
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Self::default())
+            .map_err(|e| ConfigError(format!("default config does not serialise: {e}")))?;
+        let mut from_env = BTreeMap::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SWITCHBOARD_") else {
+                continue;
+            };
+            if NOT_KEYS.contains(&name.as_str()) || name.starts_with(TEST_PREFIX) {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError(format!("{name}: malformed variable name")));
+            }
+            let value = env_value(&defaults, &path, &value);
+            insert(&mut table, &path, value)
+                .map_err(|()| ConfigError(format!("{name}: `{}` is not a section", path[0])))?;
+            from_env.insert(path.join("."), name);
+        }
+        let config: Self =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let source = from_env
+                    .get(&key)
+                    .map(|v| format!(" (from {v})"))
+                    .unwrap_or_default();
+                let inner = e.into_inner().to_string().replace('\n', " ");
+                if key == "." {
+                    ConfigError(format!("config: {inner}"))
+                } else {
+                    ConfigError(format!("config key `{key}`{source}: {inner}"))
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks rules that types alone don't express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
+        if self.http.max_body_bytes < 1024 {
+            return fail("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.http.request_timeout < Duration::from_secs(1) {
+            return fail("http.request_timeout", "must be at least 1s");
+        }
+        if self.database.max_connections == 0 {
+            return fail("database.max_connections", "must be at least 1");
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return fail("database.url", "must start with `sqlite:` or `postgres://`");
+        }
+        let auth = &self.auth;
+        if let Some(secret) = &auth.jwt_secret
+            && secret.len() < 32
+        {
+            return fail("auth.jwt_secret", "must be at least 32 bytes");
+        }
+        if auth.access_token_ttl < Duration::from_secs(60)
+            || auth.access_token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return fail("auth.access_token_ttl", "must be between 1m and 24h");
+        }
+        if auth.refresh_token_ttl < auth.access_token_ttl {
+            return fail(
+                "auth.refresh_token_ttl",
+                "must be at least auth.access_token_ttl",
+            );
+        }
+        for (key, value) in [
+            (
+                "auth.login_attempts_per_ip_per_minute",
+                auth.login_attempts_per_ip_per_minute,
+            ),
+            (
+                "auth.login_attempts_per_account_per_minute",
+                auth.login_attempts_per_account_per_minute,
+            ),
+            ("auth.lockout_threshold", auth.lockout_threshold),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1");
+            }
+        }
+        if !(8..=128).contains(&auth.min_password_length) {
+            return fail("auth.min_password_length", "must be between 8 and 128");
+        }
+        if let Some(key) = &self.security.secret_key
+            && crate::secrets::decode_key(key).is_none()
+        {
+            return fail("security.secret_key", "must be base64 of exactly 32 bytes");
+        }
+        if !self.bootstrap.admin_email.contains('@') {
+            return fail("bootstrap.admin_email", "must be an email address");
+        }
+        if self.bootstrap.tenant_domain.is_empty() {
+            return fail("bootstrap.tenant_domain", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite under the data directory.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join("switchboard.db").display()
+            )
+        })
+    }
+
+    /// This configuration as TOML with secrets replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        let redact = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
+        };
+        redact(&mut shown.auth.jwt_secret);
+        redact(&mut shown.security.secret_key);
+        if let Some(url) = &mut shown.database.url
+            && let Some((scheme, rest)) = url.split_once("://")
+            && let Some((credentials, host)) = rest.split_once('@')
+            && let Some((user, _password)) = credentials.split_once(':')
+        {
+            *url = format!("{scheme}://{user}:<redacted>@{host}");
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+impl ConfigError {
+    /// Appends the line and column of `span` in `text`.
+    fn with_span(self, text: &str, span: Option<std::ops::Range<usize>>) -> Self {
+        let Some(span) = span else { return self };
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        Self(format!("{} (line {line}, column {column})", self.0))
+    }
+}
+
+/// Reads an environment value as a string where the default at `path` is a string (or the key
+/// is unknown), else as a TOML value.
+fn env_value(defaults: &toml::Table, path: &[String], raw: &str) -> toml::Value {
+    let mut node = defaults;
+    for (i, key) in path.iter().enumerate() {
+        match node.get(key) {
+            Some(toml::Value::Table(table)) if i + 1 < path.len() => node = table,
+            Some(toml::Value::String(_)) => return toml::Value::String(raw.to_owned()),
+            _ => break,
+        }
+    }
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets `path` in `table`, creating sections. Fails if a section name is taken by a value.
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ()> {
+    let (last, sections) = path.split_last().ok_or(())?;
+    let mut node = table;
+    for section in sections {
+        node = match node
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(table) => table,
+            _ => return Err(()),
+        };
+    }
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn error(file_text: Option<&str>, vars: &[(&str, &str)]) -> String {
+        let f = file_text.map(file);
+        Config::load(f.as_ref().map(|f| f.path()), env(vars))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn no_file_no_env_is_the_default() {
+        assert_eq!(Config::load(None, env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn printed_default_matches_the_code() {
+        // Every line of DEFAULT_TOML, uncommented, parses to the defaults...
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        // ...and every optional key is documented as a commented-out line.
+        for key in ["advertised_address", "url", "jwt_secret", "secret_key"] {
+            assert!(
+                DEFAULT_TOML.contains(&format!("# {key} = ")),
+                "{key} undocumented"
+            );
+        }
+        // Every key the code knows is in the file.
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, value) in &defaults {
+            match value {
+                toml::Value::Table(keys) => {
+                    assert!(
+                        DEFAULT_TOML.contains(&format!("[{section}]")),
+                        "[{section}] missing"
+                    );
+                    for key in keys.keys() {
+                        assert!(
+                            DEFAULT_TOML.contains(&format!("\n{key} = ")),
+                            "{section}.{key} missing"
+                        );
+                    }
+                }
+                _ => assert!(
+                    DEFAULT_TOML.contains(&format!("\n{section} = ")),
+                    "{section} missing"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn file_and_env_override_in_order() {
+        let f = file(
+            "data_dir = \"/srv/sb\"\n[http]\nbind = \"127.0.0.1:9000\"\n[auth]\nlockout_threshold = 3\n",
+        );
+        let config = Config::load(
+            Some(f.path()),
+            env(&[
+                ("SWITCHBOARD_HTTP__BIND", "127.0.0.1:9100"),
+                ("SWITCHBOARD_AUTH__ACCESS_TOKEN_TTL", "5m"),
+                ("SWITCHBOARD_DATABASE__MAX_CONNECTIONS", "4"),
+                ("SWITCHBOARD_BOOTSTRAP__TENANT_DOMAIN", "12345"),
+                ("SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS", "203.0.113.7"),
+                ("SWITCHBOARD_ADMIN_PASSWORD", "not a key"),
+                ("SWITCHBOARD_TEST_POSTGRES_URL", "ignored"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/sb"));
+        assert_eq!(config.http.bind, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.auth.lockout_threshold, 3);
+        assert_eq!(config.auth.access_token_ttl, Duration::from_secs(300));
+        assert_eq!(config.database.max_connections, 4);
+        assert_eq!(
+            config.bootstrap.tenant_domain, "12345",
+            "string keys stay strings"
+        );
+        assert_eq!(
+            config.network.advertised_address,
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(config.database_url(), "sqlite:///srv/sb/switchboard.db");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = error(Some("[http]\nbindd = \"x\"\n"), &[]);
+        assert!(e.contains("http") && e.contains("bindd"), "{e}");
+        let e = error(Some("[http]\nbind = \"not an address\"\n"), &[]);
+        assert!(e.contains("`http.bind`"), "{e}");
+        let e = error(Some("colour = \"blue\"\n"), &[]);
+        assert!(e.contains("colour"), "{e}");
+        let e = error(Some("[auth]\naccess_token_ttl = \"soon\"\n"), &[]);
+        assert!(e.contains("`auth.access_token_ttl`"), "{e}");
+        let e = error(Some("[auth]\nlockout_threshold = 0\n"), &[]);
+        assert!(e.contains("`auth.lockout_threshold`"), "{e}");
+        let e = error(Some("[http\nbind = 1"), &[]);
+        assert!(e.contains("line 1"), "{e}");
+        let e = error(None, &[("SWITCHBOARD_HTTP__BIND", "nope")]);
+        assert!(
+            e.contains("`http.bind`") && e.contains("SWITCHBOARD_HTTP__BIND"),
+            "{e}"
+        );
+        let e = error(None, &[("SWITCHBOARD_HTTP__COLOUR", "red")]);
+        assert!(e.contains("colour"), "{e}");
+        let e = error(None, &[("SWITCHBOARD_SECURITY__SECRET_KEY", "c2hvcnQ=")]);
+        assert!(e.contains("`security.secret_key`"), "{e}");
+        let e = error(None, &[("SWITCHBOARD_DATABASE__URL", "mysql://x")]);
+        assert!(e.contains("`database.url`"), "{e}");
+        let e = error(None, &[("SWITCHBOARD_DATA_DIR__X", "1")]);
+        assert!(e.contains("SWITCHBOARD_DATA_DIR__X"), "{e}");
+        let e = error(
+            Some("[http]\nbind = \"127.0.0.1:1\"\n"),
+            &[("SWITCHBOARD_HTTP__MAX_BODY_BYTES", "12")],
+        );
+        assert!(e.contains("`http.max_body_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn redacts_secrets() {
+        let mut config = Config::default();
+        config.auth.jwt_secret = Some("x".repeat(40));
+        config.database.url = Some("postgres://sb:hunter2@db.internal/sb".into());
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(&"x".repeat(40)),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://sb:<redacted>@db.internal/sb"));
+    }
+}

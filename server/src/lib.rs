@@ -1,0 +1,9 @@
+//! The `switchboard` server: configuration, start-up, and the HTTP control plane. This is the
+//! only crate of the workspace that does I/O.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod secrets;

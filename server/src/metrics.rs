@@ -1,0 +1,168 @@
+//! Prometheus metrics. Every name is documented in `docs/metrics.md`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of HTTP request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template, e.g. `/api/v1/extensions/{id}`, or `unmatched`.
+    pub route: String,
+    /// Response status.
+    pub status: u16,
+}
+
+/// Labels of HTTP latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+}
+
+/// A `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome.
+    pub result: &'static str,
+}
+
+/// A `state` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// State.
+    pub state: &'static str,
+}
+
+/// A `version` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// Version.
+    pub version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `switchboard_http_requests_total`
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// `switchboard_http_request_duration_seconds`
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `switchboard_auth_logins_total`
+    pub logins: Family<ResultLabel, Counter>,
+    /// `switchboard_auth_refreshes_total`
+    pub refreshes: Family<ResultLabel, Counter>,
+    /// `switchboard_db_pool_connections`
+    pub db_connections: Family<StateLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "switchboard_http_requests",
+            "HTTP requests answered, by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "switchboard_http_request_duration_seconds",
+            "Time to answer HTTP requests, by method and route",
+            http_duration.clone(),
+        );
+        let logins = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "switchboard_auth_logins",
+            "Login attempts by result",
+            logins.clone(),
+        );
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "switchboard_auth_refreshes",
+            "Refresh-token exchanges by result",
+            refreshes.clone(),
+        );
+        let db_connections = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "switchboard_db_pool_connections",
+            "Database pool connections by state (idle, in_use)",
+            db_connections.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "switchboard_build_info",
+            "Always 1; the version is a label",
+            build_info,
+        );
+        let started = Gauge::<f64, AtomicU64>::default();
+        started.set(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        registry.register(
+            "switchboard_start_time_seconds",
+            "Unix time the process started",
+            started,
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            logins,
+            refreshes,
+            db_connections,
+        }
+    }
+
+    /// Counts a login attempt.
+    pub fn login(&self, result: &'static str) {
+        self.logins.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a refresh attempt.
+    pub fn refresh(&self, result: &'static str) {
+        self.refreshes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode metrics into a String");
+        out
+    }
+}

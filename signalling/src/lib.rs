@@ -1,0 +1,15 @@
+//! Call control for Switchboard, sans-IO: the B2BUA, the registrar's location logic, routing
+//! (extensions, ring groups, DIDs, trunks) and the IVR flow engine.
+//!
+//! Nothing here touches a socket, a clock or a task: inputs arrive as arguments (including the
+//! current time), decisions come back as values. The `server` crate drives it.
+//!
+//! What exists so far:
+//! - [`ivr`]: the IVR flow graph (the JSON documents the control plane stores and publishes)
+//!   and its validation;
+//! - [`e164`]: normalisation of dialled and presented numbers to E.164.
+
+#![forbid(unsafe_code)]
+
+pub mod e164;
+pub mod ivr;
