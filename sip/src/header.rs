@@ -141,17 +141,16 @@ fn split_param(param: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// gen-value = token / host / quoted-string
+/// gen-value = token / host / quoted-string. A bare IPv6 address is accepted too: Via's
+/// `received` is `IPv4address / IPv6address` without brackets (§20.42, RFC 5118 §4.5).
 fn is_gen_value(value: &str) -> bool {
     if value.starts_with('"') {
         return quoted_string_len(value) == Some(value.len());
     }
     is_token(value)
-        || (value.starts_with('[')
-            && value.ends_with(']')
-            && value[1..value.len() - 1]
-                .parse::<std::net::Ipv6Addr>()
-                .is_ok())
+        || value.parse::<std::net::Ipv6Addr>().is_ok()
+        || crate::uri::Host::parse(value)
+            .is_ok_and(|host| matches!(host, crate::uri::Host::Ipv6(_)))
 }
 
 /// Length in bytes of the quoted string at the start of `text` (including both quotes).

@@ -8,6 +8,8 @@
 //! What exists so far:
 //! - [`message`]: messages with hard [`message::Limits`], compact forms, folding, list
 //!   splitting, validation of the core headers, printing, and stream framing;
+//! - [`transaction`]: the four RFC 3261 §17 transaction machines (RFC 6026 Accepted states),
+//!   timers A-M as data, and §17.1.3/§17.2.3 matching;
 //! - [`uri`]: `sip:`, `sips:` and `tel:` URIs with §19.1.4 comparison;
 //! - [`digest`]: digest authentication (MD5, SHA-256, SHA-512/256) with stateless nonces;
 //! - [`header`]: typed, borrowed views of `Via`, `CSeq`, name-addr headers and parameters.
@@ -20,6 +22,7 @@
 pub mod digest;
 pub mod header;
 pub mod message;
+pub mod transaction;
 pub mod uri;
 
 pub use message::{

@@ -574,6 +574,12 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     };
     let method = Method::parse(method).ok_or(ParseError::StartLine("method"))?;
     let uri = Uri::parse(uri).map_err(ParseError::RequestUri)?;
+    if uri.as_sip().is_some_and(|u| !u.headers.is_empty()) {
+        // §19.1.1: URI headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11).
+        return Err(ParseError::StartLine(
+            "headers are not allowed in the Request-URI",
+        ));
+    }
     let version = parse_version(version).ok_or(ParseError::StartLine("version"))?;
     Ok(StartLine::Request {
         method,

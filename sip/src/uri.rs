@@ -45,6 +45,16 @@ impl Host {
     pub fn parse(text: &str) -> Result<Self, UriError> {
         if let Some(inner) = text.strip_prefix('[') {
             let inner = inner.strip_suffix(']').ok_or(UriError::InvalidHost)?;
+            // RFC 3261's IPv6address ABNF wrongly allows `:::` before an embedded IPv4 address;
+            // peers built from it send `[2001:db8:::192.0.2.1]`, which RFC 5118 §4.8 asks us to
+            // accept as the `::` form.
+            let fixed;
+            let inner = if inner.contains(":::") {
+                fixed = inner.replacen(":::", "::", 1);
+                fixed.as_str()
+            } else {
+                inner
+            };
             return inner
                 .parse()
                 .map(Self::Ipv6)
