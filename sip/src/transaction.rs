@@ -161,6 +161,9 @@ pub enum Event<A> {
 }
 
 /// An output of the layer.
+// Outputs are drained right after each input, so few exist at once; boxing the event would
+// cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output<A> {
     /// Send `bytes` to `to`.
