@@ -11,6 +11,7 @@
 //! - [`transaction`]: the four RFC 3261 §17 transaction machines (RFC 6026 Accepted states),
 //!   timers A-M as data, and §17.1.3/§17.2.3 matching;
 //! - [`uri`]: `sip:`, `sips:` and `tel:` URIs with §19.1.4 comparison;
+//! - [`dialog`]: dialogs (§12): IDs, route sets, in-dialog requests, CSeq checks, target refresh;
 //! - [`digest`]: digest authentication (MD5, SHA-256, SHA-512/256) with stateless nonces;
 //! - [`header`]: typed, borrowed views of `Via`, `CSeq`, name-addr headers and parameters.
 //!
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dialog;
 pub mod digest;
 pub mod header;
 pub mod message;
