@@ -271,9 +271,11 @@ impl Config {
         let config: Self =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
+                // The failing key is a variable's own key, or a section it tried to create.
                 let source = from_env
-                    .get(&key)
-                    .map(|v| format!(" (from {v})"))
+                    .iter()
+                    .find(|(k, _)| **k == key || k.starts_with(&format!("{key}.")))
+                    .map(|(_, v)| format!(" (from {v})"))
                     .unwrap_or_default();
                 let inner = e.into_inner().to_string().replace('\n', " ");
                 if key == "." {

@@ -218,12 +218,14 @@ async fn update_extension(
     if let Some(password) = &body.password {
         validate::sip_password("password", password)?;
     }
-    let extension = extensions::update(&state.db, &extension).await?;
+    let mut extension = extensions::update(&state.db, &extension).await?;
     if let Some(password) = &body.password {
         let sealed = state
             .secret_box
             .seal(&extensions::secret_context(id), password.as_bytes());
         extensions::set_secret(&state.db, id, &sealed).await?;
+        // Setting the secret moved `updated_at` on: answer with the row as stored.
+        extension = extensions::get(&state.db, who.scope(), id).await?;
     }
     state
         .audit(&who, &ip, AuditEvent {

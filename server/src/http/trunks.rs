@@ -297,7 +297,7 @@ async fn update_trunk(
         &mut trunk,
         body.password.as_ref().and_then(Option::as_deref),
     )?;
-    let trunk = trunks::update(&state.db, &trunk).await?;
+    let mut trunk = trunks::update(&state.db, &trunk).await?;
     if let Some(password) = body.password {
         let sealed = password.map(|p| {
             state
@@ -305,6 +305,8 @@ async fn update_trunk(
                 .seal(&trunks::password_context(id), p.as_bytes())
         });
         trunks::set_password(&state.db, id, sealed.as_deref()).await?;
+        // Setting the password moved `updated_at` on: answer with the row as stored.
+        trunk = trunks::get(&state.db, who.scope(), id).await?;
     }
     state
         .audit(

@@ -184,7 +184,7 @@ async fn update_user(
             state.config.auth.min_password_length,
         )?;
     }
-    let user = users::update(&state.db, &user).await?;
+    let mut user = users::update(&state.db, &user).await?;
     let password_changed = body.password.is_some();
     let ends_sessions = password_changed || user.status == UserStatus::Disabled;
     if let Some(new_password) = body.password {
@@ -193,6 +193,8 @@ async fn update_user(
     if ends_sessions {
         tokens::revoke_user(&state.db, id, Timestamp::now()).await?;
         users::bump_token_version(&state.db, id).await?;
+        // These writes moved `updated_at` on: answer with the row as stored.
+        user = users::get(&state.db, who.scope(), id).await?;
     }
     state
         .audit(&who, &ip, AuditEvent {
