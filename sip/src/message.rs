@@ -340,6 +340,13 @@ impl Headers {
         }
     }
 
+    /// Replaces the first value of `name` (e.g. the top Via), leaving the others.
+    pub fn set_first(&mut self, name: &HeaderName, value: impl Into<String>) {
+        if let Some(header) = self.0.iter_mut().find(|h| &h.name == name) {
+            header.value = value.into();
+        }
+    }
+
     /// All headers in order.
     pub fn iter(&self) -> impl Iterator<Item = &Header> {
         self.0.iter()
@@ -412,6 +419,42 @@ impl Message {
             None => rest,
         };
         start.into_message(headers, Bytes::copy_from_slice(body))
+    }
+
+    /// Parses like [`Self::parse`] but without checking the core headers, so that a server can
+    /// still answer a request whose headers are wrong with `400` and the reason. Never use the
+    /// result for anything else.
+    pub fn parse_for_error_response(datagram: &[u8], limits: &Limits) -> Result<Self, ParseError> {
+        if datagram.len() > limits.max_message_len {
+            return Err(ParseError::TooLarge);
+        }
+        let (head_end, _) = find_head_end(datagram).ok_or(ParseError::Incomplete)?;
+        let head = std::str::from_utf8(&datagram[..head_end]).map_err(|_| ParseError::NotUtf8)?;
+        let (start, headers, _) = parse_head(head, limits)?;
+        Ok(match start {
+            StartLine::Request {
+                method,
+                uri,
+                version,
+            } => Self::Request(Request {
+                method,
+                uri,
+                version,
+                headers,
+                body: Bytes::new(),
+            }),
+            StartLine::Response {
+                version,
+                status,
+                reason,
+            } => Self::Response(Response {
+                version,
+                status,
+                reason,
+                headers,
+                body: Bytes::new(),
+            }),
+        })
     }
 
     /// The headers.

@@ -1,0 +1,219 @@
+//! The directory: tenants and extensions as call control needs them, in memory.
+//!
+//! The signalling task never waits on the database. The shell loads the directory at start and
+//! sends a [`Update`] after every change committed through the control plane; lookups are
+//! hash-map reads. Extension SIP secrets are held in plaintext here (decrypted once, by the
+//! shell) because digest verification needs them for every algorithm and realm.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+/// A tenant as call control sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// Id.
+    pub id: Uuid,
+    /// SIP domain (digest realm).
+    pub domain: String,
+}
+
+/// An extension as call control sees it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Extension {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Dialable number, also the digest username.
+    pub number: String,
+    /// Display name.
+    pub display_name: String,
+    /// SIP password.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extension")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("number", &self.number)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A change to the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// A tenant was created or changed.
+    TenantUpsert(Tenant),
+    /// A tenant was deleted.
+    TenantRemove(Uuid),
+    /// An extension was created or changed.
+    ExtensionUpsert(Extension),
+    /// An extension was deleted.
+    ExtensionRemove(Uuid),
+}
+
+/// Tenants and extensions, indexed for call control.
+#[derive(Debug, Default)]
+pub struct Directory {
+    tenants: HashMap<Uuid, Tenant>,
+    by_domain: HashMap<String, Uuid>,
+    default_tenant: Option<Uuid>,
+    extensions: HashMap<Uuid, Extension>,
+    by_number: HashMap<(Uuid, String), Uuid>,
+}
+
+impl Directory {
+    /// An empty directory; requests for unknown domains go to `default_domain`'s tenant.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The tenant whose domain takes requests addressed to unknown hosts (phones often
+    /// register to an IP address rather than a domain).
+    pub fn set_default_domain(&mut self, domain: &str) {
+        self.default_tenant = self.by_domain.get(&domain.to_ascii_lowercase()).copied();
+    }
+
+    /// Applies a change.
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::TenantUpsert(tenant) => {
+                if let Some(old) = self.tenants.get(&tenant.id) {
+                    self.by_domain.remove(&old.domain.to_ascii_lowercase());
+                }
+                self.by_domain
+                    .insert(tenant.domain.to_ascii_lowercase(), tenant.id);
+                self.tenants.insert(tenant.id, tenant);
+            }
+            Update::TenantRemove(id) => {
+                if let Some(old) = self.tenants.remove(&id) {
+                    self.by_domain.remove(&old.domain.to_ascii_lowercase());
+                }
+                if self.default_tenant == Some(id) {
+                    self.default_tenant = None;
+                }
+            }
+            Update::ExtensionUpsert(extension) => {
+                if let Some(old) = self.extensions.get(&extension.id) {
+                    self.by_number.remove(&(old.tenant_id, old.number.clone()));
+                }
+                self.by_number.insert(
+                    (extension.tenant_id, extension.number.clone()),
+                    extension.id,
+                );
+                self.extensions.insert(extension.id, extension);
+            }
+            Update::ExtensionRemove(id) => {
+                if let Some(old) = self.extensions.remove(&id) {
+                    self.by_number.remove(&(old.tenant_id, old.number));
+                }
+            }
+        }
+    }
+
+    /// The tenant that owns requests for `host`: the tenant with that domain, else the default.
+    pub fn tenant_for_host(&self, host: &str) -> Option<&Tenant> {
+        let id = self
+            .by_domain
+            .get(&host.to_ascii_lowercase())
+            .or(self.default_tenant.as_ref())?;
+        self.tenants.get(id)
+    }
+
+    /// A tenant by id.
+    pub fn tenant(&self, id: Uuid) -> Option<&Tenant> {
+        self.tenants.get(&id)
+    }
+
+    /// The extension `number` of `tenant`.
+    pub fn extension_by_number(&self, tenant: Uuid, number: &str) -> Option<&Extension> {
+        self.by_number
+            .get(&(tenant, number.to_owned()))
+            .and_then(|id| self.extensions.get(id))
+    }
+
+    /// An extension by id.
+    pub fn extension(&self, id: Uuid) -> Option<&Extension> {
+        self.extensions.get(&id)
+    }
+
+    /// Number of extensions known.
+    pub fn extension_count(&self) -> usize {
+        self.extensions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(tenant: Uuid, number: &str) -> Extension {
+        Extension {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            number: number.into(),
+            display_name: String::new(),
+            secret: "pw".into(),
+        }
+    }
+
+    #[test]
+    fn lookups_follow_updates() {
+        let mut directory = Directory::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        directory.apply(Update::TenantUpsert(Tenant {
+            id: a,
+            domain: "A.example".into(),
+        }));
+        directory.apply(Update::TenantUpsert(Tenant {
+            id: b,
+            domain: "b.example".into(),
+        }));
+        directory.set_default_domain("a.example");
+        assert_eq!(
+            directory.tenant_for_host("a.EXAMPLE").map(|t| t.id),
+            Some(a)
+        );
+        assert_eq!(
+            directory.tenant_for_host("192.0.2.10").map(|t| t.id),
+            Some(a),
+            "unknown hosts go to the default"
+        );
+        assert_eq!(
+            directory.tenant_for_host("b.example").map(|t| t.id),
+            Some(b)
+        );
+
+        let e = ext(a, "1001");
+        directory.apply(Update::ExtensionUpsert(e.clone()));
+        assert_eq!(directory.extension_by_number(a, "1001"), Some(&e));
+        assert_eq!(directory.extension_by_number(b, "1001"), None);
+        let renumbered = Extension {
+            number: "1002".into(),
+            ..e.clone()
+        };
+        directory.apply(Update::ExtensionUpsert(renumbered.clone()));
+        assert_eq!(directory.extension_by_number(a, "1001"), None);
+        assert_eq!(directory.extension_by_number(a, "1002"), Some(&renumbered));
+        directory.apply(Update::ExtensionRemove(e.id));
+        assert_eq!(directory.extension_count(), 0);
+
+        directory.apply(Update::TenantUpsert(Tenant {
+            id: b,
+            domain: "c.example".into(),
+        }));
+        assert_eq!(
+            directory.tenant_for_host("b.example").map(|t| t.id),
+            Some(a),
+            "old domain released"
+        );
+        directory.apply(Update::TenantRemove(a));
+        assert_eq!(directory.tenant_for_host("192.0.2.10"), None);
+        assert!(!format!("{e:?}").contains("pw"), "secrets stay out of logs");
+    }
+}

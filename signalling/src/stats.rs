@@ -1,0 +1,48 @@
+//! Counters the signalling core keeps and the shell exports as metrics. Relaxed atomics: the
+//! core is the only writer, the metrics endpoint reads a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// SIP counters and gauges (names in `docs/metrics.md`).
+#[derive(Debug, Default)]
+pub struct SipStats {
+    /// Requests received and parsed.
+    pub requests: AtomicU64,
+    /// Responses received and parsed.
+    pub responses: AtomicU64,
+    /// Datagrams or stream messages that failed to parse.
+    pub parse_errors: AtomicU64,
+    /// Requests answered 400 because they failed to parse.
+    pub bad_requests: AtomicU64,
+    /// Credentials that failed verification.
+    pub auth_failures: AtomicU64,
+    /// Requests dropped because their source is blocked.
+    pub blocked_requests: AtomicU64,
+    /// Sources blocked for repeated authentication failures.
+    pub blocks: AtomicU64,
+    /// Requests refused with 503 because of overload.
+    pub overloaded: AtomicU64,
+    /// Successful REGISTER requests.
+    pub registers: AtomicU64,
+    /// Live bindings.
+    pub bindings: AtomicU64,
+    /// Live transactions.
+    pub transactions: AtomicU64,
+}
+
+impl SipStats {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
+    }
+
+    /// Reads a value.
+    pub fn get(value: &AtomicU64) -> u64 {
+        value.load(Ordering::Relaxed)
+    }
+}
