@@ -22,7 +22,7 @@ Call-ID: a84b4c76e66710@pc33.atlanta.com\r\n\
 CSeq: 314159 INVITE\r\n\
 Contact: <sip:alice@pc33.atlanta.com>\r\n\
 Content-Type: application/sdp\r\n\
-Content-Length: 142\r\n\
+Content-Length: 141\r\n\
 \r\n\
 v=0\r\n\
 o=alice 2890844526 2890844526 IN IP4 pc33.atlanta.com\r\n\
