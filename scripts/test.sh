@@ -3,7 +3,9 @@
 #   1. formatting and clippy (warnings are errors);
 #   2. every Rust test of the workspace, storage tests on SQLite *and* on a throwaway
 #      PostgreSQL started here (Debian's `postgresql` is installed if missing);
-#   3. the OpenAPI document checked by a third-party validator (openapi-spec-validator, PyPI).
+#   3. end-to-end tests of the binary, with SIPp (Debian's `sip-tester`, installed if missing)
+#      as a third-party SIP peer;
+#   4. the OpenAPI document checked by a third-party validator (openapi-spec-validator, PyPI).
 # Everything binds to loopback on free ports and cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "PostgreSQL for the storage suite"
 pg_start
 
+step "third-party test peers"
+command -v sipp >/dev/null || { echo "==> installing SIPp (Debian package sip-tester)"; apt_install sip-tester; }
+export SWITCHBOARD_TEST_REQUIRE_PEERS=1
+
 step "build"
 cargo build --workspace --all-targets --locked
 
@@ -31,7 +37,7 @@ cargo test --workspace --locked
 step "OpenAPI document (openapi-spec-validator)"
 python_venv
 openapi=$(mktemp /tmp/switchboard-openapi.XXXXXX.json)
-./target/debug/switchboard openapi > "$openapi"
+cargo run --quiet --locked --bin switchboard -- openapi > "$openapi"
 .venv/bin/openapi-spec-validator "$openapi"
 rm -f "$openapi"
 

@@ -46,7 +46,9 @@ pub async fn serve(
     let jwt_secret = secrets::jwt_secret(&config, &db, &secret_box).await?;
     bootstrap(&db, &config, admin_password).await?;
 
-    let state = AppState::new(db.clone(), config.clone(), &jwt_secret, secret_box);
+    let sip = crate::sip::start(&config, &db, &secret_box, shutdown.clone()).await?;
+    let state = AppState::new(db.clone(), config.clone(), &jwt_secret, secret_box)
+        .with_sip(sip.handle.clone());
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listener = tokio::net::TcpListener::bind(config.http.bind)
         .await
@@ -70,7 +72,13 @@ pub async fn serve(
         "  API: http://{}/api/v1  (advertised address {advertised})",
         SocketAddr::new(advertised, bound.port())
     );
-    tracing::info!(%bound, %advertised, "HTTP control plane listening");
+    if let Some(udp) = sip.udp {
+        println!("  SIP: UDP listening on {udp}");
+    }
+    if let Some(tcp) = sip.tcp {
+        println!("  SIP: TCP listening on {tcp}");
+    }
+    tracing::info!(%bound, %advertised, sip_udp = ?sip.udp, sip_tcp = ?sip.tcp, "listening");
 
     let maintenance = tokio::spawn(maintain(db.clone(), shutdown.clone()));
     let server =
@@ -91,6 +99,8 @@ pub async fn serve(
         }
     };
     maintenance.abort();
+    shutdown.cancel();
+    sip.stopped().await;
     db.close().await;
     result.context("HTTP server task")?.context("HTTP server")?;
     tracing::info!("stopped");

@@ -35,6 +35,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The HTTP listener (REST API, WebSockets, metrics).
     pub http: HttpConfig,
+    /// SIP transports, timers, registrar and authentication limits.
+    pub sip: SipConfig,
     /// The database.
     pub database: DatabaseConfig,
     /// Logins and tokens.
@@ -52,6 +54,7 @@ impl Default for Config {
             log: LogConfig::default(),
             network: NetworkConfig::default(),
             http: HttpConfig::default(),
+            sip: SipConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -118,6 +121,86 @@ impl Default for HttpConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[sip]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Listen for SIP over UDP.
+    pub udp: bool,
+    /// UDP address and port (port 0 picks a free one).
+    pub udp_bind: SocketAddr,
+    /// Listen for SIP over TCP.
+    pub tcp: bool,
+    /// TCP address and port (port 0 picks a free one).
+    pub tcp_bind: SocketAddr,
+    /// RFC 3261 T1: round-trip estimate, base of the retransmission timers.
+    #[serde(with = "humantime_serde")]
+    pub t1: Duration,
+    /// RFC 3261 T2: longest retransmission interval.
+    #[serde(with = "humantime_serde")]
+    pub t2: Duration,
+    /// RFC 3261 T4: longest time a message lives in the network.
+    #[serde(with = "humantime_serde")]
+    pub t4: Duration,
+    /// Largest SIP message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Live SIP transactions at most; beyond it new requests get 503.
+    pub max_transactions: usize,
+    /// Shortest registration accepted (shorter: 423 with Min-Expires).
+    pub min_expires: u32,
+    /// Longest registration granted.
+    pub max_expires: u32,
+    /// Registration lifetime when a phone names none.
+    pub default_expires: u32,
+    /// Contacts per extension; a new one beyond it replaces the one closest to expiry.
+    pub max_contacts_per_extension: usize,
+    /// Failed authentications from one IP address within `auth_failure_window` that block it.
+    pub max_auth_failures_per_source: u32,
+    /// Failed authentications for one extension within the window that make it answer 403.
+    pub max_auth_failures_per_extension: u32,
+    /// The window failures are counted in.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_window: Duration,
+    /// How long a blocked IP address stays blocked.
+    #[serde(with = "humantime_serde")]
+    pub block_duration: Duration,
+    /// Digest algorithms offered in challenges, most preferred first: `MD5`, `SHA-256`,
+    /// `SHA-512-256`.
+    pub digest_algorithms: Vec<String>,
+    /// A TCP connection that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections at most.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            udp: true,
+            udp_bind: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            tcp: true,
+            tcp_bind: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            max_message_bytes: 65_535,
+            max_transactions: 100_000,
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            max_contacts_per_extension: 10,
+            max_auth_failures_per_source: 20,
+            max_auth_failures_per_extension: 10,
+            auth_failure_window: Duration::from_secs(60),
+            block_duration: Duration::from_secs(600),
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            tcp_idle_timeout: Duration::from_secs(600),
+            max_tcp_connections: 10_000,
         }
     }
 }
@@ -296,6 +379,57 @@ impl Config {
         }
         if self.http.request_timeout < Duration::from_secs(1) {
             return fail("http.request_timeout", "must be at least 1s");
+        }
+        let sip = &self.sip;
+        if sip.t1 < Duration::from_millis(10) || sip.t1 > Duration::from_secs(10) {
+            return fail("sip.t1", "must be between 10ms and 10s");
+        }
+        if sip.t2 < sip.t1 {
+            return fail("sip.t2", "must be at least sip.t1");
+        }
+        if !(1_500..=65_535).contains(&sip.max_message_bytes) {
+            return fail("sip.max_message_bytes", "must be between 1500 and 65535");
+        }
+        if sip.max_transactions == 0 {
+            return fail("sip.max_transactions", "must be at least 1");
+        }
+        if sip.min_expires == 0
+            || sip.min_expires > sip.default_expires
+            || sip.default_expires > sip.max_expires
+        {
+            return fail(
+                "sip.default_expires",
+                "must satisfy 0 < min_expires <= default_expires <= max_expires",
+            );
+        }
+        if sip.max_contacts_per_extension == 0 {
+            return fail("sip.max_contacts_per_extension", "must be at least 1");
+        }
+        if sip.max_auth_failures_per_source == 0 || sip.max_auth_failures_per_extension == 0 {
+            return fail(
+                "sip.max_auth_failures_per_source",
+                "failure limits must be at least 1",
+            );
+        }
+        if sip.digest_algorithms.is_empty() {
+            return fail("sip.digest_algorithms", "must name at least one algorithm");
+        }
+        for (i, name) in sip.digest_algorithms.iter().enumerate() {
+            if switchboard_sip::digest::Algorithm::parse(name).is_none() {
+                return fail(
+                    "sip.digest_algorithms",
+                    "each must be MD5, SHA-256 or SHA-512-256",
+                );
+            }
+            if sip.digest_algorithms[..i]
+                .iter()
+                .any(|other| other.eq_ignore_ascii_case(name))
+            {
+                return fail("sip.digest_algorithms", "an algorithm is listed twice");
+            }
+        }
+        if sip.max_tcp_connections == 0 {
+            return fail("sip.max_tcp_connections", "must be at least 1");
         }
         if self.database.max_connections == 0 {
             return fail("database.max_connections", "must be at least 1");

@@ -3,12 +3,18 @@
 use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use switchboard_signalling::stats::SipStats;
 
 /// Labels of HTTP request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +163,12 @@ impl Metrics {
         self.refreshes.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Exports the signalling core's counters.
+    pub fn register_sip(&mut self, stats: Arc<SipStats>) {
+        self.registry
+            .register_collector(Box::new(SipCollector(stats)));
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -164,5 +176,88 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encode metrics into a String");
         out
+    }
+}
+
+/// Reads the signalling core's atomics at scrape time.
+#[derive(Debug)]
+struct SipCollector(Arc<SipStats>);
+
+impl Collector for SipCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let counters = [
+            (
+                "switchboard_sip_requests",
+                "SIP requests received and parsed",
+                &s.requests,
+            ),
+            (
+                "switchboard_sip_responses",
+                "SIP responses received and parsed",
+                &s.responses,
+            ),
+            (
+                "switchboard_sip_parse_errors",
+                "SIP messages dropped or refused because they did not parse",
+                &s.parse_errors,
+            ),
+            (
+                "switchboard_sip_bad_requests",
+                "Requests answered 400 because they did not parse",
+                &s.bad_requests,
+            ),
+            (
+                "switchboard_sip_auth_failures",
+                "Digest authentications that failed",
+                &s.auth_failures,
+            ),
+            (
+                "switchboard_sip_blocked_requests",
+                "Requests dropped because their source is blocked",
+                &s.blocked_requests,
+            ),
+            (
+                "switchboard_sip_blocks",
+                "Sources blocked after repeated authentication failures",
+                &s.blocks,
+            ),
+            (
+                "switchboard_sip_overloaded",
+                "Requests answered 503 because too many transactions were live",
+                &s.overloaded,
+            ),
+            (
+                "switchboard_sip_registers",
+                "Successful REGISTER requests",
+                &s.registers,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(SipStats::get(value));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "switchboard_sip_bindings",
+                "Live registration bindings",
+                &s.bindings,
+            ),
+            (
+                "switchboard_sip_transactions",
+                "Live SIP transactions",
+                &s.transactions,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(SipStats::get(value)).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }

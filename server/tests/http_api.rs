@@ -68,6 +68,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/recordings/{id}"),
     ("DELETE", "/api/v1/recordings/{id}"),
     ("GET", "/api/v1/recordings/{id}/download"),
+    ("GET", "/api/v1/registrations"),
     ("GET", "/api/v1/ring-groups"),
     ("POST", "/api/v1/ring-groups"),
     ("GET", "/api/v1/ring-groups/{id}"),

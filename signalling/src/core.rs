@@ -8,8 +8,11 @@
 //!
 //! Requests are checked in the order of RFC 3261 §8.2 (version 505, URI scheme 416, method
 //! 501/405, `Require` 420) before they reach a handler. REGISTER is authenticated with digest
-//! (realm = the tenant's SIP domain; SHA-256 offered first, then MD5, RFC 8760 §2.4) and applied
-//! to the registrar. Repeated authentication failures from one source IP block that source for
+//! (realm = the tenant's SIP domain) and applied to the registrar. The challenge carries one
+//! `WWW-Authenticate` per configured algorithm, most preferred first (RFC 8760 §2.4); the
+//! default puts MD5 first because SIPp and many deployed phones answer only the first
+//! challenge and support only MD5, with SHA-256 second for clients that pick the first
+//! algorithm they support. Repeated authentication failures from one source IP block that source for
 //! a while (its requests are dropped unanswered); repeated failures for one extension make it
 //! answer 403 for the rest of the window. Both maps are bounded.
 
@@ -55,6 +58,8 @@ pub struct CoreConfig {
     pub server_name: String,
     /// How long a nonce stays valid.
     pub nonce_lifetime: Duration,
+    /// Digest algorithms offered, most preferred first.
+    pub digest_algorithms: Vec<Algorithm>,
     /// Failed authentications per source IP per window before the source is blocked.
     pub max_failures_per_source: u32,
     /// Failed authentications per extension per window before it answers 403.
@@ -74,6 +79,7 @@ impl Default for CoreConfig {
             registrar: RegistrarConfig::default(),
             server_name: format!("Switchboard/{}", env!("CARGO_PKG_VERSION")),
             nonce_lifetime: Duration::from_secs(300),
+            digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
             max_failures_per_source: 20,
             max_failures_per_extension: 10,
             failure_window: Duration::from_secs(60),
@@ -507,8 +513,8 @@ impl Core {
         realm: &str,
         stale: bool,
     ) {
-        let mut values = Vec::with_capacity(2);
-        for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
+        let mut values = Vec::with_capacity(self.config.digest_algorithms.len());
+        for &algorithm in &self.config.digest_algorithms {
             let random: [u8; digest::NONCE_RANDOM_LEN] = self.rng.random();
             values.push(
                 self.nonces

@@ -129,6 +129,24 @@ pub async fn list(
     Ok(Page::from_rows(rows, page, |e| e.id))
 }
 
+/// Every extension with its sealed SIP secret (for loading the signalling directory).
+pub async fn all_with_secrets(db: &Db) -> Result<Vec<(Extension, Vec<u8>)>, Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        extension: Extension,
+        sip_secret: Vec<u8>,
+    }
+    let sql = format!("SELECT {COLUMNS}, sip_secret FROM extensions ORDER BY id");
+    let rows: Vec<Row> = run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+        .fetch_all(pool)
+        .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.extension, r.sip_secret))
+        .collect())
+}
+
 /// Writes every field of `extension` but its id, tenant and secret.
 pub async fn update(db: &Db, extension: &Extension) -> Result<Extension, Error> {
     const SQL: &str = "UPDATE extensions SET number = $3, display_name = $4, user_id = $5, \
@@ -230,6 +248,9 @@ pub(crate) mod tests {
             ));
 
             assert_eq!(sealed_secret(&db, ext.id).await.unwrap(), b"sealed");
+            let all = all_with_secrets(&db).await.unwrap();
+            assert_eq!(all.len(), 2);
+            assert!(all.contains(&(ext.clone(), b"sealed".to_vec())));
             set_secret(&db, ext.id, b"resealed").await.unwrap();
             assert_eq!(sealed_secret(&db, ext.id).await.unwrap(), b"resealed");
 

@@ -110,6 +110,42 @@ pub async fn live(
     .await)?)
 }
 
+/// Filters for [`list`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter {
+    /// Only this extension's bindings.
+    pub extension_id: Option<Uuid>,
+    /// Only bindings of extensions this user owns.
+    pub owner: Option<Uuid>,
+}
+
+/// Live bindings visible in `scope` matching `filter`, oldest first, one page at a time.
+pub async fn list(
+    db: &Db,
+    scope: Scope,
+    filter: Filter,
+    now: Timestamp,
+    page: &crate::PageRequest,
+) -> Result<crate::Page<Registration>, Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM registrations WHERE expires_at > $1 AND ($2 IS NULL OR tenant_id = $2) \
+         AND ($3 IS NULL OR extension_id = $3) \
+         AND ($4 IS NULL OR extension_id IN (SELECT id FROM extensions WHERE user_id = $4)) \
+         AND ($5 IS NULL OR id > $5) ORDER BY id LIMIT $6"
+    );
+    let rows: Vec<Registration> =
+        run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(now)
+            .bind(scope.tenant())
+            .bind(filter.extension_id)
+            .bind(filter.owner)
+            .bind(page.cursor)
+            .bind(page.fetch())
+            .fetch_all(pool)
+            .await)?;
+    Ok(crate::Page::from_rows(rows, page, |r| r.id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +196,42 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(now_live.len(), 2);
+            let first = list(
+                &db,
+                Scope::Tenant(a.id),
+                Filter::default(),
+                Timestamp(11_000),
+                &crate::PageRequest {
+                    limit: 1,
+                    cursor: None,
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!((first.items.len(), first.next_cursor.is_some()), (1, true));
+            let owned = list(
+                &db,
+                Scope::All,
+                Filter {
+                    owner: Some(new_id()),
+                    ..Filter::default()
+                },
+                Timestamp(11_000),
+                &crate::PageRequest::default(),
+            )
+            .await
+            .unwrap();
+            assert!(owned.items.is_empty());
+            let other = list(
+                &db,
+                Scope::Tenant(new_id()),
+                Filter::default(),
+                Timestamp(11_000),
+                &crate::PageRequest::default(),
+            )
+            .await
+            .unwrap();
+            assert!(other.items.is_empty());
             let first = now_live.iter().find(|r| r.contact == reg.contact).unwrap();
             // The row keeps its id and creation time; the refresh updates the rest.
             assert_eq!(

@@ -67,6 +67,13 @@ pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>,
         .await)?)
 }
 
+/// Every live tenant (for loading the signalling directory).
+pub async fn all(db: &Db) -> Result<Vec<Tenant>, Error> {
+    const SQL: &str = "SELECT id, name, sip_domain, created_at, updated_at FROM tenants \
+                       WHERE deleted_at IS NULL ORDER BY id";
+    Ok(run!(db, |pool| sqlx::query_as(SQL).fetch_all(pool).await)?)
+}
+
 /// Live tenants, oldest first.
 pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
     const SQL: &str = "SELECT id, name, sip_domain, created_at, updated_at FROM tenants \
@@ -164,6 +171,7 @@ mod tests {
                 Err(Error::Conflict(_))
             ));
 
+            assert_eq!(all(&db).await.unwrap().len(), 2);
             let page = list(
                 &db,
                 &PageRequest {

@@ -42,6 +42,10 @@ pub struct Server {
     pub stdout: Vec<String>,
     /// Where its HTTP listener is.
     pub http: SocketAddr,
+    /// Where SIP over UDP listens.
+    pub sip_udp: SocketAddr,
+    /// Where SIP over TCP listens.
+    pub sip_tcp: SocketAddr,
 }
 
 impl Server {
@@ -58,27 +62,45 @@ impl Server {
             command.env_remove(name);
         }
         command.env("SWITCHBOARD_HTTP__BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_SIP__UDP_BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_SIP__TCP_BIND", "127.0.0.1:0");
         command.envs(env.iter().copied());
         let mut child = command.spawn().expect("start switchboard");
         let lines = forward_lines(child.stdout.take().expect("piped stdout"));
         // Drain stderr (logs) so the server never blocks on a full pipe.
         let stderr = forward_lines(child.stderr.take().expect("piped stderr"));
         std::thread::spawn(move || for _ in stderr {});
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut server = Self {
             child,
             lines,
             stdout: Vec::new(),
-            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http: unset,
+            sip_udp: unset,
+            sip_tcp: unset,
         };
-        let line = server.wait_for_line("HTTP listening on ");
+        server.http = server.address_after("HTTP listening on ");
+        server.sip_udp = server.address_after("SIP: UDP listening on ");
+        server.sip_tcp = server.address_after("SIP: TCP listening on ");
+        server
+    }
+
+    /// The address at the end of the stdout line containing `needle`.
+    fn address_after(&mut self, needle: &str) -> SocketAddr {
+        let line = self.wait_for_line(needle);
         let address = line
             .rsplit(' ')
             .next()
             .expect("address at the end of the line");
-        server.http = address
+        address
             .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-        server
+            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
     }
 
     /// Waits for a stdout line containing `needle` and returns it.

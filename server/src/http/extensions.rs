@@ -162,6 +162,7 @@ async fn create_extension(
             },
         )
         .await;
+    state.sync_extension(extension.id).await;
     Ok((StatusCode::CREATED, Json(extension)))
 }
 
@@ -236,6 +237,7 @@ async fn update_extension(
             details: json!({"number": extension.number, "password_changed": body.password.is_some()}),
         })
         .await;
+    state.sync_extension(id).await;
     Ok(Json(extension))
 }
 
@@ -251,6 +253,7 @@ async fn delete_extension(
     who.require_admin()?;
     let extension = extensions::get(&state.db, who.scope(), id).await?;
     extensions::delete(&state.db, who.scope(), id).await?;
+    state.sync_extension(id).await;
     state
         .audit(
             &who,

@@ -13,6 +13,7 @@ mod ivr_flows;
 mod numbers;
 mod ops;
 mod recordings;
+mod registrations;
 mod ring_groups;
 mod tenants;
 mod trunks;
@@ -68,6 +69,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Where recordings are stored.
     pub recordings_dir: PathBuf,
+    /// The SIP service, when running (tests of the control plane alone run without it).
+    pub sip: Option<crate::sip::SipHandle>,
 }
 
 impl Deref for AppState {
@@ -86,10 +89,36 @@ impl AppState {
             account_limiter: RateLimiter::new(config.auth.login_attempts_per_account_per_minute),
             metrics: Metrics::new(),
             recordings_dir: config.data_dir.join("recordings"),
+            sip: None,
             secret_box,
             config,
             db,
         }))
+    }
+
+    /// Connects the control plane to the SIP service: directory changes are pushed to it and
+    /// its counters exported.
+    pub fn with_sip(mut self, sip: crate::sip::SipHandle) -> Self {
+        // Called once, before the state is shared.
+        let inner =
+            Arc::get_mut(&mut self.0).expect("with_sip is called before the state is cloned");
+        inner.metrics.register_sip(sip.stats());
+        inner.sip = Some(sip);
+        self
+    }
+
+    /// Pushes the current state of an extension to the signalling core.
+    pub async fn sync_extension(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_extension(id).await;
+        }
+    }
+
+    /// Pushes the current state of a tenant to the signalling core.
+    pub async fn sync_tenant(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_tenant(id).await;
+        }
     }
 
     /// Appends to the audit log. A failure is logged, not returned: the change it describes has
@@ -165,6 +194,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(ivr_flows::routes())
         .merge(calls::routes())
         .merge(recordings::routes())
+        .merge(registrations::routes())
         .merge(audit_log::routes())
         .merge(ops::openapi_route())
 }

@@ -76,6 +76,7 @@ async fn create_tenant(
             },
         )
         .await;
+    state.sync_tenant(tenant.id).await;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
@@ -125,6 +126,7 @@ async fn update_tenant(
             },
         )
         .await;
+    state.sync_tenant(id).await;
     Ok(Json(tenant))
 }
 
@@ -146,6 +148,7 @@ async fn delete_tenant(
         ));
     }
     tenants::delete(&state.db, id).await?;
+    state.sync_tenant(id).await;
     state
         .audit(
             &who,

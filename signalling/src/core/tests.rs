@@ -117,18 +117,35 @@ impl Phone {
 }
 
 #[test]
-fn register_is_challenged_with_sha256_then_md5() {
+fn register_is_challenged_in_the_configured_order() {
+    let challenge_algorithms = |config: CoreConfig| {
+        let mut phone = Phone::with_config(config);
+        let text = phone.register_text(600, None);
+        let challenge = Phone::responses(&phone.send(&text)).pop().unwrap();
+        assert_eq!(challenge.status, 401);
+        challenge
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| Challenge::parse(v).unwrap().algorithm)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        challenge_algorithms(CoreConfig::default()),
+        [Algorithm::Md5, Algorithm::Sha256]
+    );
+    let sha_first = CoreConfig {
+        digest_algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        ..CoreConfig::default()
+    };
+    assert_eq!(
+        challenge_algorithms(sha_first),
+        [Algorithm::Sha256, Algorithm::Md5]
+    );
+
     let mut phone = Phone::new();
     let text = phone.register_text(600, None);
     let responses = Phone::responses(&phone.send(&text));
     let challenge = responses.last().unwrap();
-    assert_eq!(challenge.status, 401);
-    let algorithms: Vec<Algorithm> = challenge
-        .headers
-        .get_all(&HeaderName::WwwAuthenticate)
-        .map(|v| Challenge::parse(v).unwrap().algorithm)
-        .collect();
-    assert_eq!(algorithms, [Algorithm::Sha256, Algorithm::Md5]);
     assert!(
         Challenge::parse(challenge.headers.get(&HeaderName::WwwAuthenticate).unwrap())
             .unwrap()

@@ -1,0 +1,246 @@
+//! The SIP shell: sockets and connections, the signalling task that owns the sans-IO core,
+//! the registration writer, and the handle the control plane uses to keep the core's
+//! directory in step with the database.
+
+mod directory;
+mod persist;
+mod task;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use switchboard_signalling::core::{Core, CoreConfig};
+use switchboard_signalling::directory::Update;
+use switchboard_signalling::peer::Peer;
+use switchboard_signalling::registrar::RegistrarConfig;
+use switchboard_signalling::stats::SipStats;
+use switchboard_sip::message::Limits;
+use switchboard_sip::transaction::Timers;
+use switchboard_storage::crypto::SecretBox;
+use switchboard_storage::{Db, Scope, Timestamp, Uuid, registrations};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Messages queued for the signalling task before senders wait.
+const INBOX: usize = 4096;
+/// Registration changes queued for the writer before new ones are dropped.
+const PERSIST_QUEUE: usize = 10_000;
+
+/// Inputs of the signalling task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A framed message from a stream connection.
+    Inbound { peer: Peer, bytes: Bytes },
+    /// A stream connection opened; replies for it go to `sender`.
+    Connected {
+        conn: u64,
+        sender: mpsc::Sender<Bytes>,
+    },
+    /// A stream connection closed.
+    Disconnected { conn: u64 },
+    /// The directory changed.
+    Directory(Update),
+}
+
+/// What the rest of the server holds of SIP: cheap to clone.
+#[derive(Clone)]
+pub struct SipHandle {
+    inbox: mpsc::Sender<Command>,
+    stats: Arc<SipStats>,
+    db: Db,
+    secret_box: SecretBox,
+}
+
+impl SipHandle {
+    /// The core's counters.
+    pub fn stats(&self) -> Arc<SipStats> {
+        self.stats.clone()
+    }
+
+    fn send(&self, update: Update) {
+        if let Err(error) = self.inbox.try_send(Command::Directory(update)) {
+            tracing::warn!(%error, "signalling task busy: directory update dropped");
+        }
+    }
+
+    /// Re-reads an extension (after the control plane changed or deleted it) into the core.
+    pub async fn sync_extension(&self, id: Uuid) {
+        match directory::extension(&self.db, &self.secret_box, id).await {
+            Ok(update) => self.send(update),
+            Err(error) => tracing::warn!(%error, %id, "could not sync extension to signalling"),
+        }
+    }
+
+    /// Re-reads a tenant into the core.
+    pub async fn sync_tenant(&self, id: Uuid) {
+        match directory::tenant(&self.db, id).await {
+            Ok(update) => self.send(update),
+            Err(error) => tracing::warn!(%error, %id, "could not sync tenant to signalling"),
+        }
+    }
+}
+
+/// The running SIP service.
+pub struct SipService {
+    /// The handle for the control plane.
+    pub handle: SipHandle,
+    /// Where SIP over UDP is bound, if enabled.
+    pub udp: Option<SocketAddr>,
+    /// Where SIP over TCP is bound, if enabled.
+    pub tcp: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SipService {
+    /// Waits for every task to end (after shutdown was cancelled).
+    pub async fn stopped(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn core_config(config: &Config) -> CoreConfig {
+    let sip = &config.sip;
+    CoreConfig {
+        limits: Limits {
+            max_message_len: sip.max_message_bytes,
+            ..Limits::default()
+        },
+        timers: Timers {
+            t1: sip.t1,
+            t2: sip.t2,
+            t4: sip.t4,
+        },
+        max_transactions: sip.max_transactions,
+        registrar: RegistrarConfig {
+            min_expires: sip.min_expires,
+            max_expires: sip.max_expires,
+            default_expires: sip.default_expires,
+            max_contacts: sip.max_contacts_per_extension,
+        },
+        max_failures_per_source: sip.max_auth_failures_per_source,
+        max_failures_per_extension: sip.max_auth_failures_per_extension,
+        failure_window: sip.auth_failure_window,
+        block_duration: sip.block_duration,
+        // Validated when the configuration was loaded.
+        digest_algorithms: sip
+            .digest_algorithms
+            .iter()
+            .filter_map(|a| switchboard_sip::digest::Algorithm::parse(a))
+            .collect(),
+        ..CoreConfig::default()
+    }
+}
+
+/// Loads the directory and live registrations, binds the sockets and starts the tasks.
+pub async fn start(
+    config: &Config,
+    db: &Db,
+    secret_box: &SecretBox,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SipService> {
+    let mut nonce_key = [0u8; 32];
+    let mut seed = [0u8; 32];
+    rand::fill(&mut nonce_key);
+    rand::fill(&mut seed);
+    let mut core = Core::new(core_config(config), nonce_key, seed);
+    for update in directory::load(db, secret_box).await? {
+        core.apply(update);
+    }
+    core.set_default_domain(&config.bootstrap.tenant_domain);
+    let (wall_now, now) = (Timestamp::now(), Instant::now());
+    let live = registrations::live(db, Scope::All, None, wall_now).await?;
+    let restored = live.len();
+    for registration in &live {
+        if let Some(binding) = persist::binding(registration, wall_now, now) {
+            core.registrar_mut().restore(
+                registration.tenant_id,
+                registration.extension_id,
+                binding,
+            );
+        }
+    }
+    // Publishes the restored count to the gauges (no timer is due yet).
+    core.handle_timeout(now);
+    tracing::info!(restored, "registrations restored");
+
+    let (inbox_tx, inbox) = mpsc::channel(INBOX);
+    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
+    let mut tasks = Vec::new();
+
+    let udp = if config.sip.udp {
+        let std_socket = std::net::UdpSocket::bind(config.sip.udp_bind).with_context(|| {
+            format!(
+                "binding SIP UDP to {} (config key sip.udp_bind)",
+                config.sip.udp_bind
+            )
+        })?;
+        std_socket.set_nonblocking(true)?;
+        let state = quinn_udp::UdpSocketState::new((&std_socket).into())?;
+        Some(task::Udp {
+            socket: tokio::net::UdpSocket::from_std(std_socket)?,
+            state,
+        })
+    } else {
+        None
+    };
+    let udp_addr = udp.as_ref().map(|u| u.socket.local_addr()).transpose()?;
+
+    let tcp_addr = if config.sip.tcp {
+        let listener = tokio::net::TcpListener::bind(config.sip.tcp_bind)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding SIP TCP to {} (config key sip.tcp_bind)",
+                    config.sip.tcp_bind
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let shared = tcp::Shared {
+            inbox: inbox_tx.clone(),
+            limits: Limits {
+                max_message_len: config.sip.max_message_bytes,
+                ..Limits::default()
+            },
+            idle_timeout: config.sip.tcp_idle_timeout,
+            max_connections: config.sip.max_tcp_connections,
+            open: Arc::new(AtomicUsize::new(0)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            shutdown: shutdown.clone(),
+        };
+        tasks.push(tokio::spawn(tcp::accept(listener, shared)));
+        Some(addr)
+    } else {
+        None
+    };
+
+    let stats = core.stats();
+    tasks.push(tokio::spawn(persist::run(db.clone(), persist_rx)));
+    let io = task::Io {
+        udp,
+        inbox,
+        persist: persist_tx,
+        shutdown,
+    };
+    tasks.push(tokio::spawn(task::run(core, io)));
+    Ok(SipService {
+        handle: SipHandle {
+            inbox: inbox_tx,
+            stats,
+            db: db.clone(),
+            secret_box: secret_box.clone(),
+        },
+        udp: udp_addr,
+        tcp: tcp_addr,
+        tasks,
+    })
+}

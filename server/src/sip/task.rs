@@ -1,0 +1,155 @@
+//! The signalling task: the one owner of the signalling core. Its loop is the STYLE.md shape:
+//! drain outputs, re-arm the one timer, wait for exactly one input, feed it to the core.
+//! UDP is read in batches with `recvmmsg` (quinn-udp), up to 32 datagrams per system call.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_signalling::core::{Core, Output};
+use switchboard_signalling::peer::{Peer, Transport};
+use switchboard_storage::Timestamp;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Command;
+use super::persist::Persist;
+
+/// Datagrams read per system call.
+const BATCH: usize = quinn_udp::BATCH_SIZE;
+/// Receive buffer per datagram: the largest UDP payload (a GRO-coalesced read also fits).
+const DATAGRAM: usize = 65_535;
+
+/// A UDP socket with its batching state.
+pub(crate) struct Udp {
+    pub(crate) socket: tokio::net::UdpSocket,
+    pub(crate) state: quinn_udp::UdpSocketState,
+}
+
+/// Everything the task owns besides the core.
+pub(crate) struct Io {
+    pub(crate) udp: Option<Udp>,
+    pub(crate) inbox: mpsc::Receiver<Command>,
+    pub(crate) persist: mpsc::Sender<Persist>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+fn wall_ms() -> u64 {
+    u64::try_from(Timestamp::now().as_millis()).unwrap_or(0)
+}
+
+/// Runs until shutdown.
+pub(crate) async fn run(mut core: Core, mut io: Io) {
+    let mut connections: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut buffers = vec![[0u8; DATAGRAM]; BATCH].into_boxed_slice();
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    loop {
+        while let Some(output) = core.poll_output() {
+            match output {
+                Output::Transmit { peer, bytes } => transmit(&io, &connections, peer, &bytes),
+                Output::Registration(change) => {
+                    let persist = Persist {
+                        change,
+                        wall_now: Timestamp::now(),
+                        now: Instant::now(),
+                    };
+                    if let Err(error) = io.persist.try_send(persist) {
+                        tracing::warn!(%error, "registration writer is behind; change not persisted");
+                    }
+                }
+            }
+        }
+        let deadline = core
+            .poll_timeout()
+            .map_or_else(far, tokio::time::Instant::from_std);
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            biased;
+            () = io.shutdown.cancelled() => return,
+            () = &mut sleep => core.handle_timeout(Instant::now()),
+            readable = readable(io.udp.as_ref()) => {
+                if let Err(error) = readable {
+                    tracing::error!(%error, "SIP UDP socket failed");
+                    return;
+                }
+                if let Some(udp) = &io.udp {
+                    receive_batch(&mut core, udp, &mut buffers);
+                }
+            }
+            command = io.inbox.recv() => match command {
+                None => return,
+                Some(Command::Inbound { peer, bytes }) => core.handle_datagram(Instant::now(), wall_ms(), peer, &bytes),
+                Some(Command::Connected { conn, sender }) => {
+                    connections.insert(conn, sender);
+                }
+                Some(Command::Disconnected { conn }) => {
+                    connections.remove(&conn);
+                }
+                Some(Command::Directory(update)) => core.apply(update),
+            },
+        }
+    }
+}
+
+async fn readable(udp: Option<&Udp>) -> std::io::Result<()> {
+    match udp {
+        Some(udp) => udp.socket.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what the socket has (up to one batch) and hands every datagram to the core.
+fn receive_batch(core: &mut Core, udp: &Udp, buffers: &mut [[u8; DATAGRAM]]) {
+    let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
+    let mut slices: Vec<IoSliceMut<'_>> = buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+    let received = udp.socket.try_io(Interest::READABLE, || {
+        udp.state.recv((&udp.socket).into(), &mut slices, &mut meta)
+    });
+    let count = match received {
+        Ok(count) => count,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+        Err(error) => {
+            tracing::debug!(%error, "SIP UDP receive failed");
+            return;
+        }
+    };
+    let (now, wall) = (Instant::now(), wall_ms());
+    for (meta, buffer) in meta.iter().zip(buffers.iter()).take(count) {
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: meta.addr,
+            conn: None,
+        };
+        let stride = meta.stride.max(1);
+        for datagram in buffer[..meta.len].chunks(stride) {
+            core.handle_datagram(now, wall, peer, datagram);
+        }
+    }
+}
+
+fn transmit(io: &Io, connections: &HashMap<u64, mpsc::Sender<Bytes>>, peer: Peer, bytes: &Bytes) {
+    match peer.transport {
+        Transport::Udp => {
+            let Some(udp) = &io.udp else { return };
+            // Never wait on a send: UDP is lossy and transactions retransmit.
+            if let Err(error) = udp.socket.try_send_to(bytes, peer.addr) {
+                tracing::debug!(to = %peer.addr, %error, "dropped outgoing SIP datagram");
+            }
+        }
+        _ => {
+            let Some(sender) = peer.conn.and_then(|conn| connections.get(&conn)) else {
+                tracing::debug!(to = %peer.addr, "no connection for outgoing SIP message");
+                return;
+            };
+            if sender.try_send(bytes.clone()).is_err() {
+                tracing::debug!(to = %peer.addr, "connection queue full; SIP message dropped");
+            }
+        }
+    }
+}

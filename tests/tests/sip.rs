@@ -1,0 +1,435 @@
+//! SIP against the real binary: phones registering over UDP and TCP with digest (MD5 and
+//! SHA-256), registrations surviving `kill -9`, the directory following the control plane,
+//! and SIPp (a third-party peer) registering through the challenge.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard_sip::digest::{Algorithm, Challenge};
+use switchboard_sip::message::{HeaderName, Limits, Message, Response, frame_len};
+use switchboard_tests::{Server, TIMEOUT};
+
+const ADMIN_PASSWORD: &str = "an-admin-password";
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn login(server: &Server) -> Self {
+        let client = reqwest::Client::new();
+        let base = server.url("/api/v1");
+        let body: Value = client
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"email": "admin@localhost", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = body["access_token"].as_str().expect("token").to_owned();
+        Self {
+            client,
+            base,
+            token,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn extension(&self, number: &str, password: &str) -> String {
+        let body = json!({"number": number, "display_name": format!("Ext {number}"), "password": password});
+        let (status, created) = self
+            .call(reqwest::Method::POST, "/extensions", Some(body))
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits (bounded) until the registrations API lists `count` bindings.
+    async fn wait_for_registrations(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (_, page) = self
+                .call(reqwest::Method::GET, "/registrations", None)
+                .await;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if items.len() == count {
+                return items;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} registrations, have {items:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A phone: sends REGISTERs over UDP or TCP and reads the responses.
+enum Phone {
+    Udp(UdpSocket, SocketAddr),
+    Tcp(TcpStream, Vec<u8>),
+}
+
+impl Phone {
+    fn udp(server: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Self::Udp(socket, server)
+    }
+
+    fn tcp(server: SocketAddr) -> Self {
+        let stream = TcpStream::connect(server).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Self::Tcp(stream, Vec::new())
+    }
+
+    fn local(&self) -> SocketAddr {
+        match self {
+            Self::Udp(socket, _) => socket.local_addr().unwrap(),
+            Self::Tcp(stream, _) => stream.local_addr().unwrap(),
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        match self {
+            Self::Udp(..) => "UDP",
+            Self::Tcp(..) => "TCP",
+        }
+    }
+
+    fn exchange(&mut self, text: &str) -> Response {
+        match self {
+            Self::Udp(socket, server) => {
+                socket.send_to(text.as_bytes(), *server).unwrap();
+                let mut buffer = [0u8; 65_535];
+                let n = socket.recv(&mut buffer).expect("a response");
+                response(&buffer[..n])
+            }
+            Self::Tcp(stream, pending) => {
+                stream.write_all(text.as_bytes()).unwrap();
+                loop {
+                    if let Some(length) = frame_len(pending, &Limits::default()).unwrap() {
+                        let bytes: Vec<u8> = pending.drain(..length).collect();
+                        return response(&bytes);
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).expect("response bytes");
+                    assert!(n > 0, "connection closed");
+                    pending.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    fn register_text(
+        &self,
+        number: &str,
+        cseq: u32,
+        expires: u32,
+        authorization: Option<&str>,
+    ) -> String {
+        let local = self.local();
+        let transport = self.transport();
+        let auth = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/{transport} {local};rport;branch=z9hG4bK{number}r{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{number}@localhost>;tag=t{number}\r\nTo: <sip:{number}@localhost>\r\n\
+             Call-ID: reg-{number}-{transport}@test\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{number}@{local};transport={transport}>\r\n\
+             Expires: {expires}\r\nUser-Agent: switchboard-e2e\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// REGISTER, answer the challenge for `algorithm` with `password`; the final response.
+    fn register(
+        &mut self,
+        number: &str,
+        password: &str,
+        algorithm: Algorithm,
+        cseq: u32,
+    ) -> Response {
+        let challenge = self.exchange(&self.register_text(number, cseq, 600, None));
+        assert_eq!(challenge.status, 401);
+        let challenge = challenge
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|value| Challenge::parse(value).unwrap())
+            .find(|c| c.algorithm == algorithm)
+            .expect("a challenge for the algorithm");
+        let authorization = challenge.answer(
+            number,
+            password,
+            "REGISTER",
+            "sip:localhost",
+            "e2e-cnonce",
+            1,
+        );
+        self.exchange(&self.register_text(number, cseq + 1, 600, Some(&authorization)))
+    }
+}
+
+fn response(bytes: &[u8]) -> Response {
+    match Message::parse(bytes, &Limits::default()).expect("a valid SIP message") {
+        Message::Response(response) => response,
+        Message::Request(request) => panic!("expected a response, got {request:?}"),
+    }
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    Server::start(dir, &[("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)])
+}
+
+#[tokio::test]
+async fn phones_register_with_md5_and_sha256_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    api.extension("1001", "s3cret-pass").await;
+    api.extension("1002", "other-pass").await;
+
+    let mut alice = Phone::udp(server.sip_udp);
+    let ok = alice.register("1001", "s3cret-pass", Algorithm::Sha256, 1);
+    assert_eq!(ok.status, 200);
+    let contact = ok.headers.get(&HeaderName::Contact).unwrap();
+    assert!(contact.ends_with(";expires=600"), "{contact}");
+    let mut bob = Phone::udp(server.sip_udp);
+    assert_eq!(
+        bob.register("1002", "other-pass", Algorithm::Md5, 1).status,
+        200
+    );
+
+    let items = api.wait_for_registrations(2).await;
+    let sources: Vec<&str> = items
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    assert!(
+        sources.contains(&alice.local().to_string().as_str()),
+        "{items:?}"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|r| r["transport"] == "UDP" && r["user_agent"] == "switchboard-e2e")
+    );
+
+    // A crash: no graceful shutdown. The registrations come back from the database.
+    server.kill9();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    assert_eq!(api.wait_for_registrations(2).await.len(), 2);
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_sip_bindings 2"),
+        "the core restored both bindings:\n{metrics}"
+    );
+    // The restarted server has new nonces: the phone is simply challenged again.
+    let mut alice = Phone::udp(server.sip_udp);
+    assert_eq!(
+        alice
+            .register("1001", "s3cret-pass", Algorithm::Md5, 10)
+            .status,
+        200
+    );
+    assert!(server.terminate().success());
+}
+
+#[tokio::test]
+async fn phones_register_over_tcp_with_keepalives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    api.extension("2001", "tcp-secret-1").await;
+
+    let mut phone = Phone::tcp(server.sip_tcp);
+    // RFC 5626 §4.4.1: a double-CRLF ping is answered with a single CRLF pong.
+    if let Phone::Tcp(stream, _) = &mut phone {
+        stream.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        stream.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n");
+    }
+    let ok = phone.register("2001", "tcp-secret-1", Algorithm::Sha256, 1);
+    assert_eq!(ok.status, 200);
+    let via = ok.headers.get(&HeaderName::Via).unwrap();
+    assert!(
+        via.contains(&format!("rport={}", phone.local().port())),
+        "{via}"
+    );
+    let items = api.wait_for_registrations(1).await;
+    assert_eq!(items[0]["transport"], "TCP");
+    assert!(server.terminate().success());
+}
+
+#[tokio::test]
+async fn the_directory_follows_the_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    let id = api.extension("3001", "first-secret").await;
+    let mut phone = Phone::udp(server.sip_udp);
+    assert_eq!(
+        phone
+            .register("3001", "first-secret", Algorithm::Md5, 1)
+            .status,
+        200
+    );
+
+    // A new password takes effect at once: the old one is refused, the new one works.
+    let (status, _) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/extensions/{id}"),
+            Some(json!({"password": "second-secret"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        phone
+            .register("3001", "first-secret", Algorithm::Md5, 10)
+            .status,
+        403
+    );
+    assert_eq!(
+        phone
+            .register("3001", "second-secret", Algorithm::Md5, 20)
+            .status,
+        200
+    );
+
+    // A deleted extension can no longer register, and its bindings are gone.
+    let (status, _) = api
+        .call(reqwest::Method::DELETE, &format!("/extensions/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        phone
+            .register("3001", "second-secret", Algorithm::Md5, 30)
+            .status,
+        403
+    );
+    api.wait_for_registrations(0).await;
+    assert!(server.terminate().success());
+}
+
+/// SIPp, if installed (the README test command installs Debian's `sip-tester` and sets
+/// `SWITCHBOARD_TEST_REQUIRE_PEERS=1`, which turns a missing SIPp into a failure).
+fn sipp() -> Option<&'static str> {
+    let found = Command::new("sipp").arg("-v").output().is_ok();
+    assert!(
+        found || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
+        "SIPp (sip-tester) is required"
+    );
+    found.then_some("sipp")
+}
+
+/// Runs the SIPp REGISTER scenario `calls` times with `credentials` (CSV field 1).
+fn run_sipp(
+    server: &Server,
+    dir: &std::path::Path,
+    number: &str,
+    password: &str,
+    calls: u32,
+) -> std::process::Output {
+    let csv = dir.join(format!("users-{number}-{password}.csv"));
+    std::fs::write(
+        &csv,
+        format!("SEQUENTIAL\n{number};[authentication username={number} password={password}]\n"),
+    )
+    .unwrap();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/sipp/register_auth.xml");
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Command::new("sipp")
+        .arg(server.sip_udp.to_string())
+        .args([
+            "-sf",
+            scenario,
+            "-inf",
+            csv.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-r",
+            "50",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-nostdin",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run sipp")
+}
+
+#[tokio::test]
+async fn sipp_registers_through_the_digest_challenge() {
+    if sipp().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    api.extension("4001", "sipp-secret-1").await;
+
+    let output = run_sipp(&server, dir.path(), "4001", "sipp-secret-1", 20);
+    assert!(
+        output.status.success(),
+        "sipp failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let items = api.wait_for_registrations(1).await;
+    assert_eq!(items[0]["user_agent"], "sipp-register");
+
+    // The wrong password: every attempt is refused (SIPp exits non-zero), and counted.
+    let output = run_sipp(&server, dir.path(), "4001", "wrong-password", 3);
+    assert!(!output.status.success());
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_sip_registers_total 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_sip_auth_failures_total 3"),
+        "{metrics}"
+    );
+    assert!(server.terminate().success());
+}
