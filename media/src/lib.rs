@@ -3,8 +3,13 @@
 //! Nothing here touches a socket or a clock: packets and the current time come in as
 //! arguments; packets to send, events and the next deadline come out.
 //!
-//! What exists so far: [`g711`], the G.711 µ-law and A-law codecs.
+//! What exists so far: [`g711`], the G.711 µ-law and A-law codecs; [`sdp`], session
+//! descriptions for offer/answer; [`rtp`], RTP headers read and rewritten in place; [`relay`],
+//! the forwarding core of a bridged call (latching, SSRC/sequence/timestamp continuity).
 
 #![forbid(unsafe_code)]
 
 pub mod g711;
+pub mod relay;
+pub mod rtp;
+pub mod sdp;

@@ -1,0 +1,469 @@
+//! The forwarding core of a bridged call: two legs, packets in, rewritten packets out.
+//!
+//! Each leg is one endpoint's media: the address its SDP announced, the address it actually
+//! sends from (symmetric RTP latching, RFC 4961 practice for NAT), and the stream we send it.
+//! A packet from leg A is checked against A's latching policy, rewritten in place and sent to
+//! B's address. The stream each leg receives keeps one SSRC and continuous sequence numbers
+//! and timestamps even when the other side's source changes (a re-INVITE to another phone, a
+//! transfer, re-bridging): on a new incoming SSRC the offsets are recomputed so numbering
+//! continues, and the marker bit flags the new talk spurt.
+//!
+//! No allocation and no lock per packet: [`Bridge::forward`] works on the caller's buffer.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::rtp::{self, RtpHeader};
+
+/// Which leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The caller's leg.
+    A,
+    /// The callee's leg.
+    B,
+}
+
+impl Side {
+    /// The other leg.
+    pub fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+}
+
+/// How strictly a leg accepts packets from addresses other than its SDP address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latching {
+    /// Latch to the first source (phones behind NAT send from an address their SDP can't
+    /// know). Afterwards, only that source is accepted.
+    FirstSource,
+    /// Latch to the first source with the IP address of the SDP (any port).
+    SameAddress,
+    /// Only the SDP address and port are accepted (no latching).
+    Strict,
+}
+
+/// Why a packet was not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Not RTP (or RTCP on an RTP-only path).
+    Malformed,
+    /// From an address the leg's latching refuses: possible injection.
+    ForeignSource,
+    /// The other leg has no address to send to yet.
+    NoDestination,
+}
+
+/// Counters of one leg (what it sent us, what we sent it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LegStats {
+    /// RTP packets received from this leg.
+    pub packets_in: u64,
+    /// Payload bytes received from this leg.
+    pub bytes_in: u64,
+    /// RTP packets forwarded to this leg.
+    pub packets_out: u64,
+    /// Packets dropped because of their source.
+    pub foreign: u64,
+    /// Packets dropped as malformed.
+    pub malformed: u64,
+}
+
+/// One leg's addresses and the stream we send it.
+#[derive(Clone, Debug)]
+pub struct Leg {
+    latching: Latching,
+    /// Address from the SDP, if known.
+    expected: Option<SocketAddr>,
+    /// Where packets from this leg really come from (and where we send).
+    latched: Option<SocketAddr>,
+    /// The SSRC of the stream we send to this leg.
+    out_ssrc: u32,
+    /// Offsets from the incoming stream to ours.
+    seq_offset: u16,
+    ts_offset: u32,
+    /// The incoming SSRC the offsets were computed for.
+    source_ssrc: Option<u32>,
+    last_sent: Option<(u16, u32, Instant)>,
+    clock_rate: u32,
+    stats: LegStats,
+    last_received: Option<Instant>,
+}
+
+impl Leg {
+    /// A leg whose SDP announced `expected`, receiving a stream with SSRC `out_ssrc` at
+    /// `clock_rate` Hz.
+    pub fn new(
+        expected: Option<SocketAddr>,
+        latching: Latching,
+        out_ssrc: u32,
+        clock_rate: u32,
+    ) -> Self {
+        Self {
+            latching,
+            expected,
+            latched: None,
+            out_ssrc,
+            seq_offset: 0,
+            ts_offset: 0,
+            source_ssrc: None,
+            last_sent: None,
+            clock_rate: clock_rate.max(1),
+            stats: LegStats::default(),
+            last_received: None,
+        }
+    }
+
+    /// A new SDP from this endpoint (re-INVITE): new expected address; latching starts over.
+    pub fn update_expected(&mut self, expected: Option<SocketAddr>) {
+        if expected != self.expected {
+            self.expected = expected;
+            self.latched = None;
+        }
+    }
+
+    /// Where packets for this leg go.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.expected)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> LegStats {
+        self.stats
+    }
+
+    fn accepts(&mut self, source: SocketAddr) -> bool {
+        if let Some(latched) = self.latched {
+            return latched == source;
+        }
+        let ok = match (self.latching, self.expected) {
+            (Latching::FirstSource, _) => true,
+            (Latching::SameAddress, Some(expected)) => same_ip(expected.ip(), source.ip()),
+            (Latching::SameAddress, None) => true,
+            (Latching::Strict, Some(expected)) => expected == source,
+            (Latching::Strict, None) => false,
+        };
+        if ok && self.latching != Latching::Strict {
+            self.latched = Some(source);
+        }
+        ok
+    }
+
+    /// Rewrites an incoming packet of the other leg into this leg's stream.
+    fn rewrite(&mut self, now: Instant, packet: &mut [u8], header: &RtpHeader) {
+        if self.source_ssrc != Some(header.ssrc) {
+            // A new source: continue our numbering from where it stopped. The timestamp jumps
+            // by the wall-clock time since our last packet (at least one 20 ms frame).
+            let (seq, ts) = match self.last_sent {
+                Some((seq, ts, at)) => {
+                    let elapsed = now
+                        .saturating_duration_since(at)
+                        .max(Duration::from_millis(20));
+                    let ticks =
+                        (elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000) as u32;
+                    (seq.wrapping_add(1), ts.wrapping_add(ticks))
+                }
+                None => (header.sequence, header.timestamp),
+            };
+            self.seq_offset = seq.wrapping_sub(header.sequence);
+            self.ts_offset = ts.wrapping_sub(header.timestamp);
+            if self.source_ssrc.is_some() {
+                packet[1] |= 0x80; // marker: a new talk spurt
+            }
+            self.source_ssrc = Some(header.ssrc);
+        }
+        let sequence = header.sequence.wrapping_add(self.seq_offset);
+        let timestamp = header.timestamp.wrapping_add(self.ts_offset);
+        rtp::rewrite(packet, self.out_ssrc, sequence, timestamp);
+        self.last_sent = Some((sequence, timestamp, now));
+        self.stats.packets_out += 1;
+    }
+}
+
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    canonical(a) == canonical(b)
+}
+
+/// Events of a bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BridgeEvent {
+    /// Neither leg sent anything for the inactivity timeout (and the call is not on hold).
+    Inactive,
+}
+
+/// Two legs forwarding to each other.
+#[derive(Clone, Debug)]
+pub struct Bridge {
+    a: Leg,
+    b: Leg,
+    inactivity: Duration,
+    on_hold: bool,
+    started: Instant,
+    reported_inactive: bool,
+}
+
+impl Bridge {
+    /// A bridge created at `now`; it reports [`BridgeEvent::Inactive`] after `inactivity`
+    /// without media from either leg.
+    pub fn new(now: Instant, a: Leg, b: Leg, inactivity: Duration) -> Self {
+        Self {
+            a,
+            b,
+            inactivity,
+            on_hold: false,
+            started: now,
+            reported_inactive: false,
+        }
+    }
+
+    /// A leg.
+    pub fn leg(&self, side: Side) -> &Leg {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+
+    /// A leg, to update after a re-INVITE.
+    pub fn leg_mut(&mut self, side: Side) -> &mut Leg {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+
+    /// Marks the call held (no inactivity timeout while held) or resumed.
+    pub fn set_hold(&mut self, now: Instant, held: bool) {
+        self.on_hold = held;
+        if !held {
+            self.started = now;
+            self.reported_inactive = false;
+        }
+    }
+
+    /// Handles an RTP packet that arrived on `side`'s socket from `source`: on success the
+    /// packet has been rewritten in place and must be sent to the returned address from the
+    /// other leg's socket.
+    pub fn forward(
+        &mut self,
+        now: Instant,
+        side: Side,
+        source: SocketAddr,
+        packet: &mut [u8],
+    ) -> Result<SocketAddr, Refused> {
+        let (from, to) = match side {
+            Side::A => (&mut self.a, &mut self.b),
+            Side::B => (&mut self.b, &mut self.a),
+        };
+        let Ok(header) = RtpHeader::parse(packet) else {
+            from.stats.malformed += 1;
+            return Err(Refused::Malformed);
+        };
+        if !from.accepts(source) {
+            from.stats.foreign += 1;
+            return Err(Refused::ForeignSource);
+        }
+        from.stats.packets_in += 1;
+        from.stats.bytes_in += header.payload_len as u64;
+        from.last_received = Some(now);
+        let destination = to.destination().ok_or(Refused::NoDestination)?;
+        to.rewrite(now, packet, &header);
+        Ok(destination)
+    }
+
+    /// When [`Self::handle_timeout`] should run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.on_hold || self.reported_inactive {
+            return None;
+        }
+        let last = [
+            self.a.last_received,
+            self.b.last_received,
+            Some(self.started),
+        ]
+        .into_iter()
+        .flatten()
+        .max()?;
+        Some(last + self.inactivity)
+    }
+
+    /// Reports inactivity once the timeout passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<BridgeEvent> {
+        match self.poll_timeout() {
+            Some(deadline) if deadline <= now => {
+                self.reported_inactive = true;
+                Some(BridgeEvent::Inactive)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Virtual time needs one real origin.
+    #![allow(clippy::disallowed_methods)]
+
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    fn packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+        let mut p = Vec::new();
+        rtp::build(&mut p, 0, false, seq, ts, ssrc, &[0xff; 160]);
+        p
+    }
+
+    fn bridge(now: Instant, latching: Latching) -> Bridge {
+        let a = Leg::new(Some(addr(4000)), latching, 0xA0A0_A0A0, 8000);
+        let b = Leg::new(Some(addr(5000)), latching, 0xB0B0_B0B0, 8000);
+        Bridge::new(now, a, b, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn forwards_with_the_other_legs_ssrc_and_latches() {
+        let now = Instant::now();
+        let mut bridge = bridge(now, Latching::FirstSource);
+        // A is behind NAT: it sends from another port than its SDP says.
+        let nat = SocketAddr::from(([198, 51, 100, 9], 61_000));
+        let mut p = packet(100, 16_000, 0x1111);
+        assert_eq!(bridge.forward(now, Side::A, nat, &mut p), Ok(addr(5000)));
+        let h = RtpHeader::parse(&p).unwrap();
+        assert_eq!(
+            (h.ssrc, h.sequence, h.timestamp),
+            (0xB0B0_B0B0, 100, 16_000),
+            "B sees our SSRC, A's numbering"
+        );
+        // B's packets now go to where A really is.
+        let mut reply = packet(7, 700, 0x2222);
+        assert_eq!(
+            bridge.forward(now, Side::B, addr(5000), &mut reply),
+            Ok(nat)
+        );
+        assert_eq!(RtpHeader::parse(&reply).unwrap().ssrc, 0xA0A0_A0A0);
+        // Once latched, another source for A is refused as injection.
+        let mut injected = packet(101, 16_160, 0x1111);
+        assert_eq!(
+            bridge.forward(now, Side::A, addr(9999), &mut injected),
+            Err(Refused::ForeignSource)
+        );
+        assert_eq!(bridge.leg(Side::A).stats().foreign, 1);
+    }
+
+    #[test]
+    fn latching_policies() {
+        let now = Instant::now();
+        let mut strict = bridge(now, Latching::Strict);
+        let mut p = packet(1, 160, 1);
+        assert_eq!(
+            strict.forward(now, Side::A, addr(4001), &mut p),
+            Err(Refused::ForeignSource)
+        );
+        assert_eq!(
+            strict.forward(now, Side::A, addr(4000), &mut p),
+            Ok(addr(5000))
+        );
+        let mut same = bridge(now, Latching::SameAddress);
+        assert_eq!(
+            same.forward(
+                now,
+                Side::A,
+                SocketAddr::from(([192, 0, 2, 2], 4000)),
+                &mut p
+            ),
+            Err(Refused::ForeignSource)
+        );
+        assert_eq!(
+            same.forward(now, Side::A, addr(4444), &mut p),
+            Ok(addr(5000))
+        );
+        assert_eq!(same.leg(Side::A).destination(), Some(addr(4444)));
+    }
+
+    #[test]
+    fn numbering_continues_across_a_source_change() {
+        let now = Instant::now();
+        let mut bridge = bridge(now, Latching::FirstSource);
+        for i in 0..3u16 {
+            let mut p = packet(1000 + i, 80_000 + u32::from(i) * 160, 0x1111);
+            bridge
+                .forward(
+                    now + Duration::from_millis(20 * u64::from(i)),
+                    Side::A,
+                    addr(4000),
+                    &mut p,
+                )
+                .unwrap();
+        }
+        // A re-INVITE moves A to another phone: new address, new SSRC, unrelated numbering.
+        bridge.leg_mut(Side::A).update_expected(Some(addr(6000)));
+        let mut p = packet(7, 3_000_000, 0x3333);
+        let at = now + Duration::from_millis(60);
+        bridge.forward(at, Side::A, addr(6000), &mut p).unwrap();
+        let h = RtpHeader::parse(&p).unwrap();
+        assert_eq!(h.ssrc, 0xB0B0_B0B0);
+        assert_eq!(h.sequence, 1003, "continues after 1002");
+        assert_eq!(h.timestamp, 80_320 + 160, "one 20 ms frame after the last");
+        assert!(h.marker, "marks the new talk spurt");
+        let mut next = packet(8, 3_000_160, 0x3333);
+        bridge
+            .forward(
+                at + Duration::from_millis(20),
+                Side::A,
+                addr(6000),
+                &mut next,
+            )
+            .unwrap();
+        let h = RtpHeader::parse(&next).unwrap();
+        assert_eq!((h.sequence, h.timestamp, h.marker), (1004, 80_640, false));
+    }
+
+    #[test]
+    fn sequence_wraps_and_malformed_is_counted() {
+        let now = Instant::now();
+        let mut bridge = bridge(now, Latching::FirstSource);
+        let mut p = packet(65_535, u32::MAX, 1);
+        bridge.forward(now, Side::A, addr(4000), &mut p).unwrap();
+        let mut q = packet(0, 159, 1);
+        bridge.forward(now, Side::A, addr(4000), &mut q).unwrap();
+        assert_eq!(RtpHeader::parse(&q).unwrap().sequence, 0);
+        let mut junk = vec![0u8; 8];
+        assert_eq!(
+            bridge.forward(now, Side::A, addr(4000), &mut junk),
+            Err(Refused::Malformed)
+        );
+        assert_eq!(bridge.leg(Side::A).stats().malformed, 1);
+        assert_eq!(bridge.leg(Side::B).stats().packets_out, 2);
+    }
+
+    #[test]
+    fn inactivity_is_reported_once_and_not_on_hold() {
+        let now = Instant::now();
+        let mut bridge = bridge(now, Latching::FirstSource);
+        assert_eq!(bridge.poll_timeout(), Some(now + Duration::from_secs(30)));
+        let mut p = packet(1, 160, 1);
+        bridge
+            .forward(now + Duration::from_secs(10), Side::A, addr(4000), &mut p)
+            .unwrap();
+        assert_eq!(bridge.handle_timeout(now + Duration::from_secs(39)), None);
+        assert_eq!(
+            bridge.handle_timeout(now + Duration::from_secs(40)),
+            Some(BridgeEvent::Inactive)
+        );
+        assert_eq!(bridge.handle_timeout(now + Duration::from_secs(80)), None);
+        let mut held = self::bridge(now, Latching::FirstSource);
+        held.set_hold(now, true);
+        assert_eq!(held.poll_timeout(), None);
+        held.set_hold(now + Duration::from_secs(100), false);
+        assert_eq!(held.poll_timeout(), Some(now + Duration::from_secs(130)));
+    }
+}
