@@ -46,7 +46,15 @@ pub async fn serve(
     let jwt_secret = secrets::jwt_secret(&config, &db, &secret_box).await?;
     bootstrap(&db, &config, admin_password).await?;
 
-    let sip = crate::sip::start(&config, &db, &secret_box, shutdown.clone()).await?;
+    // What SDP and SIP headers carry: the configured address, else the media bind address if
+    // it is a specific one, else the address of the default route.
+    let media_ip = Some(config.media.bind_ip).filter(|ip| !ip.is_unspecified());
+    let advertised = config
+        .network
+        .advertised_address
+        .or(media_ip)
+        .unwrap_or_else(detect_address);
+    let sip = crate::sip::start(&config, &db, &secret_box, advertised, shutdown.clone()).await?;
     let state = AppState::new(db.clone(), config.clone(), &jwt_secret, secret_box)
         .with_sip(sip.handle.clone());
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -59,10 +67,6 @@ pub async fn serve(
             )
         })?;
     let bound = listener.local_addr()?;
-    let advertised = config
-        .network
-        .advertised_address
-        .unwrap_or_else(detect_address);
     // Printed on stdout so operators (and tests) can find the port when it was 0.
     println!(
         "switchboard {}: HTTP listening on {bound}",

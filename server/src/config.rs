@@ -37,6 +37,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// SIP transports, timers, registrar and authentication limits.
     pub sip: SipConfig,
+    /// The media plane: RTP ports, workers, latching, timeouts; call limits.
+    pub media: MediaConfig,
     /// The database.
     pub database: DatabaseConfig,
     /// Logins and tokens.
@@ -55,6 +57,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             http: HttpConfig::default(),
             sip: SipConfig::default(),
+            media: MediaConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -97,7 +100,8 @@ impl Default for LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// The public address peers reach us at (put in SIP and SDP, and in the URLs we print).
-    /// Unset: the address of the interface that routes to the internet, else 127.0.0.1.
+    /// Unset: `media.bind_ip` if it is a specific address, else the address of the interface
+    /// that routes to the internet, else 127.0.0.1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertised_address: Option<IpAddr>,
 }
@@ -201,6 +205,60 @@ impl Default for SipConfig {
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
             tcp_idle_timeout: Duration::from_secs(600),
             max_tcp_connections: 10_000,
+        }
+    }
+}
+
+/// How strictly media legs accept packets from addresses other than their SDP's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatchingMode {
+    /// Latch to the first source (phones behind NAT).
+    FirstSource,
+    /// Latch to the first source with the SDP's IP address.
+    SameAddress,
+    /// Only the SDP's address and port.
+    Strict,
+}
+
+/// `[media]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address RTP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Lowest RTP port (RTP on even ports, RTCP on the next odd one).
+    pub rtp_port_min: u16,
+    /// Highest RTP port.
+    pub rtp_port_max: u16,
+    /// Media worker threads; 0 means one per CPU.
+    pub workers: usize,
+    /// Latching policy against RTP injection.
+    pub latching: LatchingMode,
+    /// A call whose media stopped for this long (not on hold) is hung up.
+    #[serde(with = "humantime_serde")]
+    pub inactivity_timeout: Duration,
+    /// How long a call rings before the caller gets 480.
+    #[serde(with = "humantime_serde")]
+    pub ring_timeout: Duration,
+    /// Calls at most, server-wide (beyond: 503 with Retry-After).
+    pub max_calls: usize,
+    /// Calls at most per tenant.
+    pub max_calls_per_tenant: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            rtp_port_min: 20_000,
+            rtp_port_max: 39_999,
+            workers: 0,
+            latching: LatchingMode::FirstSource,
+            inactivity_timeout: Duration::from_secs(60),
+            ring_timeout: Duration::from_secs(60),
+            max_calls: 10_000,
+            max_calls_per_tenant: 10_000,
         }
     }
 }
@@ -430,6 +488,25 @@ impl Config {
         }
         if sip.max_tcp_connections == 0 {
             return fail("sip.max_tcp_connections", "must be at least 1");
+        }
+        let media = &self.media;
+        if media.rtp_port_min < 1024
+            || media.rtp_port_max <= media.rtp_port_min
+            || media.rtp_port_max - media.rtp_port_min < 3
+        {
+            return fail(
+                "media.rtp_port_max",
+                "the RTP range must be above 1023 and hold at least two port pairs",
+            );
+        }
+        if media.inactivity_timeout < Duration::from_secs(5) {
+            return fail("media.inactivity_timeout", "must be at least 5s");
+        }
+        if media.ring_timeout < Duration::from_secs(1) {
+            return fail("media.ring_timeout", "must be at least 1s");
+        }
+        if media.max_calls == 0 || media.max_calls_per_tenant == 0 {
+            return fail("media.max_calls", "call limits must be at least 1");
         }
         if self.database.max_connections == 0 {
             return fail("database.max_connections", "must be at least 1");

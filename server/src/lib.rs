@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod secrets;
 pub mod sip;

@@ -16,6 +16,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use switchboard_signalling::stats::SipStats;
 
+use crate::media::{MediaStats, WorkerStats};
+
 /// Labels of HTTP request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -169,6 +171,12 @@ impl Metrics {
             .register_collector(Box::new(SipCollector(stats)));
     }
 
+    /// Exports the media plane's counters.
+    pub fn register_media(&mut self, stats: Arc<MediaStats>) {
+        self.registry
+            .register_collector(Box::new(MediaCollector(stats)));
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -232,6 +240,16 @@ impl Collector for SipCollector {
                 "Successful REGISTER requests",
                 &s.registers,
             ),
+            (
+                "switchboard_calls",
+                "Calls accepted and routed to a callee",
+                &s.calls,
+            ),
+            (
+                "switchboard_calls_answered",
+                "Calls that were answered",
+                &s.calls_answered,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(SipStats::get(value));
@@ -253,11 +271,70 @@ impl Collector for SipCollector {
                 "Live SIP transactions",
                 &s.transactions,
             ),
+            (
+                "switchboard_calls_active",
+                "Calls ringing or answered",
+                &s.active_calls,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(SipStats::get(value)).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        Ok(())
+    }
+}
+
+/// Sums the media workers' atomics at scrape time.
+#[derive(Debug)]
+struct MediaCollector(Arc<MediaStats>);
+
+impl Collector for MediaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        type Field = fn(&WorkerStats) -> &AtomicU64;
+        let counters: [(&str, &str, Field); 5] = [
+            (
+                "switchboard_media_rtp_forwarded",
+                "RTP packets relayed between call legs",
+                |w| &w.rtp_forwarded,
+            ),
+            (
+                "switchboard_media_rtp_dropped",
+                "RTP packets dropped (foreign source, malformed, no destination yet)",
+                |w| &w.rtp_dropped,
+            ),
+            (
+                "switchboard_media_rtcp_forwarded",
+                "RTCP packets relayed between call legs",
+                |w| &w.rtcp_forwarded,
+            ),
+            (
+                "switchboard_media_bind_failures",
+                "Media sessions whose RTP ports could not be bound",
+                |w| &w.bind_failures,
+            ),
+            (
+                "switchboard_media_inactive",
+                "Media sessions ended for lack of RTP",
+                |w| &w.inactive,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let counter = ConstCounter::new(self.0.sum(field));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauge = ConstGauge::new(i64::try_from(self.0.sum(|w| &w.sessions)).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "switchboard_media_sessions",
+            "Media sessions (calls with anchored media)",
+            None,
+            gauge.metric_type(),
+        )?)?;
         Ok(())
     }
 }

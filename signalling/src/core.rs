@@ -16,8 +16,10 @@
 //! a while (its requests are dropped unanswered); repeated failures for one extension make it
 //! answer 403 for the rest of the window. Both maps are bounded.
 
+mod calls;
+
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,13 +37,15 @@ use switchboard_sip::transaction::{
 use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
-use crate::directory::{Directory, Update};
-use crate::peer::Peer;
+pub use self::calls::{CallEnd, CallStart, Disposition, HangupSide};
+use crate::directory::{Directory, Extension, Tenant, Update};
+use crate::media::{MediaCommand, PortAllocator};
+use crate::peer::{Peer, Transport};
 use crate::registrar::{Change, RegisterError, Registrar, RegistrarConfig};
 use crate::stats::SipStats;
 
 /// Methods this core answers; others get 501 with this list in `Allow`.
-pub const ALLOWED: &str = "REGISTER, OPTIONS";
+pub const ALLOWED: &str = "INVITE, ACK, BYE, CANCEL, REGISTER, OPTIONS, UPDATE, INFO";
 
 /// Limits and policies of the core.
 #[derive(Clone, Debug)]
@@ -66,6 +70,14 @@ pub struct CoreConfig {
     pub max_failures_per_extension: u32,
     /// The failure-counting window.
     pub failure_window: Duration,
+    /// Calls at most, server-wide (beyond: 503 with Retry-After).
+    pub max_calls: usize,
+    /// Calls at most per tenant.
+    pub max_calls_per_tenant: usize,
+    /// How long a call rings before the caller gets 480.
+    pub ring_timeout: Duration,
+    /// RTP port range (even ports for RTP, the next odd for RTCP).
+    pub rtp_ports: (u16, u16),
     /// How long a blocked source stays blocked.
     pub block_duration: Duration,
 }
@@ -83,6 +95,10 @@ impl Default for CoreConfig {
             max_failures_per_source: 20,
             max_failures_per_extension: 10,
             failure_window: Duration::from_secs(60),
+            max_calls: 10_000,
+            max_calls_per_tenant: 10_000,
+            ring_timeout: Duration::from_secs(60),
+            rtp_ports: (20_000, 39_999),
             block_duration: Duration::from_secs(600),
         }
     }
@@ -100,6 +116,12 @@ pub enum Output {
     },
     /// A registration changed: persist it and announce it.
     Registration(Change),
+    /// A command for the media plane.
+    Media(MediaCommand),
+    /// A call started: write its record (in progress).
+    CallStarted(CallStart),
+    /// A call ended: complete its record.
+    CallEnded(CallEnd),
 }
 
 /// Failure counting with a bounded map and fixed windows.
@@ -162,6 +184,12 @@ pub struct Core {
     /// The time of the latest input, for events drained later.
     last_now: Option<Instant>,
     last_wall_ms: u64,
+    calls: calls::Calls,
+    ports: PortAllocator,
+    /// The address we put in Via, Contact and SDP.
+    advertised: IpAddr,
+    /// Our listening port per transport.
+    local_ports: HashMap<Transport, u16>,
 }
 
 impl Core {
@@ -190,8 +218,37 @@ impl Core {
             stats: Arc::new(SipStats::default()),
             last_now: None,
             last_wall_ms: 0,
+            calls: calls::Calls::default(),
+            ports: PortAllocator::new(config.rtp_ports.0, config.rtp_ports.1),
+            advertised: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_ports: HashMap::new(),
             config,
         }
+    }
+
+    /// The address to advertise in Via, Contact and SDP, and where each transport listens.
+    pub fn set_local(&mut self, advertised: IpAddr, ports: &[(Transport, u16)]) {
+        self.advertised = advertised;
+        self.local_ports = ports.iter().copied().collect();
+    }
+
+    /// `address:port` of our listener for `transport` (UDP's if that transport has none).
+    fn local_for(&self, transport: Transport) -> String {
+        let port = self
+            .local_ports
+            .get(&transport)
+            .or_else(|| self.local_ports.get(&Transport::Udp))
+            .copied()
+            .unwrap_or(5060);
+        match self.advertised {
+            IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            IpAddr::V4(ip) => format!("{ip}:{port}"),
+        }
+    }
+
+    /// Live calls.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
     }
 
     /// The counters, shared with the shell's metrics.
@@ -235,6 +292,7 @@ impl Core {
         [
             self.transactions.poll_timeout(),
             self.registrar.poll_timeout(),
+            self.calls.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -246,6 +304,7 @@ impl Core {
         self.last_now = Some(now);
         self.transactions.handle_timeout(now);
         self.drain_transactions(now, self.last_wall_ms);
+        self.call_timers(now, self.last_wall_ms);
         for change in self.registrar.expire(now) {
             self.outputs.push_back(Output::Registration(change));
         }
@@ -318,8 +377,11 @@ impl Core {
                     self.send_stateless(from, response);
                 }
             }
-            // No client transactions yet (calls will add them).
-            Event::Response { .. } | Event::Timeout { .. } | Event::AckTimeout { .. } => {}
+            Event::Response { key, response } => {
+                self.call_response(now, wall_ms, &key, response);
+            }
+            Event::Timeout { key } => self.call_timeout(now, wall_ms, &key),
+            Event::AckTimeout { .. } => {}
         }
     }
 
@@ -331,8 +393,27 @@ impl Core {
         request: Request,
         from: Peer,
     ) {
+        let in_dialog = request
+            .headers
+            .get(&HeaderName::To)
+            .and_then(|to| NameAddr::parse(to).ok())
+            .is_some_and(|to| to.tag().is_some());
+        if in_dialog && request.method != Method::Cancel {
+            let handled = self.dialog_request(now, wall_ms, key.clone(), request.clone());
+            if !handled && request.method != Method::Ack {
+                self.respond(
+                    now,
+                    &key,
+                    &request,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    |_| {},
+                );
+            }
+            return;
+        }
         if request.method == Method::Ack {
-            return; // no dialogs yet
+            return; // an ACK for no dialog of ours: nothing to acknowledge
         }
         if request.version != (2, 0) {
             return self.respond(now, &key, &request, 505, "Version Not Supported", |_| {});
@@ -352,32 +433,46 @@ impl Core {
         }
         match request.method {
             Method::Register => self.handle_register(now, wall_ms, key, request, from),
+            Method::Invite => {
+                if let Some((tenant, caller)) =
+                    self.authenticate(now, wall_ms, &key, &request, from)
+                {
+                    self.start_call(now, wall_ms, key, request, from, (tenant, caller));
+                }
+            }
             Method::Options => self.respond(now, &key, &request, 200, "OK", |r| {
                 r.headers.push(HeaderName::Allow, ALLOWED);
                 r.headers.push(HeaderName::Accept, "application/sdp");
             }),
-            Method::Cancel => self.respond(
-                now,
-                &key,
-                &request,
-                481,
-                "Call/Transaction Does Not Exist",
-                |_| {},
-            ),
+            Method::Cancel => {
+                if !self.cancel_call(now, wall_ms, &key, &request) {
+                    self.respond(
+                        now,
+                        &key,
+                        &request,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        |_| {},
+                    );
+                }
+            }
             _ => self.respond(now, &key, &request, 501, "Not Implemented", |r| {
                 r.headers.push(HeaderName::Allow, ALLOWED);
             }),
         }
     }
 
-    fn handle_register(
+    /// Digest-authenticates a request against its tenant (realm = the tenant's SIP domain).
+    /// Answers 401 (challenge), 403 (refused) or 404 (unknown domain) itself and returns
+    /// `None`; on success returns the tenant and the authenticated extension.
+    fn authenticate(
         &mut self,
         now: Instant,
         wall_ms: u64,
-        key: ServerKey,
-        request: Request,
+        key: &ServerKey,
+        request: &Request,
         from: Peer,
-    ) {
+    ) -> Option<(Tenant, Extension)> {
         let host = match &request.uri {
             Uri::Sip(uri) => uri.host.to_string(),
             _ => String::new(),
@@ -387,32 +482,30 @@ impl Core {
             .tenant_for_host(host.trim_start_matches('[').trim_end_matches(']'))
             .cloned()
         else {
-            return self.respond(now, &key, &request, 404, "Not Found", |_| {});
+            self.respond(now, key, request, 404, "Not Found", |_| {});
+            return None;
         };
-        let aor_user = request
-            .headers
-            .get(&HeaderName::To)
-            .and_then(|to| NameAddr::parse(to).ok())
-            .and_then(|to| to.parsed_uri().ok())
-            .and_then(|uri| uri.as_sip().and_then(|u| u.user_unescaped()));
         let credentials = request
             .headers
             .get_all(&HeaderName::Authorization)
             .filter_map(|value| Credentials::parse(value).ok())
             .find(|c| c.realm == tenant.domain);
         let Some(credentials) = credentials else {
-            return self.challenge(now, wall_ms, &key, &request, &tenant.domain, false);
+            self.challenge(now, wall_ms, key, request, &tenant.domain, false);
+            return None;
         };
-        let extension = self
+        let Some(extension) = self
             .directory
             .extension_by_number(tenant.id, &credentials.username)
-            .cloned();
-        let Some(extension) = extension else {
+            .cloned()
+        else {
             self.auth_failed(now, from, None);
-            return self.respond(now, &key, &request, 403, "Forbidden", |_| {});
+            self.respond(now, key, request, 403, "Forbidden", |_| {});
+            return None;
         };
         if self.extension_failures.over_limit(&extension.id, now) {
-            return self.respond(now, &key, &request, 403, "Too Many Failed Attempts", |_| {});
+            self.respond(now, key, request, 403, "Too Many Failed Attempts", |_| {});
+            return None;
         }
         let ha1 = digest::ha1(
             credentials.algorithm,
@@ -427,18 +520,41 @@ impl Core {
             &ha1,
             wall_ms,
         ) {
-            Ok(()) => {}
+            Ok(()) => Some((tenant, extension)),
             Err(DigestError::Stale) => {
-                return self.challenge(now, wall_ms, &key, &request, &tenant.domain, true);
+                self.challenge(now, wall_ms, key, request, &tenant.domain, true);
+                None
             }
             Err(DigestError::UnknownNonce) => {
-                return self.challenge(now, wall_ms, &key, &request, &tenant.domain, false);
+                self.challenge(now, wall_ms, key, request, &tenant.domain, false);
+                None
             }
             Err(_) => {
                 self.auth_failed(now, from, Some(extension.id));
-                return self.respond(now, &key, &request, 403, "Forbidden", |_| {});
+                self.respond(now, key, request, 403, "Forbidden", |_| {});
+                None
             }
         }
+    }
+
+    fn handle_register(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: ServerKey,
+        request: Request,
+        from: Peer,
+    ) {
+        let Some((tenant, extension)) = self.authenticate(now, wall_ms, &key, &request, from)
+        else {
+            return;
+        };
+        let aor_user = request
+            .headers
+            .get(&HeaderName::To)
+            .and_then(|to| NameAddr::parse(to).ok())
+            .and_then(|to| to.parsed_uri().ok())
+            .and_then(|uri| uri.as_sip().and_then(|u| u.user_unescaped()));
         if aor_user.as_deref() != Some(extension.number.as_str()) {
             return self.respond(
                 now,
@@ -643,5 +759,7 @@ fn uuid_from(rng: &mut StdRng) -> Uuid {
     uuid::Builder::from_random_bytes(rng.random()).into_uuid()
 }
 
+#[cfg(test)]
+mod call_tests;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@ pub mod core;
 pub mod directory;
 pub mod e164;
 pub mod ivr;
+pub mod media;
 pub mod peer;
 pub mod registrar;
 pub mod stats;

@@ -24,8 +24,14 @@ pub struct SipStats {
     pub overloaded: AtomicU64,
     /// Successful REGISTER requests.
     pub registers: AtomicU64,
+    /// Calls accepted (authenticated and routed to a registered callee).
+    pub calls: AtomicU64,
+    /// Calls that were answered.
+    pub calls_answered: AtomicU64,
     /// Live bindings.
     pub bindings: AtomicU64,
+    /// Calls in progress (ringing or answered).
+    pub active_calls: AtomicU64,
     /// Live transactions.
     pub transactions: AtomicU64,
 }

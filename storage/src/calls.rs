@@ -249,6 +249,16 @@ pub async fn finish(db: &Db, id: Uuid, ending: &Ending) -> Result<(), Error> {
         .bind(ending.recording_id))?)
 }
 
+/// Closes every record still in progress as `interrupted` (the server stopped mid-call; run
+/// at start-up). Returns how many were closed.
+pub async fn close_interrupted(db: &Db, at: Timestamp) -> Result<u64, Error> {
+    const SQL: &str = "UPDATE calls SET ended_at = $1, duration_ms = $1 - started_at, \
+        billsec = CASE WHEN answered_at IS NULL THEN 0 ELSE ($1 - answered_at) / 1000 END, \
+        disposition = 'interrupted', hangup_cause = 'server_stopped', hangup_side = 'system' \
+        WHERE ended_at IS NULL";
+    Ok(exec!(db, |pool| sqlx::query(SQL).bind(at))?)
+}
+
 /// Filters for [`list`]; every field narrows the result.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -559,6 +569,30 @@ pub(crate) mod tests {
             assert_eq!(
                 (second.items[0].id, second.next_cursor),
                 (answered.id, None)
+            );
+            // A record left open by a crash is closed as interrupted.
+            let open = sample(a.id, &e1, "1002", 3_000_000);
+            insert(&db, &open).await.unwrap();
+            assert_eq!(
+                close_interrupted(&db, Timestamp(3_010_000)).await.unwrap(),
+                1
+            );
+            let closed = get(&db, Scope::All, None, open.id).await.unwrap();
+            assert_eq!(
+                (
+                    closed.disposition,
+                    closed.duration_ms,
+                    closed.hangup_cause.as_deref()
+                ),
+                (
+                    Disposition::Interrupted,
+                    Some(10_000),
+                    Some("server_stopped")
+                )
+            );
+            assert_eq!(
+                close_interrupted(&db, Timestamp(3_020_000)).await.unwrap(),
+                0
             );
         })
         .await;

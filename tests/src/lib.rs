@@ -11,6 +11,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,20 @@ pub fn binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// RTP ports per test server.
+const RTP_BLOCK: u16 = 200;
+
+/// A block of RTP ports for the next server of this test process: servers running at the same
+/// time never share ports, and every block lies below the kernel's ephemeral range (32768+),
+/// where SIPp and the tests' own sockets get their ports.
+fn rtp_ports() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let blocks = (32_000 - 20_000) / RTP_BLOCK;
+    let block = NEXT.fetch_add(1, Ordering::Relaxed) % blocks;
+    let first = 20_000 + block * RTP_BLOCK;
+    (first, first + RTP_BLOCK - 1)
 }
 
 /// A running server, killed when dropped.
@@ -64,12 +79,34 @@ impl Server {
         command.env("SWITCHBOARD_HTTP__BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__UDP_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__TCP_BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS", "127.0.0.1");
+        command.env("SWITCHBOARD_MEDIA__BIND_IP", "127.0.0.1");
+        let (first, last) = rtp_ports();
+        command.env("SWITCHBOARD_MEDIA__RTP_PORT_MIN", first.to_string());
+        command.env("SWITCHBOARD_MEDIA__RTP_PORT_MAX", last.to_string());
+        let log_level = std::env::var("SWITCHBOARD_TEST_SERVER_LOGS").ok();
+        if let Some(level) = &log_level {
+            command.env("SWITCHBOARD_LOG__LEVEL", level);
+        }
         command.envs(env.iter().copied());
         let mut child = command.spawn().expect("start switchboard");
         let lines = forward_lines(child.stdout.take().expect("piped stdout"));
-        // Drain stderr (logs) so the server never blocks on a full pipe.
+        // Drain stderr (logs) so the server never blocks on a full pipe. With
+        // SWITCHBOARD_TEST_SERVER_LOGS=<level> (e.g. `debug`), show them at that level (captured
+        // per test by the test harness).
         let stderr = forward_lines(child.stderr.take().expect("piped stderr"));
-        std::thread::spawn(move || for _ in stderr {});
+        let show = log_level.is_some();
+        std::thread::spawn(move || {
+            for line in stderr {
+                if show {
+                    // Shown with the output of the test that started the server.
+                    #[allow(clippy::print_stderr)]
+                    {
+                        eprintln!("server: {line}");
+                    }
+                }
+            }
+        });
         let unset = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut server = Self {
             child,

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchboard_media::g711::Law;
 use switchboard_sip::digest::{Algorithm, Challenge};
 use switchboard_sip::message::{HeaderName, Limits, Message, Response, frame_len};
 use switchboard_tests::{Server, TIMEOUT};
@@ -348,49 +349,52 @@ fn sipp() -> Option<&'static str> {
     found.then_some("sipp")
 }
 
-/// Runs the SIPp REGISTER scenario `calls` times with `credentials` (CSV field 1).
-fn run_sipp(
-    server: &Server,
-    dir: &std::path::Path,
-    number: &str,
-    password: &str,
-    calls: u32,
-) -> std::process::Output {
-    let csv = dir.join(format!("users-{number}-{password}.csv"));
-    std::fs::write(
-        &csv,
-        format!("SEQUENTIAL\n{number};[authentication username={number} password={password}]\n"),
-    )
-    .unwrap();
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/sipp/register_auth.xml");
-    let port = UdpSocket::bind("127.0.0.1:0")
+/// A free UDP port on loopback (released at once; SIPp binds it next).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    Command::new("sipp")
+        .port()
+}
+
+/// Writes a SIPp injection file for `number` with its digest credentials (field 1) and
+/// `extra` fields.
+fn credentials_csv(dir: &std::path::Path, number: &str, password: &str, extra: &str) -> String {
+    let csv = dir.join(format!("users-{number}-{password}.csv"));
+    std::fs::write(
+        &csv,
+        format!(
+            "SEQUENTIAL\n{number};[authentication username={number} password={password}]{extra}\n"
+        ),
+    )
+    .unwrap();
+    csv.to_str().unwrap().to_owned()
+}
+
+/// A SIPp command for `scenario` (in `tests/sipp`) on local port `port`, against `server`.
+fn sipp_command(server: &Server, dir: &std::path::Path, scenario: &str, port: u16) -> Command {
+    let scenario = format!("{}/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new("sipp");
+    command
         .arg(server.sip_udp.to_string())
-        .args([
-            "-sf",
-            scenario,
-            "-inf",
-            csv.to_str().unwrap(),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args([
-            "-m",
-            &calls.to_string(),
-            "-r",
-            "50",
-            "-timeout",
-            "20s",
-            "-timeout_error",
-            "-nostdin",
-        ])
-        .current_dir(dir)
+        .args(["-sf", &scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-timeout", "20s", "-timeout_error", "-nostdin"])
+        .current_dir(dir);
+    command
+}
+
+/// Runs the SIPp REGISTER scenario `calls` times for `number` from local port `port`.
+fn run_sipp_register(
+    server: &Server,
+    dir: &std::path::Path,
+    (number, password): (&str, &str),
+    port: u16,
+    calls: u32,
+) -> std::process::Output {
+    let csv = credentials_csv(dir, number, password, "");
+    sipp_command(server, dir, "register_auth.xml", port)
+        .args(["-inf", &csv, "-m", &calls.to_string(), "-r", "50"])
         .output()
         .expect("run sipp")
 }
@@ -405,7 +409,13 @@ async fn sipp_registers_through_the_digest_challenge() {
     let api = Api::login(&server).await;
     api.extension("4001", "sipp-secret-1").await;
 
-    let output = run_sipp(&server, dir.path(), "4001", "sipp-secret-1", 20);
+    let output = run_sipp_register(
+        &server,
+        dir.path(),
+        ("4001", "sipp-secret-1"),
+        free_udp_port(),
+        20,
+    );
     assert!(
         output.status.success(),
         "sipp failed: {}",
@@ -415,7 +425,13 @@ async fn sipp_registers_through_the_digest_challenge() {
     assert_eq!(items[0]["user_agent"], "sipp-register");
 
     // The wrong password: every attempt is refused (SIPp exits non-zero), and counted.
-    let output = run_sipp(&server, dir.path(), "4001", "wrong-password", 3);
+    let output = run_sipp_register(
+        &server,
+        dir.path(),
+        ("4001", "wrong-password"),
+        free_udp_port(),
+        3,
+    );
     assert!(!output.status.success());
     let metrics = reqwest::get(server.url("/metrics"))
         .await
@@ -431,5 +447,141 @@ async fn sipp_registers_through_the_digest_challenge() {
         metrics.contains("switchboard_sip_auth_failures_total 3"),
         "{metrics}"
     );
+    assert!(server.terminate().success());
+}
+
+/// One second of a 400 Hz tone as an 8 kHz mono G.711 µ-law WAV file (format tag 7).
+fn tone_wav(path: &std::path::Path) {
+    let linear: Vec<i16> = (0..8000u16)
+        .map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * 400.0 * f64::from(n) / 8000.0;
+            (phase.sin() * 8000.0).round() as i16
+        })
+        .collect();
+    let mut samples = vec![0u8; linear.len()];
+    Law::Ulaw.encode(&linear, &mut samples);
+    let data_len = u32::try_from(samples.len()).unwrap();
+    let mut wav = Vec::with_capacity(58 + samples.len());
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(50 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&18u32.to_le_bytes());
+    wav.extend_from_slice(&7u16.to_le_bytes()); // µ-law
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&8000u32.to_le_bytes()); // samples per second
+    wav.extend_from_slice(&8000u32.to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&1u16.to_le_bytes()); // block align
+    wav.extend_from_slice(&8u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(&0u16.to_le_bytes()); // no extension
+    wav.extend_from_slice(b"fact");
+    wav.extend_from_slice(&4u32.to_le_bytes());
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    wav.extend_from_slice(&samples);
+    std::fs::write(path, wav).unwrap();
+}
+
+/// The value of an unlabelled metric.
+async fn metric(server: &Server, name: &str) -> u64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn sipp_calls_a_registered_sipp_through_the_media_anchor() {
+    if sipp().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    api.extension("5001", "caller-secret").await;
+    let callee = api.extension("5002", "callee-secret").await;
+
+    // The callee registers from the port it then answers on.
+    let callee_port = free_udp_port();
+    let output = run_sipp_register(
+        &server,
+        dir.path(),
+        ("5002", "callee-secret"),
+        callee_port,
+        1,
+    );
+    assert!(
+        output.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    api.wait_for_registrations(1).await;
+    let media_port = free_udp_port();
+    let uas = sipp_command(&server, dir.path(), "call_uas.xml", callee_port)
+        .args(["-m", "1", "-rtp_echo", "-mp", &media_port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the SIPp callee");
+
+    // The caller authenticates, is connected through, streams one second of audio (echoed by
+    // the callee) and hangs up. An INVITE sent before the callee listens is retransmitted.
+    tone_wav(&dir.path().join("tone.wav"));
+    let csv = credentials_csv(dir.path(), "5001", "caller-secret", "");
+    let caller = sipp_command(&server, dir.path(), "call_uac.xml", free_udp_port())
+        .args(["-inf", &csv, "-s", "5002", "-m", "1"])
+        .output()
+        .expect("run the SIPp caller");
+    let callee_output = uas.wait_with_output().unwrap();
+    let report = || {
+        format!(
+            "caller:\n{}{}\ncallee:\n{}{}",
+            String::from_utf8_lossy(&caller.stdout),
+            String::from_utf8_lossy(&caller.stderr),
+            String::from_utf8_lossy(&callee_output.stdout),
+            String::from_utf8_lossy(&callee_output.stderr)
+        )
+    };
+    assert!(caller.status.success(), "{}", report());
+    assert!(callee_output.status.success(), "{}", report());
+
+    // The caller sent one second (50-51 packets of 20 ms) and the callee echoed it: 100 or more
+    // relayed packets means both directions carried the audio.
+    let forwarded = metric(&server, "switchboard_media_rtp_forwarded_total").await;
+    assert!(
+        forwarded >= 100,
+        "RTP relayed both ways: {forwarded} packets"
+    );
+    assert_eq!(metric(&server, "switchboard_calls_total").await, 1);
+    assert_eq!(metric(&server, "switchboard_calls_answered_total").await, 1);
+    assert_eq!(metric(&server, "switchboard_calls_active").await, 0);
+
+    // The call detail record: answered, ended by the caller, both legs listed.
+    let deadline = Instant::now() + TIMEOUT;
+    let record = loop {
+        let (_, page) = api.call(reqwest::Method::GET, "/calls", None).await;
+        if let Some(record) = page["items"]
+            .as_array()
+            .and_then(|items| items.first())
+            .filter(|record| record["disposition"] != "in_progress")
+        {
+            break record.clone();
+        }
+        assert!(Instant::now() < deadline, "no finished call record: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(record["disposition"], "answered", "{record}");
+    assert_eq!(record["hangup_side"], "caller", "{record}");
+    assert_eq!(record["hangup_cause"], "normal_clearing", "{record}");
+    assert_eq!(record["direction"], "internal", "{record}");
+    assert_eq!(record["from_number"], "5001", "{record}");
+    assert_eq!(record["to_number"], "5002", "{record}");
+    assert_eq!(record["to_extension_id"], callee.as_str(), "{record}");
+    assert!(record["duration_ms"].as_i64().unwrap() >= 1000, "{record}");
+    assert_eq!(record["legs"].as_array().unwrap().len(), 2, "{record}");
     assert!(server.terminate().success());
 }

@@ -103,6 +103,7 @@ impl AppState {
         let inner =
             Arc::get_mut(&mut self.0).expect("with_sip is called before the state is cloned");
         inner.metrics.register_sip(sip.stats());
+        inner.metrics.register_media(sip.media_stats());
         inner.sip = Some(sip);
         self
     }

@@ -7,7 +7,7 @@ mod persist;
 mod task;
 mod tcp;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Instant;
@@ -16,23 +16,27 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use switchboard_signalling::core::{Core, CoreConfig};
 use switchboard_signalling::directory::Update;
-use switchboard_signalling::peer::Peer;
+use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_signalling::registrar::RegistrarConfig;
 use switchboard_signalling::stats::SipStats;
 use switchboard_sip::message::Limits;
 use switchboard_sip::transaction::Timers;
 use switchboard_storage::crypto::SecretBox;
-use switchboard_storage::{Db, Scope, Timestamp, Uuid, registrations};
+use switchboard_storage::{Db, Engine, Scope, Timestamp, Uuid, calls, registrations};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::media::{MediaPlane, MediaStats};
 
 /// Messages queued for the signalling task before senders wait.
 const INBOX: usize = 4096;
-/// Registration changes queued for the writer before new ones are dropped.
-const PERSIST_QUEUE: usize = 10_000;
+/// Records (registration changes, call starts and ends) queued for the writer before new
+/// ones are dropped.
+const RECORD_QUEUE: usize = 10_000;
+/// Media events queued for the signalling task.
+const MEDIA_EVENTS: usize = 4096;
 
 /// Inputs of the signalling task.
 #[derive(Debug)]
@@ -55,6 +59,7 @@ pub(crate) enum Command {
 pub struct SipHandle {
     inbox: mpsc::Sender<Command>,
     stats: Arc<SipStats>,
+    media_stats: Arc<MediaStats>,
     db: Db,
     secret_box: SecretBox,
 }
@@ -63,6 +68,11 @@ impl SipHandle {
     /// The core's counters.
     pub fn stats(&self) -> Arc<SipStats> {
         self.stats.clone()
+    }
+
+    /// The media workers' counters.
+    pub fn media_stats(&self) -> Arc<MediaStats> {
+        self.media_stats.clone()
     }
 
     fn send(&self, update: Update) {
@@ -137,6 +147,10 @@ fn core_config(config: &Config) -> CoreConfig {
             .iter()
             .filter_map(|a| switchboard_sip::digest::Algorithm::parse(a))
             .collect(),
+        max_calls: config.media.max_calls,
+        max_calls_per_tenant: config.media.max_calls_per_tenant,
+        ring_timeout: config.media.ring_timeout,
+        rtp_ports: (config.media.rtp_port_min, config.media.rtp_port_max),
         ..CoreConfig::default()
     }
 }
@@ -146,8 +160,21 @@ pub async fn start(
     config: &Config,
     db: &Db,
     secret_box: &SecretBox,
+    advertised: IpAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SipService> {
+    // One node owns every call of an SQLite database, so what is still in progress was cut
+    // off by the last run. PostgreSQL may be shared by nodes whose calls are live: records do
+    // not yet say which node owns them, so they are left alone there.
+    if db.engine() == Engine::Sqlite {
+        let interrupted = calls::close_interrupted(db, Timestamp::now()).await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "closed call records left in progress by the last run"
+            );
+        }
+    }
     let mut nonce_key = [0u8; 32];
     let mut seed = [0u8; 32];
     rand::fill(&mut nonce_key);
@@ -174,7 +201,8 @@ pub async fn start(
     tracing::info!(restored, "registrations restored");
 
     let (inbox_tx, inbox) = mpsc::channel(INBOX);
-    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
+    let (records_tx, records_rx) = mpsc::channel(RECORD_QUEUE);
+    let (media_events_tx, media_events) = mpsc::channel(MEDIA_EVENTS);
     let mut tasks = Vec::new();
 
     let udp = if config.sip.udp {
@@ -223,12 +251,27 @@ pub async fn start(
         None
     };
 
+    let mut ports = Vec::new();
+    ports.extend(udp_addr.map(|a| (Transport::Udp, a.port())));
+    ports.extend(tcp_addr.map(|a| (Transport::Tcp, a.port())));
+    core.set_local(advertised, &ports);
+
+    let (media, threads) = MediaPlane::start(&config.media, media_events_tx, shutdown.clone())
+        .context("starting the media workers")?;
+    tasks.push(tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }));
     let stats = core.stats();
-    tasks.push(tokio::spawn(persist::run(db.clone(), persist_rx)));
+    let media_stats = media.stats();
+    tasks.push(tokio::spawn(persist::run(db.clone(), records_rx)));
     let io = task::Io {
         udp,
         inbox,
-        persist: persist_tx,
+        records: records_tx,
+        media,
+        media_events,
         shutdown,
     };
     tasks.push(tokio::spawn(task::run(core, io)));
@@ -236,6 +279,7 @@ pub async fn start(
         handle: SipHandle {
             inbox: inbox_tx,
             stats,
+            media_stats,
             db: db.clone(),
             secret_box: secret_box.clone(),
         },

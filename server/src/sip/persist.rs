@@ -1,13 +1,29 @@
-//! The registration writer: persists binding changes off the signalling task, so a slow
-//! database never delays SIP. Changes queue in a bounded channel; if it is full the change is
-//! dropped (and logged): the binding still works, it would only be forgotten by a restart.
+//! The record writer: persists registration changes and call records off the signalling
+//! task, so a slow database never delays SIP. Records queue in a bounded channel, in order; if
+//! it is full a record is dropped (logged and counted): a binding still works, it would only be
+//! forgotten by a restart; a call still connects. A call's end repeats its start, so a call
+//! whose start record was lost (full queue or database error) is written whole when it ends.
 
 use std::time::{Duration, Instant};
 
+use switchboard_signalling::core::{CallEnd, CallStart, Disposition, HangupSide};
+use switchboard_signalling::peer::Peer;
 use switchboard_signalling::registrar::{Binding, Change};
+use switchboard_storage::calls::{self, Call, Direction, Ending};
 use switchboard_storage::registrations::{self, Registration};
-use switchboard_storage::{Db, Timestamp, Uuid};
+use switchboard_storage::{Db, Error, Timestamp, Uuid};
 use tokio::sync::mpsc;
+
+/// What the writer persists.
+#[derive(Debug)]
+pub(crate) enum Record {
+    /// A registration changed.
+    Registration(Persist),
+    /// A call started.
+    CallStart(CallStart),
+    /// A call ended.
+    CallEnd(CallEnd),
+}
 
 /// A change with the wall-clock time its expiry maps to.
 #[derive(Debug)]
@@ -44,34 +60,139 @@ fn row(
     }
 }
 
-/// Applies changes until the channel closes.
-pub(crate) async fn run(db: Db, mut changes: mpsc::Receiver<Persist>) {
-    while let Some(Persist {
+/// Applies records until the channel closes.
+pub(crate) async fn run(db: Db, mut records: mpsc::Receiver<Record>) {
+    while let Some(record) = records.recv().await {
+        match record {
+            Record::Registration(persist) => registration(&db, persist).await,
+            Record::CallStart(start) => {
+                if let Err(error) = calls::insert(&db, &started(&start)).await {
+                    tracing::warn!(%error, call_id = %start.sip_call_id, "could not write the start of a call record; it is written whole when the call ends");
+                }
+            }
+            Record::CallEnd(end) => {
+                if let Err(error) = call_end(&db, &end).await {
+                    tracing::error!(%error, id = %end.start.id, "could not write a call record");
+                }
+            }
+        }
+    }
+}
+
+async fn registration(db: &Db, persist: Persist) {
+    let Persist {
         change,
         wall_now,
         now,
-    }) = changes.recv().await
-    {
-        let result = match &change {
-            Change::Upsert {
-                tenant_id,
-                extension_id,
-                binding,
-            } => {
-                registrations::upsert(&db, &row(*tenant_id, *extension_id, binding, wall_now, now))
-                    .await
-            }
-            Change::Remove {
-                extension_id,
-                contact,
-                ..
-            } => registrations::remove(&db, *extension_id, contact)
-                .await
-                .map(|_| ()),
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, ?change, "could not persist a registration change");
+    } = persist;
+    let result = match &change {
+        Change::Upsert {
+            tenant_id,
+            extension_id,
+            binding,
+        } => {
+            registrations::upsert(db, &row(*tenant_id, *extension_id, binding, wall_now, now)).await
         }
+        Change::Remove {
+            extension_id,
+            contact,
+            ..
+        } => registrations::remove(db, *extension_id, contact)
+            .await
+            .map(|_| ()),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, ?change, "could not persist a registration change");
+    }
+}
+
+fn timestamp(wall_ms: u64) -> Timestamp {
+    Timestamp(i64::try_from(wall_ms).unwrap_or(i64::MAX))
+}
+
+/// The in-progress record of a call that just started.
+fn started(start: &CallStart) -> Call {
+    Call {
+        id: start.id,
+        tenant_id: start.tenant_id,
+        sip_call_id: start.sip_call_id.clone(),
+        direction: Direction::Internal,
+        from_uri: start.from_uri.clone(),
+        to_uri: start.to_uri.clone(),
+        from_number: start.from_number.clone(),
+        to_number: start.to_number.clone(),
+        did: None,
+        from_extension_id: Some(start.from_extension),
+        to_extension_id: Some(start.to_extension),
+        trunk_id: None,
+        legs: serde_json::Value::Array(Vec::new()),
+        started_at: timestamp(start.started_wall_ms),
+        answered_at: None,
+        ended_at: None,
+        duration_ms: None,
+        billsec: None,
+        disposition: calls::Disposition::InProgress,
+        hangup_cause: None,
+        hangup_side: None,
+        recording_id: None,
+        media_stats: serde_json::Value::Object(serde_json::Map::new()),
+    }
+}
+
+fn leg(role: &str, peer: &Peer) -> serde_json::Value {
+    serde_json::json!({
+        "role": role,
+        "transport": peer.transport.as_str(),
+        "address": peer.addr.to_string(),
+    })
+}
+
+fn ending(end: &CallEnd) -> Ending {
+    let mut legs = vec![leg("caller", &end.caller)];
+    legs.extend(end.callee.as_ref().map(|callee| leg("callee", callee)));
+    Ending {
+        answered_at: end.answered_wall_ms.map(timestamp),
+        ended_at: timestamp(end.ended_wall_ms),
+        disposition: match end.disposition {
+            Disposition::Answered => calls::Disposition::Answered,
+            Disposition::Busy => calls::Disposition::Busy,
+            Disposition::NoAnswer => calls::Disposition::NoAnswer,
+            Disposition::Cancelled => calls::Disposition::Cancelled,
+            Disposition::Failed => calls::Disposition::Failed,
+        },
+        hangup_cause: end.cause.to_owned(),
+        hangup_side: match end.side {
+            HangupSide::Caller => calls::HangupSide::Caller,
+            HangupSide::Callee => calls::HangupSide::Callee,
+            HangupSide::System => calls::HangupSide::System,
+        },
+        to_extension_id: None,
+        legs: serde_json::Value::Array(legs),
+        media_stats: serde_json::Value::Object(serde_json::Map::new()),
+        recording_id: None,
+    }
+}
+
+/// Completes a call's record; if its start never reached the database, writes it whole.
+async fn call_end(db: &Db, end: &CallEnd) -> Result<(), Error> {
+    let ending = ending(end);
+    match calls::finish(db, end.start.id, &ending).await {
+        Err(Error::NotFound) => {
+            let mut call = started(&end.start);
+            let ended = ending.ended_at;
+            call.answered_at = ending.answered_at;
+            call.ended_at = Some(ended);
+            call.duration_ms = Some(ended.as_millis() - call.started_at.as_millis());
+            call.billsec = Some(ending.answered_at.map_or(0, |answered| {
+                (ended.as_millis() - answered.as_millis()) / 1000
+            }));
+            call.disposition = ending.disposition;
+            call.hangup_cause = Some(ending.hangup_cause);
+            call.hangup_side = Some(ending.hangup_side);
+            call.legs = ending.legs;
+            calls::insert(db, &call).await
+        }
+        other => other,
     }
 }
 
@@ -100,4 +221,99 @@ pub(crate) fn binding(
         expires_at: now + Duration::from_millis(left),
         user_agent: registration.user_agent.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use switchboard_signalling::peer::Transport;
+    use switchboard_storage::{ConnectOptions, Scope, tenants};
+
+    use super::*;
+
+    async fn db() -> (tempfile::TempDir, Db, Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/test.db", dir.path().display());
+        let db = Db::connect(&url, &ConnectOptions::default()).await.unwrap();
+        let tenant = tenants::create(&db, "Acme", "acme.test").await.unwrap();
+        (dir, db, tenant.id)
+    }
+
+    fn start(tenant_id: Uuid) -> CallStart {
+        CallStart {
+            id: Uuid::new_v4(),
+            tenant_id,
+            sip_call_id: "abc@phone".into(),
+            from_uri: "sip:1001@acme.test".into(),
+            to_uri: "sip:1002@acme.test".into(),
+            from_extension: Uuid::new_v4(),
+            from_number: "1001".into(),
+            to_extension: Uuid::new_v4(),
+            to_number: "1002".into(),
+            started_wall_ms: 1_000_000,
+        }
+    }
+
+    fn end(start: CallStart) -> CallEnd {
+        let peer = |port| Peer {
+            transport: Transport::Udp,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            conn: None,
+        };
+        CallEnd {
+            start,
+            answered_wall_ms: Some(1_002_000),
+            ended_wall_ms: 1_065_500,
+            disposition: Disposition::Answered,
+            cause: "normal_clearing",
+            side: HangupSide::Callee,
+            caller: peer(5060),
+            callee: Some(peer(5070)),
+        }
+    }
+
+    async fn write(db: &Db, records: Vec<Record>) {
+        let (tx, rx) = mpsc::channel(8);
+        for record in records {
+            tx.send(record).await.unwrap();
+        }
+        drop(tx);
+        run(db.clone(), rx).await;
+    }
+
+    fn check(call: &Call) {
+        assert_eq!(call.disposition, calls::Disposition::Answered);
+        assert_eq!(call.hangup_side, Some(calls::HangupSide::Callee));
+        assert_eq!(call.hangup_cause.as_deref(), Some("normal_clearing"));
+        assert_eq!(call.duration_ms, Some(65_500));
+        assert_eq!(call.billsec, Some(63));
+        assert_eq!(call.legs[1]["address"], "127.0.0.1:5070");
+        assert_eq!(call.legs[0]["role"], "caller");
+    }
+
+    #[tokio::test]
+    async fn a_call_is_written_at_start_and_completed_at_end() {
+        let (_dir, db, tenant) = db().await;
+        let start = start(tenant);
+        let id = start.id;
+        write(&db, vec![Record::CallStart(start.clone())]).await;
+        let call = calls::get(&db, Scope::All, None, id).await.unwrap();
+        assert_eq!(call.disposition, calls::Disposition::InProgress);
+        write(&db, vec![Record::CallEnd(end(start))]).await;
+        check(&calls::get(&db, Scope::All, None, id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_start_was_lost_is_written_whole_at_its_end() {
+        let (_dir, db, tenant) = db().await;
+        let start = start(tenant);
+        let id = start.id;
+        // The start never reached the writer (its queue was full).
+        write(&db, vec![Record::CallEnd(end(start))]).await;
+        let call = calls::get(&db, Scope::All, None, id).await.unwrap();
+        check(&call);
+        assert_eq!(call.to_number, "1002");
+        assert_eq!(call.started_at, Timestamp(1_000_000));
+    }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard_signalling::core::{Core, Output};
+use switchboard_signalling::media::MediaEvent;
 use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_storage::Timestamp;
 use tokio::io::Interest;
@@ -15,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Command;
-use super::persist::Persist;
+use super::persist::{Persist, Record};
+use crate::media::MediaPlane;
 
 /// Datagrams read per system call.
 const BATCH: usize = quinn_udp::BATCH_SIZE;
@@ -32,7 +34,9 @@ pub(crate) struct Udp {
 pub(crate) struct Io {
     pub(crate) udp: Option<Udp>,
     pub(crate) inbox: mpsc::Receiver<Command>,
-    pub(crate) persist: mpsc::Sender<Persist>,
+    pub(crate) records: mpsc::Sender<Record>,
+    pub(crate) media: MediaPlane,
+    pub(crate) media_events: mpsc::Receiver<MediaEvent>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -51,16 +55,17 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
         while let Some(output) = core.poll_output() {
             match output {
                 Output::Transmit { peer, bytes } => transmit(&io, &connections, peer, &bytes),
-                Output::Registration(change) => {
-                    let persist = Persist {
+                Output::Registration(change) => record(
+                    &io,
+                    Record::Registration(Persist {
                         change,
                         wall_now: Timestamp::now(),
                         now: Instant::now(),
-                    };
-                    if let Err(error) = io.persist.try_send(persist) {
-                        tracing::warn!(%error, "registration writer is behind; change not persisted");
-                    }
-                }
+                    }),
+                ),
+                Output::CallStarted(start) => record(&io, Record::CallStart(start)),
+                Output::CallEnded(end) => record(&io, Record::CallEnd(end)),
+                Output::Media(command) => io.media.send(command),
             }
         }
         let deadline = core
@@ -82,6 +87,7 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     receive_batch(&mut core, udp, &mut buffers);
                 }
             }
+            Some(event) = io.media_events.recv() => core.handle_media_event(Instant::now(), wall_ms(), event),
             command = io.inbox.recv() => match command {
                 None => return,
                 Some(Command::Inbound { peer, bytes }) => core.handle_datagram(Instant::now(), wall_ms(), peer, &bytes),
@@ -94,6 +100,13 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                 Some(Command::Directory(update)) => core.apply(update),
             },
         }
+    }
+}
+
+/// Queues a record for the writer without waiting.
+fn record(io: &Io, record: Record) {
+    if let Err(error) = io.records.try_send(record) {
+        tracing::warn!(%error, "record writer is behind; record not persisted");
     }
 }
 

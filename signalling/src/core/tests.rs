@@ -89,7 +89,7 @@ impl Phone {
                     Ok(Message::Response(r)) => Some(r),
                     _ => None,
                 },
-                Output::Registration(_) => None,
+                _ => None,
             })
             .collect()
     }

@@ -1,0 +1,709 @@
+//! Calls through the B2BUA on virtual time: Alice (1001) calls Bob (1002), whose phones are
+//! simulated peers. Each test reads what the core sends to whom.
+
+// Virtual time needs one real origin.
+#![allow(clippy::disallowed_methods)]
+
+use std::net::SocketAddr;
+
+use switchboard_media::sdp::{Direction, Sdp};
+use switchboard_sip::digest::Challenge;
+use switchboard_sip::message::{Limits, Message};
+
+use super::*;
+use crate::directory::{Extension, Tenant};
+use crate::media::MediaEvent;
+
+const WALL: u64 = 1_795_305_600_000;
+
+fn peer(last: u8) -> Peer {
+    Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::from(([192, 0, 2, last], 5060)),
+        conn: None,
+    }
+}
+
+fn sdp(ip: &str, port: u16, direction: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n"
+    )
+}
+
+struct World {
+    core: Core,
+    now: Instant,
+    alice: Peer,
+    bob: Vec<Peer>,
+    /// Everything the core output, in order.
+    outputs: Vec<Output>,
+    /// Numbers Alice's calls (branches and Call-IDs).
+    calls: u32,
+}
+
+impl World {
+    fn new(bob_phones: u8, config: CoreConfig) -> Self {
+        let mut core = Core::new(config, [1; 32], [2; 32]);
+        let tenant = Uuid::new_v4();
+        core.apply(Update::TenantUpsert(Tenant {
+            id: tenant,
+            domain: "example.com".into(),
+        }));
+        core.set_default_domain("example.com");
+        core.set_local("203.0.113.1".parse().unwrap(), &[(Transport::Udp, 5060)]);
+        for (number, secret) in [("1001", "alice-pass"), ("1002", "bob-pass")] {
+            core.apply(Update::ExtensionUpsert(Extension {
+                id: Uuid::new_v4(),
+                tenant_id: tenant,
+                number: number.into(),
+                display_name: format!("Ext {number}"),
+                secret: secret.into(),
+            }));
+        }
+        let mut world = Self {
+            core,
+            now: Instant::now(),
+            alice: peer(10),
+            bob: (0..bob_phones).map(|i| peer(20 + i)).collect(),
+            outputs: Vec::new(),
+            calls: 0,
+        };
+        for (i, phone) in world.bob.clone().into_iter().enumerate() {
+            world.register(phone, "1002", "bob-pass", i);
+        }
+        world.outputs.clear();
+        world
+    }
+
+    fn send(&mut self, from: Peer, text: &str) {
+        self.core
+            .handle_datagram(self.now, WALL, from, text.as_bytes());
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            self.outputs.push(output);
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while let Some(at) = self.core.poll_timeout().filter(|at| *at <= end) {
+            self.now = at.max(self.now);
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = end;
+    }
+
+    /// Messages the core sent to `to` since the last call, parsed.
+    fn take_sent(&mut self, to: Peer) -> Vec<Message> {
+        let mut out = Vec::new();
+        self.outputs.retain(|o| match o {
+            Output::Transmit { peer, bytes } if *peer == to => {
+                out.push(Message::parse(bytes, &Limits::default()).unwrap());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    fn responses(&mut self, to: Peer) -> Vec<Response> {
+        self.take_sent(to)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Response(r) => Some(r),
+                Message::Request(_) => None,
+            })
+            .collect()
+    }
+
+    fn statuses(&mut self, to: Peer) -> Vec<u16> {
+        self.responses(to).into_iter().map(|r| r.status).collect()
+    }
+
+    fn requests(&mut self, to: Peer) -> Vec<Request> {
+        self.take_sent(to)
+            .into_iter()
+            .filter_map(|m| {
+                if let Message::Request(r) = m {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn register(&mut self, phone: Peer, number: &str, password: &str, index: usize) {
+        let text = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKreg{number}{index}{cseq}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:{number}@example.com>;tag=r{index}\r\nTo: <sip:{number}@example.com>\r\nCall-ID: reg-{number}-{index}\r\n\
+                 CSeq: {cseq} REGISTER\r\nContact: <sip:{number}@{}>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n",
+                phone.addr, phone.addr
+            )
+        };
+        self.send(phone, &text(1, ""));
+        let challenge = self.challenge(phone);
+        let answer = challenge.answer(number, password, "REGISTER", "sip:example.com", "cn", 1);
+        self.send(phone, &text(2, &format!("Authorization: {answer}\r\n")));
+        assert_eq!(self.statuses(phone).last(), Some(&200));
+    }
+
+    fn challenge(&mut self, to: Peer) -> Challenge {
+        let responses: Vec<Response> = self.responses(to);
+        let last = responses.last().expect("a challenge");
+        assert_eq!(last.status, 401);
+        Challenge::parse(last.headers.get(&HeaderName::WwwAuthenticate).unwrap()).unwrap()
+    }
+
+    fn invite_text(&self, cseq: u32, auth: &str, to_number: &str) -> String {
+        let body = sdp("192.0.2.10", 4000, "sendrecv");
+        let n = self.calls;
+        format!(
+            "INVITE sip:{to_number}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv{n}x{cseq}\r\nMax-Forwards: 70\r\n\
+             From: \"Alice\" <sip:1001@example.com>;tag=alice\r\nTo: <sip:{to_number}@example.com>\r\nCall-ID: call-{n}@alice\r\n\
+             CSeq: {cseq} INVITE\r\nContact: <sip:1001@192.0.2.10:5060>\r\nContent-Type: application/sdp\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// The ACK Alice sends for a 3xx-6xx to her INVITE (§17.1.1.3).
+    fn ack_failure(&mut self, cseq: u32, to_number: &str, response: &Response) {
+        let n = self.calls;
+        let to = response.headers.get(&HeaderName::To).unwrap();
+        let ack = format!(
+            "ACK sip:{to_number}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv{n}x{cseq}\r\nMax-Forwards: 70\r\n\
+             From: \"Alice\" <sip:1001@example.com>;tag=alice\r\nTo: {to}\r\nCall-ID: call-{n}@alice\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        let alice = self.alice;
+        self.core
+            .handle_datagram(self.now, WALL, alice, ack.as_bytes());
+        self.drain();
+    }
+
+    /// Alice INVITEs `to_number`, through the challenge (which she acknowledges).
+    fn call(&mut self, to_number: &str) {
+        self.calls += 1;
+        let alice = self.alice;
+        self.send(alice, &self.invite_text(1, "", to_number));
+        let responses: Vec<Response> = self.responses(alice);
+        let unauthorized = responses.last().expect("a challenge").clone();
+        assert_eq!(unauthorized.status, 401);
+        self.ack_failure(1, to_number, &unauthorized);
+        let challenge = Challenge::parse(
+            unauthorized
+                .headers
+                .get(&HeaderName::WwwAuthenticate)
+                .unwrap(),
+        )
+        .unwrap();
+        let answer = challenge.answer(
+            "1001",
+            "alice-pass",
+            "INVITE",
+            &format!("sip:{to_number}@example.com"),
+            "cn",
+            1,
+        );
+        self.send(
+            alice,
+            &self.invite_text(2, &format!("Authorization: {answer}\r\n"), to_number),
+        );
+    }
+
+    /// A response from Bob's phone to `request`, with Bob's tag, contact and optional SDP.
+    fn answer_from(&mut self, phone: Peer, request: &Request, status: u16, body: Option<String>) {
+        let mut response = transaction::response_to(request, status, "Whatever");
+        let to = response.headers.get(&HeaderName::To).unwrap().to_owned();
+        if !to.contains("tag=") {
+            response
+                .headers
+                .set(HeaderName::To, format!("{to};tag=bob{}", phone.addr.ip()));
+        }
+        response
+            .headers
+            .push(HeaderName::Contact, format!("<sip:1002@{}>", phone.addr));
+        if let Some(body) = body {
+            response
+                .headers
+                .push(HeaderName::ContentType, "application/sdp");
+            response.body = Bytes::from(body);
+        }
+        let bytes = response.to_bytes();
+        self.core.handle_datagram(self.now, WALL, phone, &bytes);
+        self.drain();
+    }
+
+    fn ended(&self) -> Option<&CallEnd> {
+        self.outputs.iter().find_map(|o| {
+            if let Output::CallEnded(end) = o {
+                Some(end)
+            } else {
+                None
+            }
+        })
+    }
+
+    fn media(&self) -> Vec<&MediaCommand> {
+        self.outputs
+            .iter()
+            .filter_map(|o| {
+                if let Output::Media(m) = o {
+                    Some(m)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// An in-dialog request from Alice for the answered call.
+    fn alice_in_dialog(&self, method: &str, cseq: u32, to_tag: &str, body: &str) -> String {
+        format!(
+            "{method} sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\n\
+             From: \"Alice\" <sip:1001@example.com>;tag=alice\r\nTo: <sip:1002@example.com>;tag={to_tag}\r\nCall-ID: call-{}@alice\r\n\
+             CSeq: {cseq} {method}\r\nContact: <sip:1001@192.0.2.10:5060>\r\n{}Content-Length: {}\r\n\r\n{body}",
+            self.calls,
+            if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/sdp\r\n"
+            },
+            body.len()
+        )
+    }
+}
+
+/// Alice calls, Bob answers; returns the To tag Alice sees.
+fn answered_call(world: &mut World) -> String {
+    world.call("1002");
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_from(bob, &invite, 180, None);
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    let to_alice: Vec<Response> = world.responses(world.alice);
+    let ok = to_alice
+        .iter()
+        .find(|r| r.status == 200)
+        .expect("200 to Alice");
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let ack = world.alice_in_dialog("ACK", 2, &tag, "");
+    world.send(world.alice, &ack);
+    tag
+}
+
+#[test]
+fn call_is_anchored_answered_and_hung_up_by_the_caller() {
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let alice = world.alice;
+    assert_eq!(world.statuses(alice), [100]);
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    // Our own dialog and our own media address towards Bob.
+    assert_ne!(
+        invite.headers.get(&HeaderName::CallId),
+        Some("call-1@alice")
+    );
+    let offer = Sdp::parse(&invite.body).unwrap();
+    assert_eq!(
+        crate::media::audio_address(&offer)
+            .map(|a| a.ip().to_string())
+            .as_deref(),
+        Some("203.0.113.1")
+    );
+    assert!(
+        invite
+            .headers
+            .get(&HeaderName::From)
+            .unwrap()
+            .contains("sip:1001@example.com")
+    );
+    assert!(
+        matches!(world.outputs.iter().find(|o| matches!(o, Output::CallStarted(_))), Some(Output::CallStarted(start)) if start.to_number == "1002")
+    );
+
+    world.answer_from(bob, &invite, 180, None);
+    assert_eq!(world.statuses(alice), [180]);
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    // Bob gets an ACK from us; Alice gets our 200 with our address.
+    assert_eq!(
+        world
+            .requests(bob)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Ack]
+    );
+    let ok: Vec<Message> = world.take_sent(alice);
+    let Some(Message::Response(ok)) = ok.last() else {
+        panic!("no 200")
+    };
+    assert_eq!(ok.status, 200);
+    let answer = Sdp::parse(&ok.body).unwrap();
+    let a_port = crate::media::audio_address(&answer).unwrap().port();
+    let Some(MediaCommand::Create {
+        a_port: created,
+        a_expected,
+        ..
+    }) = world.media().first().copied().cloned()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (created, a_expected),
+        (a_port, Some("192.0.2.10:4000".parse().unwrap()))
+    );
+    assert!(world.media().iter().any(|m| matches!(m, MediaCommand::Update { a_side: false, expected: Some(e), .. } if e.to_string() == "192.0.2.20:6000")));
+
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let ack = world.alice_in_dialog("ACK", 2, &tag, "");
+    world.send(alice, &ack);
+    world.advance(Duration::from_secs(5));
+    assert!(
+        world.take_sent(alice).is_empty(),
+        "no 200 retransmissions after the ACK"
+    );
+
+    let bye = world.alice_in_dialog("BYE", 3, &tag, "");
+    world.send(alice, &bye);
+    assert_eq!(world.statuses(alice), [200]);
+    let to_bob = world.requests(bob);
+    assert_eq!(
+        to_bob.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
+        [Method::Bye]
+    );
+    let end = world.ended().expect("CDR end");
+    assert_eq!(
+        (end.disposition, end.cause, end.side),
+        (Disposition::Answered, "normal_clearing", HangupSide::Caller)
+    );
+    assert!(end.answered_wall_ms.is_some());
+    assert!(matches!(
+        world.media().last(),
+        Some(MediaCommand::Destroy { .. })
+    ));
+    assert_eq!(world.core.call_count(), 0);
+}
+
+#[test]
+fn callee_hangs_up() {
+    let mut world = World::new(1, CoreConfig::default());
+    let tag = answered_call(&mut world);
+    let bob = world.bob[0];
+    // Bob's BYE in his dialog with us: From=Bob(tag), To=us(our B-side tag).
+    let session = world.core.calls.any_session().unwrap();
+    let b_from_tag = world.core.calls.b_dialog(session).unwrap();
+    let bye = format!(
+        "BYE sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKbobbye\r\nMax-Forwards: 70\r\n\
+         From: <sip:1002@example.com>;tag={}\r\nTo: <sip:1001@example.com>;tag={}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        bob.addr, b_from_tag.remote_tag, b_from_tag.local_tag, b_from_tag.call_id
+    );
+    world.send(bob, &bye);
+    assert_eq!(world.statuses(bob), [200]);
+    let to_alice = world.requests(world.alice);
+    assert_eq!(to_alice.len(), 1);
+    assert_eq!(to_alice[0].method, Method::Bye);
+    assert_eq!(
+        to_alice[0]
+            .headers
+            .get(&HeaderName::From)
+            .map(|f| f.contains(&tag)),
+        Some(true)
+    );
+    assert_eq!(world.ended().map(|e| e.side), Some(HangupSide::Callee));
+}
+
+#[test]
+fn busy_callee_gives_486_and_a_busy_record() {
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().unwrap();
+    world.answer_from(bob, &invite, 486, None);
+    assert_eq!(world.statuses(world.alice), [100, 486]);
+    let end = world.ended().unwrap();
+    assert_eq!(
+        (end.disposition, end.cause),
+        (Disposition::Busy, "user_busy")
+    );
+    assert!(end.answered_wall_ms.is_none());
+}
+
+#[test]
+fn forks_race_the_first_answer_wins_and_the_others_are_cancelled() {
+    let mut world = World::new(2, CoreConfig::default());
+    world.call("1002");
+    let (desk, soft) = (world.bob[0], world.bob[1]);
+    let to_desk = world
+        .requests(desk)
+        .pop()
+        .expect("INVITE to the desk phone");
+    let to_soft = world.requests(soft).pop().expect("INVITE to the softphone");
+    world.answer_from(desk, &to_desk, 180, None);
+    world.answer_from(soft, &to_soft, 180, None);
+    world.answer_from(
+        soft,
+        &to_soft,
+        200,
+        Some(sdp("192.0.2.21", 7000, "sendrecv")),
+    );
+    assert_eq!(
+        world
+            .requests(soft)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Ack]
+    );
+    assert_eq!(
+        world
+            .requests(desk)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Cancel],
+        "the loser is cancelled"
+    );
+    // The desk phone answered at the same moment: it is acknowledged and hung up.
+    world.answer_from(
+        desk,
+        &to_desk,
+        200,
+        Some(sdp("192.0.2.20", 6000, "sendrecv")),
+    );
+    assert_eq!(
+        world
+            .requests(desk)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Ack, Method::Bye]
+    );
+    assert!(world.statuses(world.alice).contains(&200));
+    assert!(world.ended().is_none(), "the call itself is up");
+}
+
+#[test]
+fn caller_cancel_ends_with_487_and_cancels_the_forks() {
+    let mut world = World::new(2, CoreConfig::default());
+    world.call("1002");
+    world.take_sent(world.bob[0]);
+    world.take_sent(world.bob[1]);
+    world.take_sent(world.alice);
+    let cancel = "CANCEL sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv1x2\r\nMax-Forwards: 70\r\n\
+                  From: \"Alice\" <sip:1001@example.com>;tag=alice\r\nTo: <sip:1002@example.com>\r\nCall-ID: call-1@alice\r\n\
+                  CSeq: 2 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    world.send(world.alice, cancel);
+    let mut statuses = world.statuses(world.alice);
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 487]);
+    for phone in world.bob.clone() {
+        assert_eq!(
+            world
+                .requests(phone)
+                .iter()
+                .map(|r| r.method.clone())
+                .collect::<Vec<_>>(),
+            [Method::Cancel]
+        );
+    }
+    let end = world.ended().unwrap();
+    assert_eq!(
+        (end.disposition, end.side),
+        (Disposition::Cancelled, HangupSide::Caller)
+    );
+}
+
+#[test]
+fn ring_timeout_gives_480_and_no_answer() {
+    let config = CoreConfig {
+        ring_timeout: Duration::from_secs(20),
+        ..CoreConfig::default()
+    };
+    let mut world = World::new(1, config);
+    world.call("1002");
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().unwrap();
+    world.answer_from(bob, &invite, 180, None);
+    world.take_sent(world.alice);
+    world.advance(Duration::from_secs(21));
+    let statuses = world.statuses(world.alice);
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 480),
+        "{statuses:?} (480, and its retransmissions until ACK)"
+    );
+    assert!(
+        world
+            .requests(bob)
+            .iter()
+            .any(|r| r.method == Method::Cancel)
+    );
+    let end = world.ended().unwrap();
+    assert_eq!(
+        (end.disposition, end.cause, end.side),
+        (Disposition::NoAnswer, "no_answer", HangupSide::System)
+    );
+}
+
+#[test]
+fn unknown_unregistered_and_unauthenticated_callers_are_refused() {
+    let mut world = World::new(0, CoreConfig::default());
+    world.call("1002");
+    assert_eq!(
+        world.statuses(world.alice).last(),
+        Some(&480),
+        "Bob has no phone registered"
+    );
+    world.call("7777");
+    assert_eq!(world.statuses(world.alice).last(), Some(&404));
+    let alice = world.alice;
+    world.calls += 1;
+    world.send(alice, &world.invite_text(9, "", "1002"));
+    assert_eq!(world.statuses(alice).last(), Some(&401));
+    assert!(
+        world
+            .outputs
+            .iter()
+            .all(|o| !matches!(o, Output::CallStarted(_))),
+        "no CDR for refused calls"
+    );
+}
+
+#[test]
+fn hold_is_a_relayed_reinvite_with_anchored_sdp() {
+    let mut world = World::new(1, CoreConfig::default());
+    let tag = answered_call(&mut world);
+    world.outputs.clear();
+    let bob = world.bob[0];
+    let hold = sdp("192.0.2.10", 4000, "sendonly");
+    let reinvite = world.alice_in_dialog("INVITE", 3, &tag, &hold);
+    world.send(world.alice, &reinvite);
+    assert!(world.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::Update {
+            a_side: true,
+            hold: true,
+            ..
+        }
+    )));
+    let relayed = world.requests(bob).pop().expect("re-INVITE to Bob");
+    assert_eq!(relayed.method, Method::Invite);
+    let offer = Sdp::parse(&relayed.body).unwrap();
+    assert_eq!(offer.direction(0), Direction::SendOnly);
+    assert_eq!(
+        crate::media::audio_address(&offer)
+            .map(|a| a.ip().to_string())
+            .as_deref(),
+        Some("203.0.113.1")
+    );
+    // A second re-INVITE while the first is pending: 491.
+    let again = world.alice_in_dialog("INVITE", 4, &tag, &hold);
+    world.send(world.alice, &again);
+    assert_eq!(world.statuses(world.alice).last(), Some(&491));
+    world.answer_from(
+        bob,
+        &relayed,
+        200,
+        Some(sdp("192.0.2.20", 6000, "recvonly")),
+    );
+    assert_eq!(
+        world
+            .requests(bob)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Ack]
+    );
+    let to_alice: Vec<Response> = world.responses(world.alice);
+    let ok = to_alice.last().unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        Sdp::parse(&ok.body).unwrap().direction(0),
+        Direction::RecvOnly
+    );
+}
+
+#[test]
+fn a_lost_ack_means_retransmissions_then_the_call_ends() {
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().unwrap();
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    world.take_sent(world.alice);
+    world.advance(Duration::from_secs(40));
+    let retransmitted = world.statuses(world.alice);
+    assert!(
+        retransmitted.len() >= 7 && retransmitted.iter().all(|s| *s == 200),
+        "{retransmitted:?}"
+    );
+    let end = world.ended().unwrap();
+    assert_eq!((end.cause, end.side), ("ack_timeout", HangupSide::System));
+    assert!(world.requests(bob).iter().any(|r| r.method == Method::Bye));
+}
+
+#[test]
+fn media_inactivity_hangs_up_both_sides() {
+    let mut world = World::new(1, CoreConfig::default());
+    answered_call(&mut world);
+    world.outputs.clear();
+    let session = world.core.calls.any_session().unwrap();
+    world
+        .core
+        .handle_media_event(world.now, WALL, MediaEvent::Inactive { session });
+    world.drain();
+    assert_eq!(
+        world
+            .requests(world.alice)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Bye]
+    );
+    assert_eq!(
+        world
+            .requests(world.bob[0])
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>(),
+        [Method::Bye]
+    );
+    let end = world.ended().unwrap();
+    assert_eq!(
+        (end.disposition, end.cause, end.side),
+        (Disposition::Answered, "media_timeout", HangupSide::System)
+    );
+}
+
+#[test]
+fn call_limits_answer_503() {
+    let config = CoreConfig {
+        max_calls: 1,
+        ..CoreConfig::default()
+    };
+    let mut world = World::new(1, config);
+    world.call("1002");
+    assert_eq!(world.core.call_count(), 1);
+    let alice = world.alice;
+    world.take_sent(alice);
+    world.call("1002");
+    let responses: Vec<Response> = world.responses(alice);
+    let refused = responses.last().unwrap();
+    assert_eq!(
+        (refused.status, refused.headers.get(&HeaderName::RetryAfter)),
+        (503, Some("5"))
+    );
+}

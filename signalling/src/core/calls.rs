@@ -1,0 +1,1315 @@
+//! The B2BUA: calls between extensions of a tenant.
+//!
+//! An authenticated INVITE to an extension forks to every registered contact of the callee,
+//! each fork a new INVITE of our own (a new dialog: Call-ID, tags and SDP are ours, pointing
+//! media at our ports). Provisional responses are relayed to the caller; the first 2xx wins,
+//! the other forks are cancelled (or, if they answered too, acknowledged and hung up); the 2xx
+//! is relayed to the caller and retransmitted until the caller's ACK (RFC 3261 §13.3.1.4).
+//! Failures map to one final response: a 6xx or 486 from any fork wins, otherwise 480.
+//!
+//! Once up, requests in one dialog are relayed to the other: BYE ends the call; re-INVITE,
+//! UPDATE and INFO are forwarded with their SDP re-anchored and their responses relayed back,
+//! which is how hold and resume work. ACK, CANCEL and the timers (ring timeout, ACK wait,
+//! media inactivity) are handled here. Every call produces a CDR start and exactly one end.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::RngExt as _;
+use switchboard_media::sdp::Sdp;
+use switchboard_sip::dialog::{Dialog, DialogId, DialogState};
+use switchboard_sip::header::CSeq;
+use switchboard_sip::message::{HeaderName, Headers, Method, Request, Response};
+use switchboard_sip::transaction::{self, ClientKey, ServerKey};
+use switchboard_sip::uri::Uri;
+use uuid::Uuid;
+
+use super::{Core, Output};
+use crate::directory::{Extension, Tenant};
+use crate::media::{self, MediaCommand, MediaEvent, SessionId};
+use crate::peer::Peer;
+use crate::stats::SipStats;
+
+/// How a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Answered, then hung up.
+    Answered,
+    /// The callee was busy.
+    Busy,
+    /// Nobody answered.
+    NoAnswer,
+    /// The caller gave up.
+    Cancelled,
+    /// Refused or failed.
+    Failed,
+}
+
+/// Who ended a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HangupSide {
+    /// The caller.
+    Caller,
+    /// The callee.
+    Callee,
+    /// Switchboard (timeouts, failures).
+    System,
+}
+
+/// The start of a call record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallStart {
+    /// CDR id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Call-ID of the caller's INVITE.
+    pub sip_call_id: String,
+    /// From URI of the caller's INVITE.
+    pub from_uri: String,
+    /// Request-URI of the caller's INVITE.
+    pub to_uri: String,
+    /// Caller extension.
+    pub from_extension: Uuid,
+    /// Caller number.
+    pub from_number: String,
+    /// Called extension.
+    pub to_extension: Uuid,
+    /// Called number.
+    pub to_number: String,
+    /// Wall time of the INVITE (ms since the epoch).
+    pub started_wall_ms: u64,
+}
+
+/// The end of a call record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallEnd {
+    /// The start of the record (its id is the CDR id).
+    pub start: CallStart,
+    /// Wall time of the answer, if any.
+    pub answered_wall_ms: Option<u64>,
+    /// Wall time of the end.
+    pub ended_wall_ms: u64,
+    /// How it ended.
+    pub disposition: Disposition,
+    /// Why, e.g. `normal_clearing`, `user_busy`, `no_answer`, `media_timeout`.
+    pub cause: &'static str,
+    /// Who ended it.
+    pub side: HangupSide,
+    /// The caller's address and the callee contact that answered.
+    pub caller: Peer,
+    /// The contact that answered, if any.
+    pub callee: Option<Peer>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ForkState {
+    Trying,
+    Early,
+    Answered,
+    Done(u16),
+}
+
+struct Fork {
+    key: ClientKey,
+    invite: Request,
+    peer: Peer,
+    state: ForkState,
+}
+
+/// What a client transaction of a call is for.
+#[derive(Clone, Debug)]
+enum Pending {
+    /// An in-dialog request relayed from the other side: relay its response back.
+    Relay {
+        side: Side,
+        key: ServerKey,
+        request: Box<Request>,
+    },
+    /// Nothing to do with the response (BYE, CANCEL).
+    Ignore,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+}
+
+/// A 2xx to an INVITE, retransmitted until its ACK (§13.3.1.4).
+struct OkRetransmit {
+    side: Side,
+    cseq: u32,
+    peer: Peer,
+    bytes: Bytes,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+struct Call {
+    /// The start of its record (repeated in the end, so a lost start can be rewritten).
+    record: CallStart,
+    tenant: Tenant,
+    /// The caller's INVITE and its server transaction.
+    a_key: ServerKey,
+    a_invite: Request,
+    a_peer: Peer,
+    a_tag: String,
+    a_dialog: Option<Dialog>,
+    /// Our outgoing side.
+    forks: Vec<Fork>,
+    winner: Option<usize>,
+    b_dialog: Option<Dialog>,
+    a_port: u16,
+    b_port: u16,
+    answered_wall_ms: Option<u64>,
+    ring_deadline: Option<Instant>,
+    ok: Option<OkRetransmit>,
+    /// An in-dialog INVITE/UPDATE is being relayed (a second one gets 491).
+    relaying: bool,
+}
+
+/// Every live call, with the indexes that find a call from a message.
+#[derive(Default)]
+pub(super) struct Calls {
+    calls: HashMap<SessionId, Call>,
+    by_invite: HashMap<ServerKey, SessionId>,
+    by_fork: HashMap<ClientKey, SessionId>,
+    by_dialog: HashMap<DialogId, (SessionId, Side)>,
+    pending: HashMap<ClientKey, (SessionId, Pending)>,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    next_session: SessionId,
+}
+
+impl Calls {
+    pub(super) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub(super) fn tenant_calls(&self, tenant: Uuid) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.tenant.id == tenant)
+            .count()
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// A live call's session (tests).
+    #[cfg(test)]
+    pub(super) fn any_session(&self) -> Option<SessionId> {
+        self.calls.keys().next().copied()
+    }
+
+    /// The callee-side dialog of a call (tests).
+    #[cfg(test)]
+    pub(super) fn b_dialog(&self, session: SessionId) -> Option<DialogId> {
+        self.calls
+            .get(&session)?
+            .b_dialog
+            .as_ref()
+            .map(|d| d.id.clone())
+    }
+}
+
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        404 => "Not Found",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+fn sdp_of(body: &[u8], headers: &Headers) -> Option<Result<Sdp, ()>> {
+    if body.is_empty() {
+        return None;
+    }
+    let is_sdp = headers
+        .get(&HeaderName::ContentType)
+        .is_none_or(|t| t.trim().eq_ignore_ascii_case("application/sdp"));
+    Some(if is_sdp {
+        Sdp::parse(body).map_err(|_| ())
+    } else {
+        Err(())
+    })
+}
+
+fn cseq_of(headers: &Headers) -> Option<CSeq> {
+    headers
+        .get(&HeaderName::CSeq)
+        .and_then(|c| CSeq::parse(c).ok())
+}
+
+impl Core {
+    fn random_token(&mut self) -> String {
+        let value: u64 = self.rng.random();
+        format!("{value:016x}")
+    }
+
+    /// Our Via for a new request over `transport`.
+    fn our_via(&mut self, peer: Peer) -> String {
+        let branch = self.random_token();
+        let sent_by = self.local_for(peer.transport);
+        format!(
+            "SIP/2.0/{} {sent_by};branch={}{branch};rport",
+            peer.transport.as_str(),
+            transaction::MAGIC_COOKIE
+        )
+    }
+
+    /// Our Contact URI for a peer on `transport`.
+    fn our_contact(&self, peer: Peer) -> String {
+        let at = self.local_for(peer.transport);
+        match peer.transport {
+            crate::peer::Transport::Udp => format!("sip:switchboard@{at}"),
+            other => format!(
+                "sip:switchboard@{at};transport={}",
+                other.as_str().to_ascii_lowercase()
+            ),
+        }
+    }
+
+    fn next_session(&mut self) -> SessionId {
+        self.calls.next_session += 1;
+        self.calls.next_session
+    }
+
+    /// Handles a new INVITE (no To tag) for which the caller authenticated as `caller`.
+    pub(super) fn start_call(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: ServerKey,
+        request: Request,
+        from: Peer,
+        (tenant, caller): (Tenant, Extension),
+    ) {
+        if let Some(max_forwards) = request.headers.get(&HeaderName::MaxForwards)
+            && max_forwards.trim().trim_start_matches('0').is_empty()
+        {
+            return self.respond(now, &key, &request, 483, "Too Many Hops", |_| {});
+        }
+        if self.calls.len() >= self.config.max_calls
+            || self.calls.tenant_calls(tenant.id) >= self.config.max_calls_per_tenant
+        {
+            SipStats::inc(&self.stats.overloaded);
+            return self.respond(now, &key, &request, 503, "Service Unavailable", |r| {
+                r.headers.push(HeaderName::RetryAfter, "5");
+            });
+        }
+        let dialled = request
+            .uri
+            .as_sip()
+            .and_then(|u| u.user_unescaped())
+            .unwrap_or_default();
+        let Some(callee) = self
+            .directory
+            .extension_by_number(tenant.id, &dialled)
+            .cloned()
+        else {
+            return self.respond(now, &key, &request, 404, "Not Found", |_| {});
+        };
+        let bindings: Vec<(String, Peer)> = self
+            .registrar
+            .bindings(callee.id)
+            .iter()
+            .map(|b| (b.contact.clone(), b.peer))
+            .collect();
+        if bindings.is_empty() {
+            return self.respond(now, &key, &request, 480, "Temporarily Unavailable", |_| {});
+        }
+        let offer = match sdp_of(&request.body, &request.headers) {
+            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || media::is_hold(&sdp) => sdp,
+            // No offer (late offer), a body that isn't SDP, or no audio: we anchor audio only.
+            _ => {
+                return self.respond(now, &key, &request, 488, "Not Acceptable Here", |r| {
+                    r.headers.push(
+                        HeaderName::Warning,
+                        "399 switchboard \"an SDP offer with audio is required\"",
+                    );
+                });
+            }
+        };
+        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+            return self.respond(now, &key, &request, 503, "Service Unavailable", |r| {
+                r.headers.push(HeaderName::RetryAfter, "5");
+            });
+        };
+        let session = self.next_session();
+        let cdr = uuid::Builder::from_random_bytes(self.rng.random()).into_uuid();
+        let a_tag = self.random_token();
+        let b_call_id = format!("{}@switchboard", self.random_token());
+        let b_tag = self.random_token();
+        self.outputs.push_back(Output::Media(MediaCommand::Create {
+            session,
+            a_port,
+            b_port,
+            a_expected: media::audio_address(&offer),
+            b_expected: None,
+        }));
+        SipStats::inc(&self.stats.calls);
+        let record = CallStart {
+            id: cdr,
+            tenant_id: tenant.id,
+            sip_call_id: request
+                .headers
+                .get(&HeaderName::CallId)
+                .unwrap_or_default()
+                .to_owned(),
+            from_uri: request
+                .headers
+                .get(&HeaderName::From)
+                .unwrap_or_default()
+                .to_owned(),
+            to_uri: request.uri.to_string(),
+            from_extension: caller.id,
+            from_number: caller.number.clone(),
+            to_extension: callee.id,
+            to_number: callee.number.clone(),
+            started_wall_ms: wall_ms,
+        };
+        self.outputs.push_back(Output::CallStarted(record.clone()));
+        let b_offer = media::anchor(&offer, self.advertised, b_port);
+        let max_forwards = request
+            .headers
+            .get(&HeaderName::MaxForwards)
+            .and_then(|m| m.trim().parse::<u8>().ok())
+            .map_or(70, |m| m.saturating_sub(1));
+        let mut forks = Vec::with_capacity(bindings.len());
+        for (contact, peer) in bindings {
+            let Ok(uri) = Uri::parse(&contact) else {
+                continue;
+            };
+            let mut headers = Headers::new();
+            headers.push(HeaderName::Via, self.our_via(peer));
+            headers.push(HeaderName::MaxForwards, max_forwards.to_string());
+            let display = caller.display_name.replace('"', "");
+            headers.push(
+                HeaderName::From,
+                format!(
+                    "\"{display}\" <sip:{}@{}>;tag={b_tag}",
+                    caller.number, tenant.domain
+                ),
+            );
+            headers.push(
+                HeaderName::To,
+                format!("<sip:{}@{}>", callee.number, tenant.domain),
+            );
+            headers.push(HeaderName::CallId, b_call_id.clone());
+            headers.push(HeaderName::CSeq, "1 INVITE");
+            headers.push(HeaderName::Contact, format!("<{}>", self.our_contact(peer)));
+            headers.push(
+                HeaderName::Allow,
+                "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO",
+            );
+            headers.push(HeaderName::UserAgent, self.config.server_name.clone());
+            headers.push(HeaderName::ContentType, "application/sdp");
+            let invite = Request {
+                method: Method::Invite,
+                uri,
+                version: (2, 0),
+                headers,
+                body: Bytes::from(b_offer.to_string()),
+            };
+            match self.transactions.send_request(
+                now,
+                invite.clone(),
+                peer,
+                peer.transport.is_reliable(),
+            ) {
+                Ok(fork_key) => {
+                    self.calls.by_fork.insert(fork_key.clone(), session);
+                    forks.push(Fork {
+                        key: fork_key,
+                        invite,
+                        peer,
+                        state: ForkState::Trying,
+                    });
+                }
+                Err(error) => tracing::debug!(%error, "could not fork INVITE"),
+            }
+        }
+        let ring_deadline = now + self.config.ring_timeout;
+        self.calls.timers.push(Reverse((ring_deadline, session)));
+        self.calls.by_invite.insert(key.clone(), session);
+        self.calls.calls.insert(
+            session,
+            Call {
+                record,
+                tenant,
+                a_key: key,
+                a_invite: request,
+                a_peer: from,
+                a_tag,
+                a_dialog: None,
+                forks,
+                winner: None,
+                b_dialog: None,
+                a_port,
+                b_port,
+                answered_wall_ms: None,
+                ring_deadline: Some(ring_deadline),
+                ok: None,
+                relaying: false,
+            },
+        );
+        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if self.calls.calls[&session].forks.is_empty() {
+            self.fail_call(
+                now,
+                wall_ms,
+                session,
+                480,
+                Disposition::Failed,
+                "no_usable_contact",
+            );
+        }
+    }
+
+    /// Whether a response belongs to a call; if so, handles it.
+    pub(super) fn call_response(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: &ClientKey,
+        response: Response,
+    ) -> bool {
+        if let Some(&session) = self.calls.by_fork.get(key) {
+            self.fork_response(now, wall_ms, session, key, response);
+            return true;
+        }
+        if let Some((session, pending)) = self.calls.pending.get(key).cloned() {
+            if response.status >= 200 {
+                self.calls.pending.remove(key);
+            }
+            if let Pending::Relay {
+                side,
+                key: server_key,
+                request,
+            } = pending
+            {
+                self.relay_response(now, session, side, &server_key, &request, response);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// A client transaction of a call timed out (treated as 408).
+    pub(super) fn call_timeout(&mut self, now: Instant, wall_ms: u64, key: &ClientKey) {
+        if let Some(&session) = self.calls.by_fork.get(key) {
+            let mut timeout = transaction::response_to(
+                &self.calls.calls[&session].a_invite,
+                408,
+                "Request Timeout",
+            );
+            timeout.headers.set(HeaderName::CSeq, "1 INVITE");
+            self.fork_response(now, wall_ms, session, key, timeout);
+        } else if let Some((
+            session,
+            Pending::Relay {
+                side,
+                key: server_key,
+                request,
+            },
+        )) = self.calls.pending.remove(key)
+        {
+            let timeout = transaction::response_to(&request, 408, "Request Timeout");
+            self.relay_response(now, session, side, &server_key, &request, timeout);
+        }
+    }
+
+    fn fork_response(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        key: &ClientKey,
+        response: Response,
+    ) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let Some(index) = call.forks.iter().position(|f| &f.key == key) else {
+            return;
+        };
+        let status = response.status;
+        if status == 100 {
+            return;
+        }
+        if status < 200 {
+            if call.winner.is_some() || call.forks[index].state == ForkState::Done(0) {
+                return;
+            }
+            call.forks[index].state = ForkState::Early;
+            let sdp = match sdp_of(&response.body, &response.headers) {
+                Some(Ok(sdp)) => Some(sdp),
+                _ => None,
+            };
+            if let Some(sdp) = &sdp {
+                self.outputs.push_back(Output::Media(MediaCommand::Update {
+                    session,
+                    a_side: false,
+                    expected: media::audio_address(sdp),
+                    hold: false,
+                }));
+            }
+            let relayed = if sdp.is_some() { 183 } else { 180 };
+            self.respond_to_caller(now, session, relayed, sdp.as_ref());
+            return;
+        }
+        if status < 300 {
+            self.fork_answered(now, wall_ms, session, index, response);
+            return;
+        }
+        call.forks[index].state = ForkState::Done(status);
+        self.calls.by_fork.remove(key);
+        self.fork_ended(now, wall_ms, session);
+    }
+
+    /// After a fork failed: if every fork is done and none answered, the call fails.
+    fn fork_ended(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        if call.winner.is_some()
+            || call
+                .forks
+                .iter()
+                .any(|f| matches!(f.state, ForkState::Trying | ForkState::Early))
+        {
+            return;
+        }
+        let statuses: Vec<u16> = call
+            .forks
+            .iter()
+            .filter_map(|f| {
+                if let ForkState::Done(s) = f.state {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let (status, disposition, cause) =
+            if let Some(&decline) = statuses.iter().find(|s| **s >= 600) {
+                (decline, Disposition::Busy, "call_rejected")
+            } else if statuses.contains(&486) {
+                (486, Disposition::Busy, "user_busy")
+            } else {
+                (480, Disposition::Failed, "no_user_response")
+            };
+        self.fail_call(now, wall_ms, session, status, disposition, cause);
+    }
+
+    fn fork_answered(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        index: usize,
+        response: Response,
+    ) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let fork_peer = call.forks[index].peer;
+        let Ok(mut dialog) = Dialog::from_uac(&call.forks[index].invite, &response) else {
+            return;
+        };
+        if call.winner == Some(index) || call.winner.is_some() {
+            // A retransmitted 2xx of the winner gets its ACK again; a 2xx from another fork is
+            // acknowledged and hung up (§13.2.2.4).
+            let late = call.winner != Some(index);
+            let contact = self.our_contact(fork_peer);
+            let via = self.our_via(fork_peer);
+            let ack = dialog.request(Method::Ack, &via, &contact, Bytes::new(), None);
+            self.outputs.push_back(Output::Transmit {
+                peer: fork_peer,
+                bytes: Bytes::from(ack.to_bytes()),
+            });
+            if late {
+                let via = self.our_via(fork_peer);
+                let bye = dialog.request(Method::Bye, &via, &contact, Bytes::new(), None);
+                self.send_unwatched(now, session, bye, fork_peer);
+            }
+            return;
+        }
+        call.winner = Some(index);
+        call.forks[index].state = ForkState::Answered;
+        call.ring_deadline = None;
+        call.answered_wall_ms = Some(wall_ms);
+        let Some(Ok(answer)) = sdp_of(&response.body, &response.headers) else {
+            // A 2xx without an answer to our offer: acknowledge, hang up, fail the call.
+            let contact = self.our_contact(fork_peer);
+            let via = self.our_via(fork_peer);
+            let ack = dialog.request(Method::Ack, &via, &contact, Bytes::new(), None);
+            self.outputs.push_back(Output::Transmit {
+                peer: fork_peer,
+                bytes: Bytes::from(ack.to_bytes()),
+            });
+            let via = self.our_via(fork_peer);
+            let bye = dialog.request(Method::Bye, &via, &contact, Bytes::new(), None);
+            let _ = self.transactions.send_request(
+                now,
+                bye,
+                fork_peer,
+                fork_peer.transport.is_reliable(),
+            );
+            return self.fail_call(
+                now,
+                wall_ms,
+                session,
+                488,
+                Disposition::Failed,
+                "no_sdp_answer",
+            );
+        };
+        // ACK the winner, cancel the others.
+        let contact = self.our_contact(fork_peer);
+        let via = self.our_via(fork_peer);
+        let ack = dialog.request(Method::Ack, &via, &contact, Bytes::new(), None);
+        self.outputs.push_back(Output::Transmit {
+            peer: fork_peer,
+            bytes: Bytes::from(ack.to_bytes()),
+        });
+        self.calls
+            .by_dialog
+            .insert(dialog.id.clone(), (session, Side::B));
+        self.cancel_forks(now, session, Some(index));
+        self.outputs.push_back(Output::Media(MediaCommand::Update {
+            session,
+            a_side: false,
+            expected: media::audio_address(&answer),
+            hold: media::is_hold(&answer),
+        }));
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        call.b_dialog = Some(dialog);
+        let a_dialog = Dialog::from_uas(&call.a_invite, &call.a_tag, DialogState::Confirmed);
+        if let Ok(a_dialog) = a_dialog {
+            self.calls
+                .by_dialog
+                .insert(a_dialog.id.clone(), (session, Side::A));
+            if let Some(call) = self.calls.calls.get_mut(&session) {
+                call.a_dialog = Some(a_dialog);
+            }
+        }
+        self.respond_to_caller(now, session, 200, Some(&answer));
+    }
+
+    /// Sends a response to the caller's INVITE, anchoring `sdp` (the callee's) on the caller's
+    /// port. A 2xx is retransmitted until the ACK.
+    fn respond_to_caller(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        status: u16,
+        sdp: Option<&Sdp>,
+    ) {
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        let mut response = transaction::response_to(&call.a_invite, status, status_reason(status));
+        let to = response
+            .headers
+            .get(&HeaderName::To)
+            .unwrap_or_default()
+            .to_owned();
+        response
+            .headers
+            .set(HeaderName::To, format!("{to};tag={}", call.a_tag));
+        response.headers.push(
+            HeaderName::Contact,
+            format!("<{}>", self.our_contact(call.a_peer)),
+        );
+        response
+            .headers
+            .push(HeaderName::Server, self.config.server_name.clone());
+        if let Some(sdp) = sdp {
+            let anchored = media::anchor(sdp, self.advertised, call.a_port);
+            response
+                .headers
+                .push(HeaderName::ContentType, "application/sdp");
+            response.body = Bytes::from(anchored.to_string());
+        }
+        let (key, peer) = (call.a_key.clone(), call.a_peer);
+        if (200..300).contains(&status) {
+            let bytes = Bytes::from(response.to_bytes());
+            let t1 = self.config.timers.t1;
+            let cseq = cseq_of(&call.a_invite.headers).map_or(0, |c| c.seq);
+            if let Some(call) = self.calls.calls.get_mut(&session) {
+                call.ok = Some(OkRetransmit {
+                    side: Side::A,
+                    cseq,
+                    peer,
+                    bytes,
+                    next: now + t1,
+                    interval: t1,
+                    give_up: now + t1 * 64,
+                });
+                self.calls.timers.push(Reverse((now + t1, session)));
+            }
+        }
+        if let Err(error) = self.transactions.send_response(now, &key, response) {
+            tracing::debug!(%error, "caller's INVITE transaction is gone");
+        }
+    }
+
+    /// CANCELs every fork still trying or ringing, except `except`.
+    fn cancel_forks(&mut self, now: Instant, session: SessionId, except: Option<usize>) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let mut cancels = Vec::new();
+        for (index, fork) in call.forks.iter_mut().enumerate() {
+            if Some(index) == except || !matches!(fork.state, ForkState::Trying | ForkState::Early)
+            {
+                continue;
+            }
+            fork.state = ForkState::Done(487);
+            // §9.1: same Request-URI, Call-ID, To, From, CSeq number and top Via as the INVITE.
+            let mut headers = Headers::new();
+            for name in [
+                HeaderName::Via,
+                HeaderName::From,
+                HeaderName::To,
+                HeaderName::CallId,
+            ] {
+                if let Some(value) = fork.invite.headers.get(&name) {
+                    headers.push(name, value);
+                }
+            }
+            headers.push(HeaderName::MaxForwards, "70");
+            headers.push(HeaderName::CSeq, "1 CANCEL");
+            let cancel = Request {
+                method: Method::Cancel,
+                uri: fork.invite.uri.clone(),
+                version: (2, 0),
+                headers,
+                body: Bytes::new(),
+            };
+            cancels.push((cancel, fork.peer));
+        }
+        for (cancel, peer) in cancels {
+            self.send_unwatched(now, session, cancel, peer);
+        }
+    }
+
+    /// Sends a request of `session` whose responses need no action (CANCEL, BYE): they are
+    /// only absorbed so that they end their transaction.
+    fn send_unwatched(&mut self, now: Instant, session: SessionId, request: Request, peer: Peer) {
+        if let Ok(key) =
+            self.transactions
+                .send_request(now, request, peer, peer.transport.is_reliable())
+        {
+            self.calls.pending.insert(key, (session, Pending::Ignore));
+        }
+    }
+
+    /// Ends a call that was never answered: final response to the caller, forks cancelled.
+    fn fail_call(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        status: u16,
+        disposition: Disposition,
+        cause: &'static str,
+    ) {
+        self.cancel_forks(now, session, None);
+        if let Some(call) = self.calls.calls.get(&session) {
+            let (key, request, tag) = (
+                call.a_key.clone(),
+                call.a_invite.clone(),
+                call.a_tag.clone(),
+            );
+            let mut response = transaction::response_to(&request, status, status_reason(status));
+            let to = response
+                .headers
+                .get(&HeaderName::To)
+                .unwrap_or_default()
+                .to_owned();
+            response
+                .headers
+                .set(HeaderName::To, format!("{to};tag={tag}"));
+            response
+                .headers
+                .push(HeaderName::Server, self.config.server_name.clone());
+            let _ = self.transactions.send_response(now, &key, response);
+        }
+        let side = if disposition == Disposition::Cancelled {
+            HangupSide::Caller
+        } else if cause == "no_answer" {
+            HangupSide::System
+        } else {
+            HangupSide::Callee
+        };
+        self.end_call(wall_ms, session, disposition, cause, side);
+    }
+
+    /// Removes a call, releases its media and writes its end.
+    fn end_call(
+        &mut self,
+        wall_ms: u64,
+        session: SessionId,
+        disposition: Disposition,
+        cause: &'static str,
+        side: HangupSide,
+    ) {
+        let Some(call) = self.calls.calls.remove(&session) else {
+            return;
+        };
+        self.calls.by_invite.remove(&call.a_key);
+        for fork in &call.forks {
+            self.calls.by_fork.remove(&fork.key);
+        }
+        for dialog in [&call.a_dialog, &call.b_dialog].into_iter().flatten() {
+            self.calls.by_dialog.remove(&dialog.id);
+        }
+        self.calls.pending.retain(|_, (s, _)| *s != session);
+        self.ports.release(call.a_port);
+        self.ports.release(call.b_port);
+        self.outputs
+            .push_back(Output::Media(MediaCommand::Destroy { session }));
+        if call.answered_wall_ms.is_some() {
+            SipStats::inc(&self.stats.calls_answered);
+        }
+        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        self.outputs.push_back(Output::CallEnded(CallEnd {
+            start: call.record,
+            answered_wall_ms: call.answered_wall_ms,
+            ended_wall_ms: wall_ms,
+            disposition,
+            cause,
+            side,
+            caller: call.a_peer,
+            callee: call.winner.map(|w| call.forks[w].peer),
+        }));
+    }
+
+    /// A CANCEL from the caller (§9.2): 200 for the CANCEL, 487 for the INVITE.
+    pub(super) fn cancel_call(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: &ServerKey,
+        request: &Request,
+    ) -> bool {
+        let invite_key = ServerKey {
+            method: Method::Invite,
+            ..key.clone()
+        };
+        let Some(&session) = self.calls.by_invite.get(&invite_key) else {
+            return false;
+        };
+        self.respond(now, key, request, 200, "OK", |_| {});
+        let answered = self
+            .calls
+            .calls
+            .get(&session)
+            .is_some_and(|c| c.winner.is_some());
+        if !answered {
+            self.fail_call(
+                now,
+                wall_ms,
+                session,
+                487,
+                Disposition::Cancelled,
+                "originator_cancel",
+            );
+        }
+        true
+    }
+
+    /// A request inside a call's dialog (BYE, ACK, re-INVITE, UPDATE, INFO, ...). Returns
+    /// false if it belongs to no call.
+    pub(super) fn dialog_request(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: ServerKey,
+        request: Request,
+    ) -> bool {
+        let Some(id) = DialogId::of_incoming(&request) else {
+            return false;
+        };
+        let Some(&(session, side)) = self.calls.by_dialog.get(&id) else {
+            return false;
+        };
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return false;
+        };
+        let dialog = match side {
+            Side::A => call.a_dialog.as_mut(),
+            Side::B => call.b_dialog.as_mut(),
+        };
+        let Some(dialog) = dialog else { return false };
+        if request.method == Method::Ack {
+            let seq = cseq_of(&request.headers).map_or(0, |c| c.seq);
+            if call
+                .ok
+                .as_ref()
+                .is_some_and(|ok| ok.side == side && ok.cseq == seq)
+            {
+                call.ok = None;
+            }
+            return true;
+        }
+        if dialog.handle_request(&request).is_err() {
+            self.respond(now, &key, &request, 500, "Server Internal Error", |r| {
+                r.headers.push(HeaderName::RetryAfter, "1");
+            });
+            return true;
+        }
+        match request.method {
+            Method::Bye => {
+                self.respond(now, &key, &request, 200, "OK", |_| {});
+                self.hang_up_other(now, session, side);
+                let hangup = if side == Side::A {
+                    HangupSide::Caller
+                } else {
+                    HangupSide::Callee
+                };
+                self.end_call(
+                    wall_ms,
+                    session,
+                    Disposition::Answered,
+                    "normal_clearing",
+                    hangup,
+                );
+            }
+            Method::Invite | Method::Update | Method::Info => {
+                if call.relaying && request.method != Method::Info {
+                    return {
+                        self.respond(now, &key, &request, 491, "Request Pending", |_| {});
+                        true
+                    };
+                }
+                self.relay_request(now, session, side, key, request);
+            }
+            _ => self.respond(now, &key, &request, 501, "Not Implemented", |r| {
+                r.headers.push(
+                    HeaderName::Allow,
+                    "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO",
+                );
+            }),
+        }
+        true
+    }
+
+    /// Sends BYE on the other side of `side`.
+    fn hang_up_other(&mut self, now: Instant, session: SessionId, side: Side) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let (dialog, peer) = match side.other() {
+            Side::A => (call.a_dialog.as_mut(), call.a_peer),
+            Side::B => (
+                call.b_dialog.as_mut(),
+                call.winner.map_or(call.a_peer, |w| call.forks[w].peer),
+            ),
+        };
+        let Some(dialog) = dialog else { return };
+        let mut dialog = dialog.clone();
+        let via = self.our_via(peer);
+        let contact = self.our_contact(peer);
+        let bye = dialog.request(Method::Bye, &via, &contact, Bytes::new(), None);
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            match side.other() {
+                Side::A => call.a_dialog = Some(dialog),
+                Side::B => call.b_dialog = Some(dialog),
+            }
+        }
+        self.send_unwatched(now, session, bye, peer);
+    }
+
+    /// Relays an in-dialog request to the other side, SDP re-anchored.
+    fn relay_request(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        side: Side,
+        key: ServerKey,
+        request: Request,
+    ) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let (port, peer) = match side.other() {
+            Side::A => (call.a_port, call.a_peer),
+            Side::B => (
+                call.b_port,
+                call.winner.map_or(call.a_peer, |w| call.forks[w].peer),
+            ),
+        };
+        let (body, content_type, hold) = match sdp_of(&request.body, &request.headers) {
+            Some(Ok(sdp)) => {
+                let expected = media::audio_address(&sdp);
+                let hold = media::is_hold(&sdp);
+                self.outputs.push_back(Output::Media(MediaCommand::Update {
+                    session,
+                    a_side: side == Side::A,
+                    expected,
+                    hold,
+                }));
+                (
+                    Bytes::from(media::anchor(&sdp, self.advertised, port).to_string()),
+                    Some("application/sdp".to_owned()),
+                    hold,
+                )
+            }
+            Some(Err(())) => (
+                request.body.clone(),
+                request
+                    .headers
+                    .get(&HeaderName::ContentType)
+                    .map(str::to_owned),
+                false,
+            ),
+            None => (Bytes::new(), None, false),
+        };
+        let _ = hold;
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        if matches!(request.method, Method::Invite | Method::Update) {
+            call.relaying = true;
+        }
+        let dialog = match side.other() {
+            Side::A => call.a_dialog.as_mut(),
+            Side::B => call.b_dialog.as_mut(),
+        };
+        let Some(dialog) = dialog else { return };
+        let mut dialog = dialog.clone();
+        let via = self.our_via(peer);
+        let contact = self.our_contact(peer);
+        let relayed = dialog.request(
+            request.method.clone(),
+            &via,
+            &contact,
+            body,
+            content_type.as_deref(),
+        );
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            match side.other() {
+                Side::A => call.a_dialog = Some(dialog),
+                Side::B => call.b_dialog = Some(dialog),
+            }
+        }
+        match self
+            .transactions
+            .send_request(now, relayed, peer, peer.transport.is_reliable())
+        {
+            Ok(client) => {
+                self.calls.pending.insert(
+                    client,
+                    (
+                        session,
+                        Pending::Relay {
+                            side,
+                            key,
+                            request: Box::new(request),
+                        },
+                    ),
+                );
+            }
+            Err(_) => self.respond(now, &key, &request, 500, "Server Internal Error", |_| {}),
+        }
+    }
+
+    /// Relays the other side's response to a relayed request back to `side`.
+    fn relay_response(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        side: Side,
+        key: &ServerKey,
+        request: &Request,
+        response: Response,
+    ) {
+        let status = response.status;
+        if status < 200 && status != 183 && status != 180 {
+            return;
+        }
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        if status >= 200 && matches!(request.method, Method::Invite | Method::Update) {
+            call.relaying = false;
+        }
+        let (port, other_peer) = match side {
+            Side::A => (
+                call.a_port,
+                call.winner.map_or(call.a_peer, |w| call.forks[w].peer),
+            ),
+            Side::B => (call.b_port, call.a_peer),
+        };
+        // A 2xx to a relayed INVITE: acknowledge it on the other side now.
+        if request.method == Method::Invite && (200..300).contains(&status) {
+            let dialog = match side.other() {
+                Side::A => call.a_dialog.as_mut(),
+                Side::B => call.b_dialog.as_mut(),
+            };
+            if let Some(dialog) = dialog {
+                dialog.handle_response(&Method::Invite, &response);
+                let mut dialog = dialog.clone();
+                let via = self.our_via(other_peer);
+                let contact = self.our_contact(other_peer);
+                let ack = dialog.request(Method::Ack, &via, &contact, Bytes::new(), None);
+                self.outputs.push_back(Output::Transmit {
+                    peer: other_peer,
+                    bytes: Bytes::from(ack.to_bytes()),
+                });
+            }
+        }
+        let mut relayed = transaction::response_to(request, status, &response.reason);
+        let our_peer = match side {
+            Side::A => self
+                .calls
+                .calls
+                .get(&session)
+                .map_or(other_peer, |c| c.a_peer),
+            Side::B => other_peer,
+        };
+        relayed.headers.push(
+            HeaderName::Contact,
+            format!("<{}>", self.our_contact(our_peer)),
+        );
+        if let Some(Ok(sdp)) = sdp_of(&response.body, &response.headers) {
+            self.outputs.push_back(Output::Media(MediaCommand::Update {
+                session,
+                a_side: side == Side::B,
+                expected: media::audio_address(&sdp),
+                hold: media::is_hold(&sdp),
+            }));
+            relayed
+                .headers
+                .push(HeaderName::ContentType, "application/sdp");
+            relayed.body = Bytes::from(media::anchor(&sdp, self.advertised, port).to_string());
+        }
+        if request.method == Method::Invite && (200..300).contains(&status) {
+            let t1 = self.config.timers.t1;
+            let cseq = cseq_of(&request.headers).map_or(0, |c| c.seq);
+            let bytes = Bytes::from(relayed.to_bytes());
+            if let Some(call) = self.calls.calls.get_mut(&session) {
+                call.ok = Some(OkRetransmit {
+                    side,
+                    cseq,
+                    peer: our_peer,
+                    bytes,
+                    next: now + t1,
+                    interval: t1,
+                    give_up: now + t1 * 64,
+                });
+                self.calls.timers.push(Reverse((now + t1, session)));
+            }
+        }
+        let _ = self.transactions.send_response(now, key, relayed);
+    }
+
+    /// Fires due call timers: ring timeouts, 2xx retransmissions and the ACK wait.
+    pub(super) fn call_timers(&mut self, now: Instant, wall_ms: u64) {
+        while let Some(Reverse((at, session))) = self.calls.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.calls.timers.pop();
+            let Some(call) = self.calls.calls.get_mut(&session) else {
+                continue;
+            };
+            if call.ring_deadline.is_some_and(|deadline| deadline <= now) && call.winner.is_none() {
+                call.ring_deadline = None;
+                self.fail_call(
+                    now,
+                    wall_ms,
+                    session,
+                    480,
+                    Disposition::NoAnswer,
+                    "no_answer",
+                );
+                continue;
+            }
+            let t2 = self.config.timers.t2;
+            let Some(ok) = call.ok.as_mut() else { continue };
+            if ok.give_up <= now {
+                // §13.3.1.4: no ACK after 64·T1: confirm the dialog, then end it.
+                let side = ok.side;
+                call.ok = None;
+                self.hang_up_other(now, session, side);
+                self.hang_up_other(now, session, side.other());
+                self.end_call(
+                    wall_ms,
+                    session,
+                    Disposition::Failed,
+                    "ack_timeout",
+                    HangupSide::System,
+                );
+                continue;
+            }
+            if ok.next <= now {
+                self.outputs.push_back(Output::Transmit {
+                    peer: ok.peer,
+                    bytes: ok.bytes.clone(),
+                });
+                ok.interval = (ok.interval * 2).min(t2);
+                ok.next = now + ok.interval;
+            }
+            let next = ok.next.min(ok.give_up);
+            self.calls.timers.push(Reverse((next, session)));
+        }
+    }
+
+    /// An event from the media plane.
+    pub fn handle_media_event(&mut self, now: Instant, wall_ms: u64, event: MediaEvent) {
+        self.last_now = Some(now);
+        self.last_wall_ms = wall_ms;
+        let (session, cause) = match event {
+            MediaEvent::Inactive { session } => (session, "media_timeout"),
+            MediaEvent::Failed { session } => (session, "media_failure"),
+        };
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        if call.winner.is_some() {
+            self.hang_up_other(now, session, Side::A);
+            self.hang_up_other(now, session, Side::B);
+            self.end_call(
+                wall_ms,
+                session,
+                Disposition::Answered,
+                cause,
+                HangupSide::System,
+            );
+        } else {
+            self.fail_call(now, wall_ms, session, 503, Disposition::Failed, cause);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! What call control tells the media plane, and the bookkeeping it does itself: which RTP
+//! ports are in use, and how SDP is rewritten so that both legs send their media to us.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use switchboard_media::sdp::{Direction, Sdp};
+
+/// Identifies a call's media session in the media plane.
+pub type SessionId = u64;
+
+/// A command for the media plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Bind the RTP (even) and RTCP (odd) ports of both legs and start forwarding between
+    /// them. `expected` addresses come from SDP; packets are latched to their real source.
+    Create {
+        /// Session.
+        session: SessionId,
+        /// Caller-facing RTP port.
+        a_port: u16,
+        /// Callee-facing RTP port.
+        b_port: u16,
+        /// Where the caller said to send media.
+        a_expected: Option<SocketAddr>,
+        /// Where the callee said to send media (known once it answers).
+        b_expected: Option<SocketAddr>,
+    },
+    /// A leg's SDP changed (answer, re-INVITE, UPDATE).
+    Update {
+        /// Session.
+        session: SessionId,
+        /// True for the caller's leg.
+        a_side: bool,
+        /// The new address from SDP.
+        expected: Option<SocketAddr>,
+        /// Whether the call is now on hold (no inactivity timeout while held).
+        hold: bool,
+    },
+    /// Stop forwarding and release the ports.
+    Destroy {
+        /// Session.
+        session: SessionId,
+    },
+}
+
+/// An event from the media plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// No media from either leg for the inactivity timeout.
+    Inactive {
+        /// Session.
+        session: SessionId,
+    },
+    /// The ports could not be bound.
+    Failed {
+        /// Session.
+        session: SessionId,
+    },
+}
+
+/// Even RTP ports of a range, each reserving the odd port after it for RTCP.
+#[derive(Debug)]
+pub struct PortAllocator {
+    first: u16,
+    last: u16,
+    next: u16,
+    in_use: BTreeSet<u16>,
+}
+
+impl PortAllocator {
+    /// Ports `first..=last` (rounded to even starts).
+    pub fn new(first: u16, last: u16) -> Self {
+        let first = first + first % 2;
+        Self {
+            first,
+            last,
+            next: first,
+            in_use: BTreeSet::new(),
+        }
+    }
+
+    /// A free even port (its odd neighbour is reserved with it), round-robin so that a port
+    /// just released is not handed out again at once.
+    pub fn allocate(&mut self) -> Option<u16> {
+        let pairs = usize::from(self.last.saturating_sub(self.first).div_ceil(2));
+        for _ in 0..pairs {
+            let port = self.next;
+            self.next = if port.saturating_add(3) > self.last {
+                self.first
+            } else {
+                port + 2
+            };
+            if self.in_use.insert(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Returns a port.
+    pub fn release(&mut self, port: u16) {
+        self.in_use.remove(&port);
+    }
+
+    /// Ports in use.
+    pub fn in_use(&self) -> usize {
+        self.in_use.len()
+    }
+}
+
+/// The media address an SDP names for its first audio stream.
+pub fn audio_address(sdp: &Sdp) -> Option<SocketAddr> {
+    let index = sdp.media.iter().position(|m| m.kind == "audio")?;
+    let port = sdp.media[index].port;
+    let ip = sdp.connection(index)?;
+    // Port 0 rejects the stream (RFC 3264 §6); an unspecified address means hold in RFC 2543.
+    (port != 0 && !ip.is_unspecified()).then_some(SocketAddr::new(ip, port))
+}
+
+/// Whether an SDP puts the call on hold (RFC 3264 §8.4: sendonly or inactive, or RFC 2543's
+/// 0.0.0.0).
+pub fn is_hold(sdp: &Sdp) -> bool {
+    let Some(index) = sdp.media.iter().position(|m| m.kind == "audio") else {
+        return false;
+    };
+    matches!(
+        sdp.direction(index),
+        Direction::SendOnly | Direction::Inactive
+    ) || sdp.connection(index).is_some_and(|ip| ip.is_unspecified())
+}
+
+/// Rewrites an SDP so media comes to `address:port`: every connection line and the origin,
+/// the audio port (other media are refused with port 0: only audio is anchored), and no ICE
+/// or crypto attributes, which would describe the other side's transport.
+pub fn anchor(sdp: &Sdp, address: IpAddr, port: u16) -> Sdp {
+    let mut sdp = sdp.clone();
+    sdp.set_connection(address);
+    let mut audio_done = false;
+    for media in &mut sdp.media {
+        if media.kind == "audio" && !audio_done {
+            media.port = port;
+            audio_done = true;
+        } else {
+            media.port = 0;
+        }
+        media.remove_attributes(&[
+            "candidate",
+            "end-of-candidates",
+            "ice-ufrag",
+            "ice-pwd",
+            "ice-options",
+            "remote-candidates",
+            "crypto",
+            "fingerprint",
+            "setup",
+            "rtcp",
+        ]);
+    }
+    sdp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_even_reused_last_and_bounded() {
+        let mut ports = PortAllocator::new(20_001, 20_009);
+        let taken: Vec<u16> = std::iter::from_fn(|| ports.allocate()).collect();
+        assert_eq!(taken, [20_002, 20_004, 20_006, 20_008]);
+        assert_eq!(ports.allocate(), None);
+        ports.release(20_004);
+        assert_eq!(ports.allocate(), Some(20_004));
+        ports.release(20_002);
+        ports.release(20_006);
+        assert_eq!(
+            ports.allocate(),
+            Some(20_006),
+            "round robin continues from where it was"
+        );
+        assert_eq!(ports.in_use(), 4 - 1);
+    }
+
+    #[test]
+    fn anchoring_rewrites_addresses_and_strips_transport_attributes() {
+        let offer = Sdp::parse(
+            b"v=0\r\no=- 1 1 IN IP4 192.168.1.5\r\ns=-\r\nc=IN IP4 192.168.1.5\r\nt=0 0\r\n\
+              m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=rtcp:4001\r\n\
+              a=candidate:1 1 UDP 2130706431 192.168.1.5 4000 typ host\r\nm=video 5000 RTP/AVP 96\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            audio_address(&offer),
+            Some("192.168.1.5:4000".parse().unwrap())
+        );
+        let anchored = anchor(&offer, "203.0.113.1".parse().unwrap(), 30_000);
+        assert_eq!(
+            audio_address(&anchored),
+            Some("203.0.113.1:30000".parse().unwrap())
+        );
+        let text = anchored.to_string();
+        assert!(
+            !text.contains("candidate") && !text.contains("a=rtcp:"),
+            "{text}"
+        );
+        assert!(text.contains("m=video 0 RTP/AVP 96"), "other media refused");
+        assert!(text.contains("a=rtpmap:101 telephone-event/8000"));
+    }
+
+    #[test]
+    fn hold_detection() {
+        let mut sdp = Sdp::parse(b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n").unwrap();
+        assert!(!is_hold(&sdp));
+        sdp.set_direction(0, Direction::SendOnly);
+        assert!(is_hold(&sdp));
+        sdp.set_direction(0, Direction::SendRecv);
+        sdp.set_connection("0.0.0.0".parse().unwrap());
+        assert!(is_hold(&sdp));
+        assert_eq!(audio_address(&sdp), None);
+    }
+}
