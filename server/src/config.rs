@@ -180,6 +180,8 @@ pub struct SipConfig {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most.
     pub max_tcp_connections: usize,
+    /// Kernel receive and send buffer of the SIP UDP socket, in bytes.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for SipConfig {
@@ -205,6 +207,7 @@ impl Default for SipConfig {
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
             tcp_idle_timeout: Duration::from_secs(600),
             max_tcp_connections: 10_000,
+            udp_buffer_bytes: 4 << 20,
         }
     }
 }

@@ -40,8 +40,10 @@ const SWEEP: Duration = Duration::from_secs(1);
 pub struct WorkerStats {
     /// Sessions on this worker.
     pub sessions: AtomicU64,
-    /// RTP packets forwarded.
-    pub rtp_forwarded: AtomicU64,
+    /// RTP packets forwarded from the caller to the callee.
+    pub rtp_to_callee: AtomicU64,
+    /// RTP packets forwarded from the callee to the caller.
+    pub rtp_to_caller: AtomicU64,
     /// RTP packets dropped (foreign source, malformed, no destination yet, on hold).
     pub rtp_dropped: AtomicU64,
     /// RTCP packets forwarded.
@@ -322,7 +324,10 @@ async fn forward_rtp(
                 .forward(Instant::now(), side, source, packet);
             match forwarded {
                 Ok(destination) => {
-                    inc(&counters.rtp_forwarded);
+                    inc(match side {
+                        Side::A => &counters.rtp_to_callee,
+                        Side::B => &counters.rtp_to_caller,
+                    });
                     // A full socket buffer drops the packet: RTP tolerates loss, it never waits.
                     let _ = to.try_send_to(packet, destination);
                 }

@@ -292,12 +292,22 @@ struct MediaCollector(Arc<MediaStats>);
 impl Collector for MediaCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         type Field = fn(&WorkerStats) -> &AtomicU64;
-        let counters: [(&str, &str, Field); 5] = [
-            (
-                "switchboard_media_rtp_forwarded",
-                "RTP packets relayed between call legs",
-                |w| &w.rtp_forwarded,
-            ),
+        let forwarded = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "switchboard_media_rtp_forwarded",
+            "RTP packets relayed between call legs, by direction",
+            None,
+            forwarded.metric_type(),
+        )?;
+        let directions: [(&str, Field); 2] = [
+            ("to_callee", |w| &w.rtp_to_callee),
+            ("to_caller", |w| &w.rtp_to_caller),
+        ];
+        for (direction, field) in directions {
+            ConstCounter::new(self.0.sum(field))
+                .encode(family.encode_family(&[("direction", direction)])?)?;
+        }
+        let counters: [(&str, &str, Field); 4] = [
             (
                 "switchboard_media_rtp_dropped",
                 "RTP packets dropped (foreign source, malformed, no destination yet)",

@@ -578,7 +578,11 @@ fn parse_version(text: &str) -> Option<(u8, u8)> {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    if line.len() >= 4 && line[..4].eq_ignore_ascii_case("SIP/") {
+    // `get`, not indexing: the line is UTF-8 and byte 4 may fall inside a character.
+    if line
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+    {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (§7.2)
         let mut parts = line.splitn(3, ' ');
         let version = parts
@@ -1000,6 +1004,9 @@ mod tests {
             Message::parse(&b"\xff\xfe\r\n\r\n"[..], &Limits::default()),
             Err(ParseError::NotUtf8)
         );
+        // Found by the sip_message fuzz target: a multi-byte character across byte 4 of the
+        // start line once panicked on a `&line[..4]` slice.
+        assert!(Message::parse(" \u{14}*\u{1f5} \r\n\r\n".as_bytes(), &Limits::default()).is_err());
     }
 
     #[test]

@@ -482,7 +482,7 @@ fn tone_wav(path: &std::path::Path) {
     std::fs::write(path, wav).unwrap();
 }
 
-/// The value of an unlabelled metric.
+/// The value of a metric, `name` with its labels as exposed (`x_total{a="b"}`).
 async fn metric(server: &Server, name: &str) -> u64 {
     let text = reqwest::get(server.url("/metrics"))
         .await
@@ -495,93 +495,200 @@ async fn metric(server: &Server, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
+/// A server with two extensions, 5001 (the SIPp caller) and 5002 (a SIPp callee registered
+/// from `callee_port`), for SIPp call scenarios.
+struct CallBench {
+    dir: tempfile::TempDir,
+    server: Server,
+    api: Api,
+    callee: String,
+    callee_port: u16,
+    records: usize,
+}
+
+/// What the two SIPp processes printed.
+struct CallRun {
+    caller: std::process::Output,
+    callee: Option<std::process::Output>,
+}
+
+impl CallRun {
+    fn report(&self) -> String {
+        let text = |o: &std::process::Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        };
+        format!(
+            "caller:\n{}\ncallee:\n{}",
+            text(&self.caller),
+            self.callee.as_ref().map(text).unwrap_or_default()
+        )
+    }
+}
+
+impl CallBench {
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec![("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+        all.extend_from_slice(env);
+        let server = Server::start(dir.path(), &all);
+        let api = Api::login(&server).await;
+        api.extension("5001", "caller-secret").await;
+        let callee = api.extension("5002", "callee-secret").await;
+        let callee_port = free_udp_port();
+        let output = run_sipp_register(
+            &server,
+            dir.path(),
+            ("5002", "callee-secret"),
+            callee_port,
+            1,
+        );
+        assert!(
+            output.status.success(),
+            "register: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        api.wait_for_registrations(1).await;
+        tone_wav(&dir.path().join("tone.wav"));
+        Self {
+            dir,
+            server,
+            api,
+            callee,
+            callee_port,
+            records: 0,
+        }
+    }
+
+    /// Runs caller scenario `uac` dialling `dialled` against callee scenario `uas` (which
+    /// echoes RTP), both to completion. An INVITE sent before the callee listens is simply
+    /// retransmitted.
+    fn run(&self, uac: &str, uas: Option<&str>, dialled: &str) -> CallRun {
+        let callee = uas.map(|uas| {
+            sipp_command(&self.server, self.dir.path(), uas, self.callee_port)
+                .args(["-m", "1", "-rtp_echo", "-mp", &free_udp_port().to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start the SIPp callee")
+        });
+        let csv = credentials_csv(self.dir.path(), "5001", "caller-secret", "");
+        let caller = sipp_command(&self.server, self.dir.path(), uac, free_udp_port())
+            .args(["-inf", &csv, "-s", dialled, "-m", "1"])
+            .output()
+            .expect("run the SIPp caller");
+        let callee = callee.map(|c| c.wait_with_output().unwrap());
+        let run = CallRun { caller, callee };
+        assert!(run.caller.status.success(), "{}", run.report());
+        assert!(
+            run.callee.as_ref().is_none_or(|c| c.status.success()),
+            "{}",
+            run.report()
+        );
+        run
+    }
+
+    /// Waits (bounded) for the next call record to be complete and returns it.
+    async fn next_record(&mut self) -> Value {
+        self.records += 1;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (_, page) = self.api.call(reqwest::Method::GET, "/calls", None).await;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            let finished = items.iter().filter(|r| r["disposition"] != "in_progress");
+            if finished.count() == self.records {
+                // Newest first.
+                return items[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {} finished records: {page}",
+                self.records
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn assert_ended(record: &Value, disposition: &str, cause: &str, side: &str) {
+        assert_eq!(
+            (
+                record["disposition"].as_str(),
+                record["hangup_cause"].as_str(),
+                record["hangup_side"].as_str()
+            ),
+            (Some(disposition), Some(cause), Some(side)),
+            "{record}"
+        );
+    }
+}
+
 #[tokio::test]
-async fn sipp_calls_a_registered_sipp_through_the_media_anchor() {
+async fn sipp_calls_through_the_b2bua_with_media_and_records() {
     if sipp().is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let api = Api::login(&server).await;
-    api.extension("5001", "caller-secret").await;
-    let callee = api.extension("5002", "callee-secret").await;
+    let mut bench = CallBench::start(&[("SWITCHBOARD_MEDIA__RING_TIMEOUT", "2s")]).await;
 
-    // The callee registers from the port it then answers on.
-    let callee_port = free_udp_port();
-    let output = run_sipp_register(
-        &server,
-        dir.path(),
-        ("5002", "callee-secret"),
-        callee_port,
-        1,
-    );
-    assert!(
-        output.status.success(),
-        "register: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    api.wait_for_registrations(1).await;
-    let media_port = free_udp_port();
-    let uas = sipp_command(&server, dir.path(), "call_uas.xml", callee_port)
-        .args(["-m", "1", "-rtp_echo", "-mp", &media_port.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the SIPp callee");
-
-    // The caller authenticates, is connected through, streams one second of audio (echoed by
-    // the callee) and hangs up. An INVITE sent before the callee listens is retransmitted.
-    tone_wav(&dir.path().join("tone.wav"));
-    let csv = credentials_csv(dir.path(), "5001", "caller-secret", "");
-    let caller = sipp_command(&server, dir.path(), "call_uac.xml", free_udp_port())
-        .args(["-inf", &csv, "-s", "5002", "-m", "1"])
-        .output()
-        .expect("run the SIPp caller");
-    let callee_output = uas.wait_with_output().unwrap();
-    let report = || {
-        format!(
-            "caller:\n{}{}\ncallee:\n{}{}",
-            String::from_utf8_lossy(&caller.stdout),
-            String::from_utf8_lossy(&caller.stderr),
-            String::from_utf8_lossy(&callee_output.stdout),
-            String::from_utf8_lossy(&callee_output.stderr)
-        )
-    };
-    assert!(caller.status.success(), "{}", report());
-    assert!(callee_output.status.success(), "{}", report());
-
-    // The caller sent one second (50-51 packets of 20 ms) and the callee echoed it: 100 or more
-    // relayed packets means both directions carried the audio.
-    let forwarded = metric(&server, "switchboard_media_rtp_forwarded_total").await;
-    assert!(
-        forwarded >= 100,
-        "RTP relayed both ways: {forwarded} packets"
-    );
-    assert_eq!(metric(&server, "switchboard_calls_total").await, 1);
-    assert_eq!(metric(&server, "switchboard_calls_answered_total").await, 1);
-    assert_eq!(metric(&server, "switchboard_calls_active").await, 0);
-
-    // The call detail record: answered, ended by the caller, both legs listed.
-    let deadline = Instant::now() + TIMEOUT;
-    let record = loop {
-        let (_, page) = api.call(reqwest::Method::GET, "/calls", None).await;
-        if let Some(record) = page["items"]
-            .as_array()
-            .and_then(|items| items.first())
-            .filter(|record| record["disposition"] != "in_progress")
-        {
-            break record.clone();
-        }
-        assert!(Instant::now() < deadline, "no finished call record: {page}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(record["disposition"], "answered", "{record}");
-    assert_eq!(record["hangup_side"], "caller", "{record}");
-    assert_eq!(record["hangup_cause"], "normal_clearing", "{record}");
+    // Answered: the caller streams one second (50-51 packets of 20 ms), the callee echoes
+    // every packet it gets; then hold and resume, and the caller hangs up. The echo proves the
+    // callee received the audio; the relay counters show it went back to the caller.
+    bench.run("call_uac.xml", Some("call_uas.xml"), "5002");
+    let to_callee = r#"switchboard_media_rtp_forwarded_total{direction="to_callee"}"#;
+    let to_caller = r#"switchboard_media_rtp_forwarded_total{direction="to_caller"}"#;
+    for direction in [to_callee, to_caller] {
+        let packets = metric(&bench.server, direction).await;
+        assert!((49..=51).contains(&packets), "{direction}: {packets}");
+    }
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "caller");
     assert_eq!(record["direction"], "internal", "{record}");
     assert_eq!(record["from_number"], "5001", "{record}");
     assert_eq!(record["to_number"], "5002", "{record}");
-    assert_eq!(record["to_extension_id"], callee.as_str(), "{record}");
+    assert_eq!(record["to_extension_id"], bench.callee.as_str(), "{record}");
     assert!(record["duration_ms"].as_i64().unwrap() >= 1000, "{record}");
     assert_eq!(record["legs"].as_array().unwrap().len(), 2, "{record}");
-    assert!(server.terminate().success());
+
+    // Answered, and the callee hangs up.
+    bench.run(
+        "callee_hangup_uac.xml",
+        Some("callee_hangup_uas.xml"),
+        "5002",
+    );
+    assert!(metric(&bench.server, to_caller).await >= 98);
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "callee");
+
+    // Busy.
+    bench.run("refused_uac.xml", Some("busy_uas.xml"), "5002");
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "busy", "user_busy", "callee");
+
+    // The caller gives up while it rings: the callee's INVITE is cancelled too.
+    bench.run("cancel_uac.xml", Some("ring_uas.xml"), "5002");
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "cancelled", "originator_cancel", "caller");
+
+    // Nobody answers within the ring timeout (2 s here): 480 to the caller, CANCEL to the callee.
+    bench.run("refused_uac.xml", Some("ring_uas.xml"), "5002");
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "no_answer", "no_answer", "system");
+
+    // Numbers nobody has, and extensions with no phone registered, are refused with records.
+    bench.api.extension("5003", "unused-secret").await;
+    bench.run("refused_uac.xml", None, "5003");
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "failed", "user_not_registered", "system");
+    assert_eq!(record["billsec"], 0, "{record}");
+
+    assert_eq!(metric(&bench.server, "switchboard_calls_total").await, 5);
+    assert_eq!(
+        metric(&bench.server, "switchboard_calls_answered_total").await,
+        2
+    );
+    assert_eq!(metric(&bench.server, "switchboard_calls_active").await, 0);
+    assert_eq!(metric(&bench.server, "switchboard_media_sessions").await, 0);
+    assert!(bench.server.terminate().success());
 }

@@ -155,6 +155,23 @@ fn core_config(config: &Config) -> CoreConfig {
     }
 }
 
+/// Asks for `bytes` of kernel buffer each way on the SIP UDP socket. The kernel may grant less
+/// (`net.core.rmem_max`); that is logged, not fatal.
+fn set_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(bytes);
+    let _ = socket.set_send_buffer_size(bytes);
+    // Linux reports twice the usable size (it counts its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < bytes {
+        tracing::warn!(
+            asked = bytes,
+            granted,
+            "SIP UDP receive buffer is smaller than sip.udp_buffer_bytes; raise net.core.rmem_max"
+        );
+    }
+}
+
 /// Loads the directory and live registrations, binds the sockets and starts the tasks.
 pub async fn start(
     config: &Config,
@@ -213,6 +230,7 @@ pub async fn start(
             )
         })?;
         std_socket.set_nonblocking(true)?;
+        set_buffers(&std_socket, config.sip.udp_buffer_bytes);
         let state = quinn_udp::UdpSocketState::new((&std_socket).into())?;
         Some(task::Udp {
             socket: tokio::net::UdpSocket::from_std(std_socket)?,

@@ -123,7 +123,7 @@ fn started(start: &CallStart) -> Call {
         to_number: start.to_number.clone(),
         did: None,
         from_extension_id: Some(start.from_extension),
-        to_extension_id: Some(start.to_extension),
+        to_extension_id: start.to_extension,
         trunk_id: None,
         legs: serde_json::Value::Array(Vec::new()),
         started_at: timestamp(start.started_wall_ms),
@@ -249,7 +249,7 @@ mod tests {
             to_uri: "sip:1002@acme.test".into(),
             from_extension: Uuid::new_v4(),
             from_number: "1001".into(),
-            to_extension: Uuid::new_v4(),
+            to_extension: Some(Uuid::new_v4()),
             to_number: "1002".into(),
             started_wall_ms: 1_000_000,
         }

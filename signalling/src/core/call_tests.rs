@@ -559,7 +559,7 @@ fn ring_timeout_gives_480_and_no_answer() {
 }
 
 #[test]
-fn unknown_unregistered_and_unauthenticated_callers_are_refused() {
+fn refused_calls_get_their_status_and_a_record_that_says_why() {
     let mut world = World::new(0, CoreConfig::default());
     world.call("1002");
     assert_eq!(
@@ -567,8 +567,31 @@ fn unknown_unregistered_and_unauthenticated_callers_are_refused() {
         Some(&480),
         "Bob has no phone registered"
     );
+    let end = world.ended().expect("a CDR").clone();
+    assert_eq!(
+        (end.disposition, end.cause, end.side),
+        (
+            Disposition::Failed,
+            "user_not_registered",
+            HangupSide::System
+        )
+    );
+    assert_eq!(end.start.to_number, "1002");
+    assert_eq!(end.start.id.get_version_num(), 7, "time-ordered record ids");
+    assert!(end.start.to_extension.is_some() && end.answered_wall_ms.is_none());
+    world.outputs.clear();
+
     world.call("7777");
     assert_eq!(world.statuses(world.alice).last(), Some(&404));
+    let end = world.ended().expect("a CDR");
+    assert_eq!(end.cause, "unallocated_number");
+    assert_eq!(
+        (end.start.to_number.as_str(), end.start.to_extension),
+        ("7777", None)
+    );
+    world.outputs.clear();
+
+    // An INVITE without credentials is only challenged: no call, no record.
     let alice = world.alice;
     world.calls += 1;
     world.send(alice, &world.invite_text(9, "", "1002"));
@@ -577,8 +600,8 @@ fn unknown_unregistered_and_unauthenticated_callers_are_refused() {
         world
             .outputs
             .iter()
-            .all(|o| !matches!(o, Output::CallStarted(_))),
-        "no CDR for refused calls"
+            .all(|o| !matches!(o, Output::CallStarted(_) | Output::CallEnded(_))),
+        "no CDR for a challenge"
     );
 }
 

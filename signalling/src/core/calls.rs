@@ -75,8 +75,8 @@ pub struct CallStart {
     pub from_extension: Uuid,
     /// Caller number.
     pub from_number: String,
-    /// Called extension.
-    pub to_extension: Uuid,
+    /// Called extension, if the number was one.
+    pub to_extension: Option<Uuid>,
     /// Called number.
     pub to_number: String,
     /// Wall time of the INVITE (ms since the epoch).
@@ -102,6 +102,70 @@ pub struct CallEnd {
     pub caller: Peer,
     /// The contact that answered, if any.
     pub callee: Option<Peer>,
+}
+
+/// A new INVITE being refused.
+#[derive(Clone, Copy)]
+struct Refused<'a> {
+    key: &'a ServerKey,
+    request: &'a Request,
+    caller: Peer,
+}
+
+/// Why a new call is refused: the response and what its record says.
+#[derive(Clone, Copy)]
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    disposition: Disposition,
+    cause: &'static str,
+}
+
+/// Max-Forwards reached zero (RFC 3261 §16.3 step 3).
+const LOOP: Refusal = Refusal {
+    status: 483,
+    reason: "Too Many Hops",
+    disposition: Disposition::Failed,
+    cause: "too_many_hops",
+};
+/// `media.max_calls` or `media.max_calls_per_tenant` reached.
+const CALL_LIMIT: Refusal = Refusal {
+    status: 503,
+    reason: "Service Unavailable",
+    disposition: Disposition::Failed,
+    cause: "call_limit",
+};
+/// No extension has the dialled number.
+const UNKNOWN_NUMBER: Refusal = Refusal {
+    status: 404,
+    reason: "Not Found",
+    disposition: Disposition::Failed,
+    cause: "unallocated_number",
+};
+/// The callee has no registered contact.
+const NOT_REGISTERED: Refusal = Refusal {
+    status: 480,
+    reason: "Temporarily Unavailable",
+    disposition: Disposition::Failed,
+    cause: "user_not_registered",
+};
+/// No SDP offer with audio (late offer is not supported yet).
+const NO_OFFER: Refusal = Refusal {
+    status: 488,
+    reason: "Not Acceptable Here",
+    disposition: Disposition::Failed,
+    cause: "incompatible_destination",
+};
+/// The RTP port range is used up.
+const NO_PORTS: Refusal = Refusal {
+    status: 503,
+    reason: "Service Unavailable",
+    disposition: Disposition::Failed,
+    cause: "no_media_ports",
+};
+
+fn retry_later(response: &mut Response) {
+    response.headers.push(HeaderName::RetryAfter, "5");
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,72 +374,14 @@ impl Core {
         from: Peer,
         (tenant, caller): (Tenant, Extension),
     ) {
-        if let Some(max_forwards) = request.headers.get(&HeaderName::MaxForwards)
-            && max_forwards.trim().trim_start_matches('0').is_empty()
-        {
-            return self.respond(now, &key, &request, 483, "Too Many Hops", |_| {});
-        }
-        if self.calls.len() >= self.config.max_calls
-            || self.calls.tenant_calls(tenant.id) >= self.config.max_calls_per_tenant
-        {
-            SipStats::inc(&self.stats.overloaded);
-            return self.respond(now, &key, &request, 503, "Service Unavailable", |r| {
-                r.headers.push(HeaderName::RetryAfter, "5");
-            });
-        }
         let dialled = request
             .uri
             .as_sip()
             .and_then(|u| u.user_unescaped())
             .unwrap_or_default();
-        let Some(callee) = self
-            .directory
-            .extension_by_number(tenant.id, &dialled)
-            .cloned()
-        else {
-            return self.respond(now, &key, &request, 404, "Not Found", |_| {});
-        };
-        let bindings: Vec<(String, Peer)> = self
-            .registrar
-            .bindings(callee.id)
-            .iter()
-            .map(|b| (b.contact.clone(), b.peer))
-            .collect();
-        if bindings.is_empty() {
-            return self.respond(now, &key, &request, 480, "Temporarily Unavailable", |_| {});
-        }
-        let offer = match sdp_of(&request.body, &request.headers) {
-            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || media::is_hold(&sdp) => sdp,
-            // No offer (late offer), a body that isn't SDP, or no audio: we anchor audio only.
-            _ => {
-                return self.respond(now, &key, &request, 488, "Not Acceptable Here", |r| {
-                    r.headers.push(
-                        HeaderName::Warning,
-                        "399 switchboard \"an SDP offer with audio is required\"",
-                    );
-                });
-            }
-        };
-        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
-            return self.respond(now, &key, &request, 503, "Service Unavailable", |r| {
-                r.headers.push(HeaderName::RetryAfter, "5");
-            });
-        };
-        let session = self.next_session();
-        let cdr = uuid::Builder::from_random_bytes(self.rng.random()).into_uuid();
-        let a_tag = self.random_token();
-        let b_call_id = format!("{}@switchboard", self.random_token());
-        let b_tag = self.random_token();
-        self.outputs.push_back(Output::Media(MediaCommand::Create {
-            session,
-            a_port,
-            b_port,
-            a_expected: media::audio_address(&offer),
-            b_expected: None,
-        }));
-        SipStats::inc(&self.stats.calls);
-        let record = CallStart {
-            id: cdr,
+        let mut record = CallStart {
+            // UUIDv7 from the call's wall time, like every stored id: records list in time order.
+            id: uuid::Builder::from_unix_timestamp_millis(wall_ms, &self.rng.random()).into_uuid(),
             tenant_id: tenant.id,
             sip_call_id: request
                 .headers
@@ -390,10 +396,71 @@ impl Core {
             to_uri: request.uri.to_string(),
             from_extension: caller.id,
             from_number: caller.number.clone(),
-            to_extension: callee.id,
-            to_number: callee.number.clone(),
+            to_extension: None,
+            to_number: dialled.clone(),
             started_wall_ms: wall_ms,
         };
+        let refused = Refused {
+            key: &key,
+            request: &request,
+            caller: from,
+        };
+        if let Some(max_forwards) = request.headers.get(&HeaderName::MaxForwards)
+            && max_forwards.trim().trim_start_matches('0').is_empty()
+        {
+            return self.refuse(now, refused, record, LOOP, |_| {});
+        }
+        if self.calls.len() >= self.config.max_calls
+            || self.calls.tenant_calls(tenant.id) >= self.config.max_calls_per_tenant
+        {
+            SipStats::inc(&self.stats.overloaded);
+            return self.refuse(now, refused, record, CALL_LIMIT, retry_later);
+        }
+        let Some(callee) = self
+            .directory
+            .extension_by_number(tenant.id, &dialled)
+            .cloned()
+        else {
+            return self.refuse(now, refused, record, UNKNOWN_NUMBER, |_| {});
+        };
+        record.to_extension = Some(callee.id);
+        record.to_number = callee.number.clone();
+        let bindings: Vec<(String, Peer)> = self
+            .registrar
+            .bindings(callee.id)
+            .iter()
+            .map(|b| (b.contact.clone(), b.peer))
+            .collect();
+        if bindings.is_empty() {
+            return self.refuse(now, refused, record, NOT_REGISTERED, |_| {});
+        }
+        let offer = match sdp_of(&request.body, &request.headers) {
+            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || media::is_hold(&sdp) => sdp,
+            // No offer (late offer), a body that isn't SDP, or no audio: we anchor audio only.
+            _ => {
+                return self.refuse(now, refused, record, NO_OFFER, |r| {
+                    r.headers.push(
+                        HeaderName::Warning,
+                        "399 switchboard \"an SDP offer with audio is required\"",
+                    );
+                });
+            }
+        };
+        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+            return self.refuse(now, refused, record, NO_PORTS, retry_later);
+        };
+        let session = self.next_session();
+        let a_tag = self.random_token();
+        let b_call_id = format!("{}@switchboard", self.random_token());
+        let b_tag = self.random_token();
+        self.outputs.push_back(Output::Media(MediaCommand::Create {
+            session,
+            a_port,
+            b_port,
+            a_expected: media::audio_address(&offer),
+            b_expected: None,
+        }));
+        SipStats::inc(&self.stats.calls);
         self.outputs.push_back(Output::CallStarted(record.clone()));
         let b_offer = media::anchor(&offer, self.advertised, b_port);
         let max_forwards = request
@@ -832,6 +899,36 @@ impl Core {
         {
             self.calls.pending.insert(key, (session, Pending::Ignore));
         }
+    }
+
+    /// Refuses a new call: the final response, and its complete record (a refused call gets a
+    /// CDR that says why, like any other).
+    fn refuse(
+        &mut self,
+        now: Instant,
+        refused: Refused<'_>,
+        start: CallStart,
+        refusal: Refusal,
+        extra: impl FnOnce(&mut Response),
+    ) {
+        let Refusal {
+            status,
+            reason,
+            disposition,
+            cause,
+        } = refusal;
+        self.respond(now, refused.key, refused.request, status, reason, extra);
+        let ended_wall_ms = start.started_wall_ms;
+        self.outputs.push_back(Output::CallEnded(CallEnd {
+            start,
+            answered_wall_ms: None,
+            ended_wall_ms,
+            disposition,
+            cause,
+            side: HangupSide::System,
+            caller: refused.caller,
+            callee: None,
+        }));
     }
 
     /// Ends a call that was never answered: final response to the caller, forks cancelled.
