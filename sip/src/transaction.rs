@@ -220,7 +220,10 @@ impl TxTimers {
 struct ClientTx<A> {
     method: Method,
     state: ClientState,
-    request: Request,
+    /// The request, until its final response (an ACK for a non-2xx is built from it); then
+    /// freed with `bytes`, as the transaction may linger for 64*T1 (Timer M, D).
+    request: Option<Request>,
+    /// The request as sent, for retransmission (Timers A, E).
     bytes: Bytes,
     to: A,
     reliable: bool,
@@ -505,7 +508,7 @@ impl<A: Clone> Transactions<A> {
         let tx = ClientTx {
             method: request.method.clone(),
             state: ClientState::Initial,
-            request,
+            request: Some(request),
             bytes: bytes.clone(),
             to: to.clone(),
             reliable,
@@ -688,6 +691,8 @@ impl<A: Clone> Transactions<A> {
             }
             ClientState::Initial | ClientState::Proceeding if invite && status < 300 => {
                 tx.state = ClientState::Accepted;
+                tx.request = None;
+                tx.bytes = Bytes::new();
                 tx.accepted_tags.push(to_tag(&response.headers));
                 tx.timers = TxTimers {
                     retransmit: None,
@@ -697,7 +702,11 @@ impl<A: Clone> Transactions<A> {
                 self.event(Event::Response { key, response });
             }
             ClientState::Initial | ClientState::Proceeding if invite => {
-                let ack = Bytes::from(ack_for(&tx.request, &response).to_bytes());
+                let Some(request) = tx.request.take() else {
+                    return;
+                };
+                tx.bytes = Bytes::new();
+                let ack = Bytes::from(ack_for(&request, &response).to_bytes());
                 tx.ack = Some(ack.clone());
                 tx.state = ClientState::Completed;
                 let d = if tx.reliable {
@@ -716,6 +725,8 @@ impl<A: Clone> Transactions<A> {
             }
             ClientState::Initial | ClientState::Proceeding => {
                 tx.state = ClientState::Completed;
+                tx.request = None;
+                tx.bytes = Bytes::new();
                 let k = if tx.reliable { Duration::ZERO } else { t.t4 };
                 tx.timers = TxTimers {
                     retransmit: None,

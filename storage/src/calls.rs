@@ -1,6 +1,8 @@
 //! Call detail records. A row is written when a call starts (disposition `in_progress`) and
 //! completed when it ends, so a crash leaves a row that the next start closes as `interrupted`.
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -171,37 +173,49 @@ const COLUMNS: &str = "id, tenant_id, sip_call_id, direction, from_uri, to_uri, 
     ended_at, duration_ms, billsec, disposition, hangup_cause, hangup_side, recording_id, \
     media_stats";
 
-/// Writes a whole call record (at call start, or a complete record after the fact).
-pub async fn insert(db: &Db, call: &Call) -> Result<(), Error> {
-    let sql = format!(
+pub(crate) static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO calls ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
          $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
-    );
+    )
+});
+
+/// The INSERT of `$call` (a [`Call`]) with its JSON columns as text, for either backend.
+macro_rules! insert_query {
+    ($call:expr, $legs:expr, $stats:expr) => {{
+        let call: &$crate::calls::Call = $call;
+        sqlx::query($crate::calls::INSERT.as_str())
+            .bind(call.id)
+            .bind(call.tenant_id)
+            .bind(&call.sip_call_id)
+            .bind(call.direction.as_str())
+            .bind(&call.from_uri)
+            .bind(&call.to_uri)
+            .bind(&call.from_number)
+            .bind(&call.to_number)
+            .bind(&call.did)
+            .bind(call.from_extension_id)
+            .bind(call.to_extension_id)
+            .bind(call.trunk_id)
+            .bind($legs)
+            .bind(call.started_at)
+            .bind(call.answered_at)
+            .bind(call.ended_at)
+            .bind(call.duration_ms)
+            .bind(call.billsec)
+            .bind(call.disposition.as_str())
+            .bind(&call.hangup_cause)
+            .bind(call.hangup_side.map($crate::calls::HangupSide::as_str))
+            .bind(call.recording_id)
+            .bind($stats)
+    }};
+}
+pub(crate) use insert_query;
+
+/// Writes a whole call record (at call start, or a complete record after the fact).
+pub async fn insert(db: &Db, call: &Call) -> Result<(), Error> {
     let (legs, stats) = (call.legs.to_string(), call.media_stats.to_string());
-    exec!(db, |pool| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(call.id)
-        .bind(call.tenant_id)
-        .bind(&call.sip_call_id)
-        .bind(call.direction.as_str())
-        .bind(&call.from_uri)
-        .bind(&call.to_uri)
-        .bind(&call.from_number)
-        .bind(&call.to_number)
-        .bind(&call.did)
-        .bind(call.from_extension_id)
-        .bind(call.to_extension_id)
-        .bind(call.trunk_id)
-        .bind(&legs)
-        .bind(call.started_at)
-        .bind(call.answered_at)
-        .bind(call.ended_at)
-        .bind(call.duration_ms)
-        .bind(call.billsec)
-        .bind(call.disposition.as_str())
-        .bind(&call.hangup_cause)
-        .bind(call.hangup_side.map(HangupSide::as_str))
-        .bind(call.recording_id)
-        .bind(&stats))?;
+    exec!(db, |pool| insert_query!(call, &legs, &stats))?;
     Ok(())
 }
 
@@ -228,25 +242,57 @@ pub struct Ending {
     pub recording_id: Option<Uuid>,
 }
 
+pub(crate) const FINISH: &str = "UPDATE calls SET answered_at = $2, ended_at = $3, \
+    duration_ms = $3 - started_at, billsec = CASE WHEN $2 IS NULL THEN 0 ELSE ($3 - $2) / 1000 END, \
+    disposition = $4, hangup_cause = $5, hangup_side = $6, \
+    to_extension_id = COALESCE($7, to_extension_id), legs = $8, media_stats = $9, \
+    recording_id = COALESCE($10, recording_id) WHERE id = $1 AND ended_at IS NULL";
+
+/// The UPDATE completing call `$id` with `$ending` (an [`Ending`]), for either backend.
+macro_rules! finish_query {
+    ($id:expr, $ending:expr, $legs:expr, $stats:expr) => {{
+        let ending: &$crate::calls::Ending = $ending;
+        sqlx::query($crate::calls::FINISH)
+            .bind($id)
+            .bind(ending.answered_at)
+            .bind(ending.ended_at)
+            .bind(ending.disposition.as_str())
+            .bind(&ending.hangup_cause)
+            .bind(ending.hangup_side.as_str())
+            .bind(ending.to_extension_id)
+            .bind($legs)
+            .bind($stats)
+            .bind(ending.recording_id)
+    }};
+}
+pub(crate) use finish_query;
+
 /// Completes the record of a call that is still in progress.
 pub async fn finish(db: &Db, id: Uuid, ending: &Ending) -> Result<(), Error> {
-    const SQL: &str = "UPDATE calls SET answered_at = $2, ended_at = $3, \
-        duration_ms = $3 - started_at, billsec = CASE WHEN $2 IS NULL THEN 0 ELSE ($3 - $2) / 1000 END, \
-        disposition = $4, hangup_cause = $5, hangup_side = $6, \
-        to_extension_id = COALESCE($7, to_extension_id), legs = $8, media_stats = $9, \
-        recording_id = COALESCE($10, recording_id) WHERE id = $1 AND ended_at IS NULL";
     let (legs, stats) = (ending.legs.to_string(), ending.media_stats.to_string());
-    one_row(exec!(db, |pool| sqlx::query(SQL)
-        .bind(id)
-        .bind(ending.answered_at)
-        .bind(ending.ended_at)
-        .bind(ending.disposition.as_str())
-        .bind(&ending.hangup_cause)
-        .bind(ending.hangup_side.as_str())
-        .bind(ending.to_extension_id)
-        .bind(&legs)
-        .bind(&stats)
-        .bind(ending.recording_id))?)
+    one_row(exec!(db, |pool| finish_query!(id, ending, &legs, &stats))?)
+}
+
+/// The complete record of a call that started as `start` and ended as `ending` (what
+/// [`finish`] makes of the stored row).
+pub fn completed(start: &Call, ending: &Ending) -> Call {
+    let ended = ending.ended_at;
+    Call {
+        answered_at: ending.answered_at,
+        ended_at: Some(ended),
+        duration_ms: Some(ended.as_millis() - start.started_at.as_millis()),
+        billsec: Some(ending.answered_at.map_or(0, |answered| {
+            (ended.as_millis() - answered.as_millis()) / 1000
+        })),
+        disposition: ending.disposition,
+        hangup_cause: Some(ending.hangup_cause.clone()),
+        hangup_side: Some(ending.hangup_side),
+        to_extension_id: ending.to_extension_id.or(start.to_extension_id),
+        legs: ending.legs.clone(),
+        media_stats: ending.media_stats.clone(),
+        recording_id: ending.recording_id.or(start.recording_id),
+        ..start.clone()
+    }
 }
 
 /// Closes every record still in progress as `interrupted` (the server stopped mid-call; run

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod batch;
 pub mod calls;
 pub mod crypto;
 pub mod extensions;

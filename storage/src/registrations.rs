@@ -1,6 +1,8 @@
 //! SIP registrations (bindings of an extension to contact addresses), persisted so that a
 //! restart loses none: the registrar writes each change here and reloads the live ones at start.
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -43,38 +45,55 @@ pub struct Registration {
 const COLUMNS: &str = "id, tenant_id, extension_id, contact, instance_id, reg_id, transport, \
     source, user_agent, call_id, cseq, expires_at, created_at, updated_at";
 
-/// Inserts or refreshes the binding of `registration.extension_id` to `registration.contact`.
-pub async fn upsert(db: &Db, registration: &Registration) -> Result<(), Error> {
-    let sql = format!(
+pub(crate) static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO registrations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14) ON CONFLICT (extension_id, contact) DO UPDATE SET \
          instance_id = excluded.instance_id, reg_id = excluded.reg_id, \
          transport = excluded.transport, source = excluded.source, \
          user_agent = excluded.user_agent, call_id = excluded.call_id, cseq = excluded.cseq, \
          expires_at = excluded.expires_at, updated_at = excluded.updated_at"
-    );
-    exec!(db, |pool| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-        .bind(registration.id)
-        .bind(registration.tenant_id)
-        .bind(registration.extension_id)
-        .bind(&registration.contact)
-        .bind(&registration.instance_id)
-        .bind(registration.reg_id)
-        .bind(&registration.transport)
-        .bind(&registration.source)
-        .bind(&registration.user_agent)
-        .bind(&registration.call_id)
-        .bind(registration.cseq)
-        .bind(registration.expires_at)
-        .bind(registration.created_at)
-        .bind(registration.updated_at))?;
+    )
+});
+
+/// The upsert of `$registration` (a [`Registration`]), for either backend.
+macro_rules! upsert_query {
+    ($registration:expr) => {{
+        let registration: &$crate::registrations::Registration = $registration;
+        sqlx::query($crate::registrations::UPSERT.as_str())
+            .bind(registration.id)
+            .bind(registration.tenant_id)
+            .bind(registration.extension_id)
+            .bind(&registration.contact)
+            .bind(&registration.instance_id)
+            .bind(registration.reg_id)
+            .bind(&registration.transport)
+            .bind(&registration.source)
+            .bind(&registration.user_agent)
+            .bind(&registration.call_id)
+            .bind(registration.cseq)
+            .bind(registration.expires_at)
+            .bind(registration.created_at)
+            .bind(registration.updated_at)
+    }};
+}
+pub(crate) use upsert_query;
+
+pub(crate) const REMOVE: &str =
+    "DELETE FROM registrations WHERE extension_id = $1 AND contact = $2";
+
+/// Inserts or refreshes the binding of `registration.extension_id` to `registration.contact`.
+pub async fn upsert(db: &Db, registration: &Registration) -> Result<(), Error> {
+    exec!(db, |pool| upsert_query!(registration))?;
     Ok(())
 }
 
 /// Removes one binding (un-REGISTER of a contact). Returns whether it existed.
 pub async fn remove(db: &Db, extension_id: Uuid, contact: &str) -> Result<bool, Error> {
-    const SQL: &str = "DELETE FROM registrations WHERE extension_id = $1 AND contact = $2";
-    Ok(exec!(db, |pool| sqlx::query(SQL).bind(extension_id).bind(contact))? > 0)
+    Ok(exec!(db, |pool| sqlx::query(REMOVE)
+        .bind(extension_id)
+        .bind(contact))?
+        > 0)
 }
 
 /// Removes every binding of an extension (`Contact: *`). Returns how many there were.

@@ -1,6 +1,7 @@
 //! The record writer: persists registration changes and call records off the signalling
-//! task, so a slow database never delays SIP. Records queue in a bounded channel, in order; if
-//! it is full a record is dropped (logged and counted): a binding still works, it would only be
+//! task, so a slow database never delays SIP. Records queue in a bounded channel, in order, and
+//! whatever has queued is written in one transaction (one commit for a burst). If the queue is
+//! full a record is dropped (logged): a binding still works, it would only be
 //! forgotten by a restart; a call still connects. A call's end repeats its start, so a call
 //! whose start record was lost (full queue or database error) is written whole when it ends.
 
@@ -9,9 +10,10 @@ use std::time::{Duration, Instant};
 use switchboard_signalling::core::{CallEnd, CallStart, Disposition, HangupSide};
 use switchboard_signalling::peer::Peer;
 use switchboard_signalling::registrar::{Binding, Change};
+use switchboard_storage::batch::{self, Write};
 use switchboard_storage::calls::{self, Call, Direction, Ending};
-use switchboard_storage::registrations::{self, Registration};
-use switchboard_storage::{Db, Error, Timestamp, Uuid};
+use switchboard_storage::registrations::Registration;
+use switchboard_storage::{Db, Timestamp, Uuid};
 use tokio::sync::mpsc;
 
 /// What the writer persists.
@@ -60,49 +62,52 @@ fn row(
     }
 }
 
-/// Applies records until the channel closes.
+/// Records applied in one transaction at most.
+const BATCH: usize = 512;
+
+/// Applies records until the channel closes: whatever is queued goes in one transaction.
 pub(crate) async fn run(db: Db, mut records: mpsc::Receiver<Record>) {
-    while let Some(record) = records.recv().await {
-        match record {
-            Record::Registration(persist) => registration(&db, persist).await,
-            Record::CallStart(start) => {
-                if let Err(error) = calls::insert(&db, &started(&start)).await {
-                    tracing::warn!(%error, call_id = %start.sip_call_id, "could not write the start of a call record; it is written whole when the call ends");
-                }
-            }
-            Record::CallEnd(end) => {
-                if let Err(error) = call_end(&db, &end).await {
-                    tracing::error!(%error, id = %end.start.id, "could not write a call record");
+    let mut queued = Vec::with_capacity(BATCH);
+    while records.recv_many(&mut queued, BATCH).await > 0 {
+        let writes: Vec<Write> = queued.drain(..).map(write).collect();
+        if let Err(error) = batch::apply(&db, &writes).await {
+            // One bad write fails its batch: apply them one by one so that only it is lost.
+            tracing::warn!(%error, count = writes.len(), "a record batch failed; writing one by one");
+            for write in &writes {
+                if let Err(error) = batch::apply(&db, std::slice::from_ref(write)).await {
+                    tracing::error!(%error, ?write, "could not persist a record");
                 }
             }
         }
     }
 }
 
-async fn registration(db: &Db, persist: Persist) {
-    let Persist {
-        change,
-        wall_now,
-        now,
-    } = persist;
-    let result = match &change {
-        Change::Upsert {
-            tenant_id,
-            extension_id,
-            binding,
-        } => {
-            registrations::upsert(db, &row(*tenant_id, *extension_id, binding, wall_now, now)).await
-        }
-        Change::Remove {
-            extension_id,
-            contact,
-            ..
-        } => registrations::remove(db, *extension_id, contact)
-            .await
-            .map(|_| ()),
-    };
-    if let Err(error) = result {
-        tracing::warn!(%error, ?change, "could not persist a registration change");
+fn write(record: Record) -> Write {
+    match record {
+        Record::Registration(Persist {
+            change,
+            wall_now,
+            now,
+        }) => match change {
+            Change::Upsert {
+                tenant_id,
+                extension_id,
+                binding,
+            } => Write::Registration(row(tenant_id, extension_id, &binding, wall_now, now)),
+            Change::Remove {
+                extension_id,
+                contact,
+                ..
+            } => Write::Unregistration {
+                extension_id,
+                contact,
+            },
+        },
+        Record::CallStart(start) => Write::CallStart(started(&start)),
+        Record::CallEnd(end) => Write::CallEnd {
+            start: Box::new(started(&end.start)),
+            ending: Box::new(ending(&end)),
+        },
     }
 }
 
@@ -170,29 +175,6 @@ fn ending(end: &CallEnd) -> Ending {
         legs: serde_json::Value::Array(legs),
         media_stats: serde_json::Value::Object(serde_json::Map::new()),
         recording_id: None,
-    }
-}
-
-/// Completes a call's record; if its start never reached the database, writes it whole.
-async fn call_end(db: &Db, end: &CallEnd) -> Result<(), Error> {
-    let ending = ending(end);
-    match calls::finish(db, end.start.id, &ending).await {
-        Err(Error::NotFound) => {
-            let mut call = started(&end.start);
-            let ended = ending.ended_at;
-            call.answered_at = ending.answered_at;
-            call.ended_at = Some(ended);
-            call.duration_ms = Some(ended.as_millis() - call.started_at.as_millis());
-            call.billsec = Some(ending.answered_at.map_or(0, |answered| {
-                (ended.as_millis() - answered.as_millis()) / 1000
-            }));
-            call.disposition = ending.disposition;
-            call.hangup_cause = Some(ending.hangup_cause);
-            call.hangup_side = Some(ending.hangup_side);
-            call.legs = ending.legs;
-            calls::insert(db, &call).await
-        }
-        other => other,
     }
 }
 

@@ -255,6 +255,8 @@ pub(super) struct Calls {
     pending: HashMap<ClientKey, (SessionId, Pending)>,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     next_session: SessionId,
+    /// Live calls per tenant (for the per-tenant limit without scanning every call).
+    per_tenant: HashMap<Uuid, usize>,
 }
 
 impl Calls {
@@ -263,10 +265,25 @@ impl Calls {
     }
 
     pub(super) fn tenant_calls(&self, tenant: Uuid) -> usize {
-        self.calls
-            .values()
-            .filter(|c| c.tenant.id == tenant)
-            .count()
+        self.per_tenant.get(&tenant).copied().unwrap_or(0)
+    }
+
+    /// Adds a call, counting it for its tenant.
+    fn insert(&mut self, session: SessionId, call: Call) {
+        *self.per_tenant.entry(call.tenant.id).or_default() += 1;
+        self.calls.insert(session, call);
+    }
+
+    /// Removes a call and its count.
+    fn remove(&mut self, session: SessionId) -> Option<Call> {
+        let call = self.calls.remove(&session)?;
+        if let Some(count) = self.per_tenant.get_mut(&call.tenant.id) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_tenant.remove(&call.tenant.id);
+            }
+        }
+        Some(call)
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
@@ -525,7 +542,7 @@ impl Core {
         let ring_deadline = now + self.config.ring_timeout;
         self.calls.timers.push(Reverse((ring_deadline, session)));
         self.calls.by_invite.insert(key.clone(), session);
-        self.calls.calls.insert(
+        self.calls.insert(
             session,
             Call {
                 record,
@@ -981,7 +998,7 @@ impl Core {
         cause: &'static str,
         side: HangupSide,
     ) {
-        let Some(call) = self.calls.calls.remove(&session) else {
+        let Some(call) = self.calls.remove(session) else {
             return;
         };
         self.calls.by_invite.remove(&call.a_key);
