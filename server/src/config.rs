@@ -248,6 +248,10 @@ pub struct MediaConfig {
     pub max_calls: usize,
     /// Calls at most per tenant.
     pub max_calls_per_tenant: usize,
+    /// New calls a second at most, server-wide; 0 means no limit.
+    pub max_calls_per_second: u32,
+    /// New calls a second at most per tenant; 0 means no limit.
+    pub max_calls_per_second_per_tenant: u32,
 }
 
 impl Default for MediaConfig {
@@ -262,6 +266,8 @@ impl Default for MediaConfig {
             ring_timeout: Duration::from_secs(60),
             max_calls: 10_000,
             max_calls_per_tenant: 10_000,
+            max_calls_per_second: 1_000,
+            max_calls_per_second_per_tenant: 200,
         }
     }
 }

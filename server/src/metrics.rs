@@ -250,6 +250,11 @@ impl Collector for SipCollector {
                 "Calls that were answered",
                 &s.calls_answered,
             ),
+            (
+                "switchboard_calls_rate_limited",
+                "New calls refused (503) by a calls-per-second limit",
+                &s.rate_limited,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(SipStats::get(value));

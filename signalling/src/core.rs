@@ -41,6 +41,7 @@ pub use self::calls::{CallEnd, CallStart, Disposition, HangupSide};
 use crate::directory::{Directory, Extension, Tenant, Update};
 use crate::media::{MediaCommand, PortAllocator};
 use crate::peer::{Peer, Transport};
+use crate::rate::{Bucket, Buckets};
 use crate::registrar::{Change, RegisterError, Registrar, RegistrarConfig};
 use crate::stats::SipStats;
 
@@ -74,6 +75,10 @@ pub struct CoreConfig {
     pub max_calls: usize,
     /// Calls at most per tenant.
     pub max_calls_per_tenant: usize,
+    /// New calls a second at most, server-wide (0: no limit; beyond: 503 with Retry-After).
+    pub max_calls_per_second: u32,
+    /// New calls a second at most per tenant (0: no limit).
+    pub max_calls_per_second_per_tenant: u32,
     /// How long a call rings before the caller gets 480.
     pub ring_timeout: Duration,
     /// RTP port range (even ports for RTP, the next odd for RTCP).
@@ -97,6 +102,8 @@ impl Default for CoreConfig {
             failure_window: Duration::from_secs(60),
             max_calls: 10_000,
             max_calls_per_tenant: 10_000,
+            max_calls_per_second: 0,
+            max_calls_per_second_per_tenant: 0,
             ring_timeout: Duration::from_secs(60),
             rtp_ports: (20_000, 39_999),
             block_duration: Duration::from_secs(600),
@@ -186,6 +193,9 @@ pub struct Core {
     last_wall_ms: u64,
     calls: calls::Calls,
     ports: PortAllocator,
+    /// New calls, server-wide and per tenant (`max_calls_per_second*`).
+    call_rate: Bucket,
+    tenant_call_rate: Buckets<Uuid>,
     /// The address we put in Via, Contact and SDP.
     advertised: IpAddr,
     /// Our listening port per transport.
@@ -219,6 +229,8 @@ impl Core {
             last_now: None,
             last_wall_ms: 0,
             calls: calls::Calls::default(),
+            call_rate: Bucket::new(),
+            tenant_call_rate: Buckets::new(100_000),
             ports: PortAllocator::new(config.rtp_ports.0, config.rtp_ports.1),
             advertised: IpAddr::V4(Ipv4Addr::LOCALHOST),
             local_ports: HashMap::new(),

@@ -21,5 +21,6 @@ pub mod e164;
 pub mod ivr;
 pub mod media;
 pub mod peer;
+pub mod rate;
 pub mod registrar;
 pub mod stats;

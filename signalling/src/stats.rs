@@ -28,6 +28,8 @@ pub struct SipStats {
     pub calls: AtomicU64,
     /// Calls that were answered.
     pub calls_answered: AtomicU64,
+    /// New calls refused by a calls-per-second limit.
+    pub rate_limited: AtomicU64,
     /// Live bindings.
     pub bindings: AtomicU64,
     /// Calls in progress (ringing or answered).

@@ -35,6 +35,9 @@ pub struct Extension {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// Live SIP registrations (contacts) right now; 0 means no phone is registered. Read-only.
+    #[sqlx(default)]
+    pub registered_contacts: i64,
 }
 
 /// The context string that binds an extension's sealed SIP secret to its row.
@@ -51,6 +54,14 @@ pub struct Filter {
 
 const COLUMNS: &str = "id, tenant_id, number, display_name, user_id, caller_id_name, \
                        caller_id_number, outbound_allowed, voicemail_enabled, created_at, updated_at";
+
+/// The live-registration count as a column (the query binds `now` as `$now`).
+fn registered_contacts(now: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM registrations r WHERE r.extension_id = extensions.id \
+         AND r.expires_at > {now}) AS registered_contacts"
+    )
+}
 
 fn number_taken(number: &str) -> String {
     format!("extension number `{number}` already exists in this tenant")
@@ -82,11 +93,13 @@ pub async fn create(db: &Db, extension: &Extension, sealed_secret: &[u8]) -> Res
 /// An extension visible in `scope`.
 pub async fn get(db: &Db, scope: Scope, id: Uuid) -> Result<Extension, Error> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM extensions WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)"
+        "SELECT {COLUMNS}, {} FROM extensions WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)",
+        registered_contacts("$3")
     );
     run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
         .bind(id)
         .bind(scope.tenant())
+        .bind(Timestamp::now())
         .fetch_optional(pool)
         .await)?
     .ok_or(Error::NotFound)
@@ -116,14 +129,16 @@ pub async fn list(
     page: &PageRequest,
 ) -> Result<Page<Extension>, Error> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM extensions WHERE ($1 IS NULL OR tenant_id = $1) \
-         AND ($2 IS NULL OR user_id = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+        "SELECT {COLUMNS}, {} FROM extensions WHERE ($1 IS NULL OR tenant_id = $1) \
+         AND ($2 IS NULL OR user_id = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
+        registered_contacts("$5")
     );
     let rows: Vec<Extension> = run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
         .bind(scope.tenant())
         .bind(filter.user_id)
         .bind(page.cursor)
         .bind(page.fetch())
+        .bind(Timestamp::now())
         .fetch_all(pool)
         .await)?;
     Ok(Page::from_rows(rows, page, |e| e.id))
@@ -219,6 +234,7 @@ pub(crate) mod tests {
             voicemail_enabled: false,
             created_at: now,
             updated_at: now,
+            registered_contacts: 0,
         }
     }
 
@@ -277,6 +293,41 @@ pub(crate) mod tests {
                 Err(Error::NotFound)
             ));
 
+            // Registration state: live bindings count, lapsed ones do not.
+            let now = Timestamp::now();
+            for (contact, expires_at) in [
+                (
+                    "sip:1001@192.0.2.1",
+                    now.after(std::time::Duration::from_secs(600)),
+                ),
+                ("sip:1001@192.0.2.2", Timestamp(now.as_millis() - 1)),
+            ] {
+                let binding = crate::registrations::Registration {
+                    id: new_id(),
+                    tenant_id: a.id,
+                    extension_id: ext.id,
+                    contact: contact.into(),
+                    instance_id: None,
+                    reg_id: None,
+                    transport: "UDP".into(),
+                    source: "192.0.2.1:5060".into(),
+                    user_agent: "test".into(),
+                    call_id: contact.into(),
+                    cseq: 1,
+                    expires_at,
+                    created_at: now,
+                    updated_at: now,
+                };
+                crate::registrations::upsert(&db, &binding).await.unwrap();
+            }
+            assert_eq!(
+                get(&db, Scope::All, ext.id)
+                    .await
+                    .unwrap()
+                    .registered_contacts,
+                1
+            );
+
             let page = list(
                 &db,
                 Scope::Tenant(a.id),
@@ -286,6 +337,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
             assert_eq!(page.items.len(), 1);
+            assert_eq!(page.items[0].registered_contacts, 1);
             let all = list(&db, Scope::All, Filter::default(), &PageRequest::default())
                 .await
                 .unwrap();

@@ -301,6 +301,13 @@ async fn the_directory_follows_the_control_plane() {
         200
     );
 
+    // The extension shows its registration state (once the binding is written).
+    api.wait_for_registrations(1).await;
+    let (_, extension) = api
+        .call(reqwest::Method::GET, &format!("/extensions/{id}"), None)
+        .await;
+    assert_eq!(extension["registered_contacts"], 1, "{extension}");
+
     // A new password takes effect at once: the old one is refused, the new one works.
     let (status, _) = api
         .call(

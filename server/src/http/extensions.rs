@@ -143,6 +143,7 @@ async fn create_extension(
         voicemail_enabled: body.voicemail_enabled,
         created_at: now,
         updated_at: now,
+        registered_contacts: 0,
     };
     let sealed = state.secret_box.seal(
         &extensions::secret_context(extension.id),

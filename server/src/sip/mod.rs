@@ -149,6 +149,8 @@ fn core_config(config: &Config) -> CoreConfig {
             .collect(),
         max_calls: config.media.max_calls,
         max_calls_per_tenant: config.media.max_calls_per_tenant,
+        max_calls_per_second: config.media.max_calls_per_second,
+        max_calls_per_second_per_tenant: config.media.max_calls_per_second_per_tenant,
         ring_timeout: config.media.ring_timeout,
         rtp_ports: (config.media.rtp_port_min, config.media.rtp_port_max),
         ..CoreConfig::default()

@@ -730,3 +730,29 @@ fn call_limits_answer_503() {
         (503, Some("5"))
     );
 }
+
+#[test]
+fn calls_per_second_limits_answer_503_and_refill() {
+    let config = CoreConfig {
+        max_calls_per_second_per_tenant: 2,
+        ..CoreConfig::default()
+    };
+    let mut world = World::new(1, config);
+    world.call("1002");
+    world.call("1002");
+    assert_eq!(world.core.call_count(), 2, "a burst of one second's worth");
+    world.outputs.clear();
+    let alice = world.alice;
+    world.call("1002");
+    let refused = world.responses(alice).pop().unwrap();
+    assert_eq!(
+        (refused.status, refused.headers.get(&HeaderName::RetryAfter)),
+        (503, Some("1"))
+    );
+    assert_eq!(world.ended().expect("a CDR").cause, "call_rate_limit");
+    assert_eq!(world.core.call_count(), 2);
+    // Half a second later one more call fits.
+    world.advance(Duration::from_millis(500));
+    world.call("1002");
+    assert_eq!(world.core.call_count(), 3);
+}

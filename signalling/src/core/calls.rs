@@ -135,6 +135,13 @@ const CALL_LIMIT: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "call_limit",
 };
+/// `media.max_calls_per_second` or `media.max_calls_per_second_per_tenant` reached.
+const CALL_RATE: Refusal = Refusal {
+    status: 503,
+    reason: "Service Unavailable",
+    disposition: Disposition::Failed,
+    cause: "call_rate_limit",
+};
 /// No extension has the dialled number.
 const UNKNOWN_NUMBER: Refusal = Refusal {
     status: 404,
@@ -432,6 +439,18 @@ impl Core {
         {
             SipStats::inc(&self.stats.overloaded);
             return self.refuse(now, refused, record, CALL_LIMIT, retry_later);
+        }
+        if !self.call_rate.take(now, self.config.max_calls_per_second)
+            || !self.tenant_call_rate.take(
+                &tenant.id,
+                now,
+                self.config.max_calls_per_second_per_tenant,
+            )
+        {
+            SipStats::inc(&self.stats.rate_limited);
+            return self.refuse(now, refused, record, CALL_RATE, |r| {
+                r.headers.push(HeaderName::RetryAfter, "1");
+            });
         }
         let Some(callee) = self
             .directory
