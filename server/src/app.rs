@@ -54,9 +54,19 @@ pub async fn serve(
         .advertised_address
         .or(media_ip)
         .unwrap_or_else(detect_address);
-    let sip = crate::sip::start(&config, &db, &secret_box, advertised, shutdown.clone()).await?;
+    let events = crate::events::EventHub::new();
+    let sip = crate::sip::start(
+        &config,
+        &db,
+        &secret_box,
+        advertised,
+        events.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let state = AppState::new(db.clone(), config.clone(), &jwt_secret, secret_box)
-        .with_sip(sip.handle.clone());
+        .with_sip(sip.handle.clone())
+        .with_events(events);
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listener = tokio::net::TcpListener::bind(config.http.bind)
         .await

@@ -117,6 +117,8 @@ pub struct HttpConfig {
     /// Longest a request may take before it is answered 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Live-event WebSocket connections (`GET /api/v1/events`) at most.
+    pub max_event_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -125,6 +127,7 @@ impl Default for HttpConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_event_connections: 1000,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod media;
 pub mod metrics;

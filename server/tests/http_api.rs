@@ -45,6 +45,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/auth/totp/verify"),
     ("GET", "/api/v1/calls"),
     ("GET", "/api/v1/calls/{id}"),
+    ("GET", "/api/v1/events"),
     ("GET", "/api/v1/extensions"),
     ("POST", "/api/v1/extensions"),
     ("GET", "/api/v1/extensions/{id}"),

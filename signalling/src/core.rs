@@ -37,7 +37,7 @@ use switchboard_sip::transaction::{
 use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
-pub use self::calls::{CallEnd, CallStart, Disposition, HangupSide};
+pub use self::calls::{CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide};
 use crate::directory::{Directory, Extension, Tenant, Update};
 use crate::media::{MediaCommand, PortAllocator};
 use crate::peer::{Peer, Transport};
@@ -129,6 +129,8 @@ pub enum Output {
     CallStarted(CallStart),
     /// A call ended: complete its record.
     CallEnded(CallEnd),
+    /// A live call rang, was answered, held or resumed (for event subscribers).
+    CallEvent(CallEvent),
 }
 
 /// Failure counting with a bounded map and fixed windows.

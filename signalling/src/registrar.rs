@@ -80,6 +80,8 @@ pub enum Change {
         extension_id: Uuid,
         /// The binding after the change.
         binding: Binding,
+        /// Whether the contact is new (rather than a refresh of a binding that existed).
+        new: bool,
     },
     /// A binding was removed (un-REGISTER, replacement, eviction or expiry).
     Remove {
@@ -324,10 +326,11 @@ impl Registrar {
                 continue;
             }
             let expires_at = now + Duration::from_secs(u64::from(r.expires));
-            let binding = match position {
+            let (binding, new) = match position {
                 Some(at) => {
                     let old = bindings.remove(at);
-                    if !same_contact(&old.contact, &r.contact) {
+                    let moved = !same_contact(&old.contact, &r.contact);
+                    if moved {
                         // RFC 5626: the same instance came back with a new Contact.
                         changes.push(Change::Remove {
                             tenant_id,
@@ -336,7 +339,7 @@ impl Registrar {
                             expired: false,
                         });
                     }
-                    Binding {
+                    let binding = Binding {
                         id: old.id,
                         contact: r.contact,
                         instance: r.instance,
@@ -346,7 +349,8 @@ impl Registrar {
                         cseq,
                         expires_at,
                         user_agent: user_agent.clone(),
-                    }
+                    };
+                    (binding, moved)
                 }
                 None => {
                     if bindings.len() >= self.config.max_contacts
@@ -364,7 +368,7 @@ impl Registrar {
                             expired: false,
                         });
                     }
-                    Binding {
+                    let binding = Binding {
                         id: new_id(),
                         contact: r.contact,
                         instance: r.instance,
@@ -374,7 +378,8 @@ impl Registrar {
                         cseq,
                         expires_at,
                         user_agent: user_agent.clone(),
-                    }
+                    };
+                    (binding, true)
                 }
             };
             self.expiries.push(Reverse((expires_at, extension_id)));
@@ -382,6 +387,7 @@ impl Registrar {
                 tenant_id,
                 extension_id,
                 binding: binding.clone(),
+                new,
             });
             bindings.push(binding);
         }

@@ -537,7 +537,8 @@ impl CallRun {
 }
 
 impl CallBench {
-    async fn start(env: &[(&str, &str)]) -> Self {
+    /// The server and the two extensions, the callee not registered yet.
+    async fn new(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut all = vec![("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)];
         all.extend_from_slice(env);
@@ -545,12 +546,24 @@ impl CallBench {
         let api = Api::login(&server).await;
         api.extension("5001", "caller-secret").await;
         let callee = api.extension("5002", "callee-secret").await;
-        let callee_port = free_udp_port();
+        tone_wav(&dir.path().join("tone.wav"));
+        Self {
+            dir,
+            server,
+            api,
+            callee,
+            callee_port: free_udp_port(),
+            records: 0,
+        }
+    }
+
+    /// The callee registers from the port it then answers on.
+    async fn register_callee(&self) {
         let output = run_sipp_register(
-            &server,
-            dir.path(),
+            &self.server,
+            self.dir.path(),
             ("5002", "callee-secret"),
-            callee_port,
+            self.callee_port,
             1,
         );
         assert!(
@@ -558,16 +571,13 @@ impl CallBench {
             "register: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        api.wait_for_registrations(1).await;
-        tone_wav(&dir.path().join("tone.wav"));
-        Self {
-            dir,
-            server,
-            api,
-            callee,
-            callee_port,
-            records: 0,
-        }
+        self.api.wait_for_registrations(1).await;
+    }
+
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let bench = Self::new(env).await;
+        bench.register_callee().await;
+        bench
     }
 
     /// Runs caller scenario `uac` dialling `dialled` against callee scenario `uas` (which
@@ -698,4 +708,120 @@ async fn sipp_calls_through_the_b2bua_with_media_and_records() {
     assert_eq!(metric(&bench.server, "switchboard_calls_active").await, 0);
     assert_eq!(metric(&bench.server, "switchboard_media_sessions").await, 0);
     assert!(bench.server.terminate().success());
+}
+
+/// Reads WebSocket messages (bounded in time) until `wanted` event types were seen in order;
+/// returns the events of those types.
+async fn expect_events<S>(socket: &mut S, wanted: &[&str]) -> Vec<Value>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt as _;
+    let mut seen = Vec::new();
+    let mut found = Vec::new();
+    while found.len() < wanted.len() {
+        let message = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for {wanted:?}, saw {seen:?}"))
+            .expect("the event stream is open")
+            .expect("a WebSocket message");
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+        if kind == wanted[found.len()] {
+            found.push(event);
+        }
+        seen.push(kind);
+    }
+    found
+}
+
+#[tokio::test]
+async fn live_events_follow_registrations_and_calls() {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    if sipp().is_none() {
+        return;
+    }
+    let bench = CallBench::new(&[]).await;
+
+    // Without credentials, the socket is closed after a bad first message.
+    let url = format!("ws://{}/api/v1/events", bench.server.http);
+    let (mut anonymous, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    anonymous
+        .send(Message::Text(r#"{"token": "forged"}"#.into()))
+        .await
+        .unwrap();
+    let closed = expect_close(&mut anonymous).await;
+    assert_eq!(closed, 1008, "policy violation");
+
+    // A browser-style client: the token as the first message.
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let hello = json!({"token": bench.api.token}).to_string();
+    socket.send(Message::Text(hello.into())).await.unwrap();
+    expect_events(&mut socket, &["events.ready"]).await;
+
+    bench.register_callee().await;
+    let up = expect_events(&mut socket, &["registration.up"]).await;
+    assert_eq!(up[0]["extension_id"], bench.callee.as_str(), "{up:?}");
+    assert_eq!(up[0]["transport"], "UDP");
+
+    bench.run("call_uac.xml", Some("call_uas.xml"), "5002");
+    let call = expect_events(
+        &mut socket,
+        &[
+            "call.started",
+            "call.ringing",
+            "call.answered",
+            "call.held",
+            "call.resumed",
+            "call.ended",
+        ],
+    )
+    .await;
+    let id = call[0]["call_id"].as_str().unwrap();
+    assert!(call.iter().all(|e| e["call_id"] == id), "{call:?}");
+    assert_eq!(call[0]["from_number"], "5001");
+    assert_eq!(call[0]["to_extension_id"], bench.callee.as_str());
+    assert_eq!(call[5]["disposition"], "answered");
+    assert_eq!(call[5]["hangup_side"], "caller");
+    // The record named by the events is the call's CDR.
+    let (status, record) = bench
+        .api
+        .call(reqwest::Method::GET, &format!("/calls/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert!(bench.server.terminate().success());
+}
+
+/// Waits (bounded) for the server to close the socket; returns the close code.
+async fn expect_close<S>(socket: &mut S) -> u16
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt as _;
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .expect("the server closes the socket");
+        match message {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+                return frame.code.into();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }

@@ -78,6 +78,14 @@ impl FromRequestParts<AppState> for Auth {
                     .or_else(|| h.strip_prefix("bearer "))
             })
             .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected a Bearer token"))?;
+        Self::from_token(state, token).await
+    }
+}
+
+impl Auth {
+    /// Checks an access token: valid, unexpired, and its user still live at the same token
+    /// version.
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state.tokens.verify(token.trim()).ok_or_else(|| {
             ApiError::unauthorized("invalid_token", "the access token is invalid or expired")
         })?;
@@ -89,9 +97,7 @@ impl FromRequestParts<AppState> for Auth {
             })?;
         Ok(Self(principal))
     }
-}
 
-impl Auth {
     /// What this caller may see: every tenant for a superadmin, else their own.
     pub fn scope(&self) -> Scope {
         match self.role {

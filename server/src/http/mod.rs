@@ -7,6 +7,7 @@ mod audit_log;
 mod auth;
 mod calls;
 pub mod error;
+mod events;
 mod extensions;
 mod extract;
 mod ivr_flows;
@@ -71,6 +72,8 @@ pub struct Inner {
     pub recordings_dir: PathBuf,
     /// The SIP service, when running (tests of the control plane alone run without it).
     pub sip: Option<crate::sip::SipHandle>,
+    /// Live events for `GET /api/v1/events`.
+    pub events: crate::events::EventHub,
 }
 
 impl Deref for AppState {
@@ -90,6 +93,7 @@ impl AppState {
             metrics: Metrics::new(),
             recordings_dir: config.data_dir.join("recordings"),
             sip: None,
+            events: crate::events::EventHub::new(),
             secret_box,
             config,
             db,
@@ -105,6 +109,14 @@ impl AppState {
         inner.metrics.register_sip(sip.stats());
         inner.metrics.register_media(sip.media_stats());
         inner.sip = Some(sip);
+        self
+    }
+
+    /// Uses `events` (the hub the signalling task publishes to) for `GET /api/v1/events`.
+    pub fn with_events(mut self, events: crate::events::EventHub) -> Self {
+        let inner =
+            Arc::get_mut(&mut self.0).expect("with_events is called before the state is cloned");
+        inner.events = events;
         self
     }
 
@@ -196,6 +208,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(calls::routes())
         .merge(recordings::routes())
         .merge(registrations::routes())
+        .merge(events::routes())
         .merge(audit_log::routes())
         .merge(ops::openapi_route())
 }

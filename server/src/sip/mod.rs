@@ -3,7 +3,7 @@
 //! directory in step with the database.
 
 mod directory;
-mod persist;
+pub(crate) mod persist;
 mod task;
 mod tcp;
 
@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::events::EventHub;
 use crate::media::{MediaPlane, MediaStats};
 
 /// Messages queued for the signalling task before senders wait.
@@ -180,6 +181,7 @@ pub async fn start(
     db: &Db,
     secret_box: &SecretBox,
     advertised: IpAddr,
+    events: EventHub,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SipService> {
     // One node owns every call of an SQLite database, so what is still in progress was cut
@@ -292,6 +294,7 @@ pub async fn start(
         records: records_tx,
         media,
         media_events,
+        events,
         shutdown,
     };
     tasks.push(tokio::spawn(task::run(core, io)));

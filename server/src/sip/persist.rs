@@ -93,6 +93,7 @@ fn write(record: Record) -> Write {
                 tenant_id,
                 extension_id,
                 binding,
+                ..
             } => Write::Registration(row(tenant_id, extension_id, &binding, wall_now, now)),
             Change::Remove {
                 extension_id,
@@ -152,25 +153,35 @@ fn leg(role: &str, peer: &Peer) -> serde_json::Value {
     })
 }
 
+/// How a call ended, as stored.
+pub(crate) fn disposition(disposition: Disposition) -> calls::Disposition {
+    match disposition {
+        Disposition::Answered => calls::Disposition::Answered,
+        Disposition::Busy => calls::Disposition::Busy,
+        Disposition::NoAnswer => calls::Disposition::NoAnswer,
+        Disposition::Cancelled => calls::Disposition::Cancelled,
+        Disposition::Failed => calls::Disposition::Failed,
+    }
+}
+
+/// Who ended a call, as stored.
+pub(crate) fn hangup_side(side: HangupSide) -> calls::HangupSide {
+    match side {
+        HangupSide::Caller => calls::HangupSide::Caller,
+        HangupSide::Callee => calls::HangupSide::Callee,
+        HangupSide::System => calls::HangupSide::System,
+    }
+}
+
 fn ending(end: &CallEnd) -> Ending {
     let mut legs = vec![leg("caller", &end.caller)];
     legs.extend(end.callee.as_ref().map(|callee| leg("callee", callee)));
     Ending {
         answered_at: end.answered_wall_ms.map(timestamp),
         ended_at: timestamp(end.ended_wall_ms),
-        disposition: match end.disposition {
-            Disposition::Answered => calls::Disposition::Answered,
-            Disposition::Busy => calls::Disposition::Busy,
-            Disposition::NoAnswer => calls::Disposition::NoAnswer,
-            Disposition::Cancelled => calls::Disposition::Cancelled,
-            Disposition::Failed => calls::Disposition::Failed,
-        },
+        disposition: disposition(end.disposition),
         hangup_cause: end.cause.to_owned(),
-        hangup_side: match end.side {
-            HangupSide::Caller => calls::HangupSide::Caller,
-            HangupSide::Callee => calls::HangupSide::Callee,
-            HangupSide::System => calls::HangupSide::System,
-        },
+        hangup_side: hangup_side(end.side),
         to_extension_id: None,
         legs: serde_json::Value::Array(legs),
         media_stats: serde_json::Value::Object(serde_json::Map::new()),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Command;
 use super::persist::{Persist, Record};
+use crate::events::EventHub;
 use crate::media::MediaPlane;
 
 /// Datagrams read per system call.
@@ -37,6 +38,7 @@ pub(crate) struct Io {
     pub(crate) records: mpsc::Sender<Record>,
     pub(crate) media: MediaPlane,
     pub(crate) media_events: mpsc::Receiver<MediaEvent>,
+    pub(crate) events: EventHub,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -55,16 +57,26 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
         while let Some(output) = core.poll_output() {
             match output {
                 Output::Transmit { peer, bytes } => transmit(&io, &connections, peer, &bytes),
-                Output::Registration(change) => record(
-                    &io,
-                    Record::Registration(Persist {
-                        change,
-                        wall_now: Timestamp::now(),
-                        now: Instant::now(),
-                    }),
-                ),
-                Output::CallStarted(start) => record(&io, Record::CallStart(start)),
-                Output::CallEnded(end) => record(&io, Record::CallEnd(end)),
+                Output::Registration(change) => {
+                    io.events.registration(&change);
+                    record(
+                        &io,
+                        Record::Registration(Persist {
+                            change,
+                            wall_now: Timestamp::now(),
+                            now: Instant::now(),
+                        }),
+                    );
+                }
+                Output::CallStarted(start) => {
+                    io.events.call_started(&start);
+                    record(&io, Record::CallStart(start));
+                }
+                Output::CallEnded(end) => {
+                    io.events.call_ended(&end);
+                    record(&io, Record::CallEnd(end));
+                }
+                Output::CallEvent(event) => io.events.call_updated(&event),
                 Output::Media(command) => io.media.send(command),
             }
         }

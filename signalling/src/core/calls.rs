@@ -83,6 +83,34 @@ pub struct CallStart {
     pub started_wall_ms: u64,
 }
 
+/// Something that happened to a live call, for live event subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallEvent {
+    /// The call's record id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Caller extension.
+    pub from_extension: Uuid,
+    /// Called extension.
+    pub to_extension: Option<Uuid>,
+    /// What happened.
+    pub kind: CallEventKind,
+}
+
+/// What happened to a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallEventKind {
+    /// The callee's phone rings (its first 180 or 183).
+    Ringing,
+    /// The callee answered.
+    Answered,
+    /// A side put the call on hold (an SDP offer with sendonly, inactive or 0.0.0.0).
+    Held,
+    /// The call came off hold.
+    Resumed,
+}
+
 /// The end of a call record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallEnd {
@@ -250,6 +278,10 @@ struct Call {
     ok: Option<OkRetransmit>,
     /// An in-dialog INVITE/UPDATE is being relayed (a second one gets 491).
     relaying: bool,
+    /// Whether the caller heard ringing already (one `Ringing` event per call).
+    rang: bool,
+    /// Whether the call is on hold.
+    held: bool,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -580,6 +612,8 @@ impl Core {
                 ring_deadline: Some(ring_deadline),
                 ok: None,
                 relaying: false,
+                rang: false,
+                held: false,
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -671,6 +705,10 @@ impl Core {
                 return;
             }
             call.forks[index].state = ForkState::Early;
+            if !call.rang {
+                call.rang = true;
+                self.call_event(session, CallEventKind::Ringing);
+            }
             let sdp = match sdp_of(&response.body, &response.headers) {
                 Some(Ok(sdp)) => Some(sdp),
                 _ => None,
@@ -806,6 +844,7 @@ impl Core {
             .by_dialog
             .insert(dialog.id.clone(), (session, Side::B));
         self.cancel_forks(now, session, Some(index));
+        self.call_event(session, CallEventKind::Answered);
         self.outputs.push_back(Output::Media(MediaCommand::Update {
             session,
             a_side: false,
@@ -935,6 +974,21 @@ impl Core {
         {
             self.calls.pending.insert(key, (session, Pending::Ignore));
         }
+    }
+
+    /// Tells event subscribers that `kind` happened to `session`.
+    fn call_event(&mut self, session: SessionId, kind: CallEventKind) {
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        let record = &call.record;
+        self.outputs.push_back(Output::CallEvent(CallEvent {
+            id: record.id,
+            tenant_id: record.tenant_id,
+            from_extension: record.from_extension,
+            to_extension: record.to_extension,
+            kind,
+        }));
     }
 
     /// Refuses a new call: the final response, and its complete record (a refused call gets a
@@ -1207,6 +1261,15 @@ impl Core {
             Some(Ok(sdp)) => {
                 let expected = media::audio_address(&sdp);
                 let hold = media::is_hold(&sdp);
+                if call.held != hold {
+                    call.held = hold;
+                    let kind = if hold {
+                        CallEventKind::Held
+                    } else {
+                        CallEventKind::Resumed
+                    };
+                    self.call_event(session, kind);
+                }
                 self.outputs.push_back(Output::Media(MediaCommand::Update {
                     session,
                     a_side: side == Side::A,
