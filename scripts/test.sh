@@ -3,8 +3,8 @@
 #   1. formatting and clippy (warnings are errors);
 #   2. every Rust test of the workspace, storage tests on SQLite *and* on a throwaway
 #      PostgreSQL started here (Debian's `postgresql` is installed if missing);
-#   3. end-to-end tests of the binary, with SIPp (Debian's `sip-tester`, installed if missing)
-#      as a third-party SIP peer;
+#   3. end-to-end tests of the binary, with SIPp (Debian's `sip-tester`) and `openssl s_client`
+#      as third-party peers, installed if missing;
 #   4. the OpenAPI document checked by a third-party validator (openapi-spec-validator, PyPI).
 # Everything binds to loopback on free ports and cleans up after itself.
 set -euo pipefail
@@ -26,6 +26,7 @@ pg_start
 
 step "third-party test peers"
 command -v sipp >/dev/null || { echo "==> installing SIPp (Debian package sip-tester)"; apt_install sip-tester; }
+command -v openssl >/dev/null || { echo "==> installing openssl (the TLS client of the SIP over TLS test)"; apt_install openssl; }
 export SWITCHBOARD_TEST_REQUIRE_PEERS=1
 
 step "build"

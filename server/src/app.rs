@@ -92,7 +92,10 @@ pub async fn serve(
     if let Some(tcp) = sip.tcp {
         println!("  SIP: TCP listening on {tcp}");
     }
-    tracing::info!(%bound, %advertised, sip_udp = ?sip.udp, sip_tcp = ?sip.tcp, "listening");
+    if let Some(tls) = sip.tls {
+        println!("  SIP: TLS listening on {tls}");
+    }
+    tracing::info!(%bound, %advertised, sip_udp = ?sip.udp, sip_tcp = ?sip.tcp, sip_tls = ?sip.tls, "listening");
 
     let maintenance = tokio::spawn(maintain(db.clone(), shutdown.clone()));
     let server =

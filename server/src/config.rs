@@ -144,6 +144,17 @@ pub struct SipConfig {
     pub tcp: bool,
     /// TCP address and port (port 0 picks a free one).
     pub tcp_bind: SocketAddr,
+    /// Listen for SIP over TLS.
+    pub tls: bool,
+    /// TLS address and port (port 0 picks a free one).
+    pub tls_bind: SocketAddr,
+    /// PEM certificate chain for TLS. Unset (with `tls_key`): a self-signed certificate is
+    /// generated once into `<data_dir>/tls/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// RFC 3261 T1: round-trip estimate, base of the retransmission timers.
     #[serde(with = "humantime_serde")]
     pub t1: Duration,
@@ -194,6 +205,10 @@ impl Default for SipConfig {
             udp_bind: SocketAddr::from(([0, 0, 0, 0], 5060)),
             tcp: true,
             tcp_bind: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            tls: true,
+            tls_bind: SocketAddr::from(([0, 0, 0, 0], 5061)),
+            tls_cert: None,
+            tls_key: None,
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
@@ -500,6 +515,12 @@ impl Config {
         }
         if sip.max_tcp_connections == 0 {
             return fail("sip.max_tcp_connections", "must be at least 1");
+        }
+        if sip.tls_cert.is_some() != sip.tls_key.is_some() {
+            return fail(
+                "sip.tls_cert",
+                "sip.tls_cert and sip.tls_key are set together (or neither, for a self-signed one)",
+            );
         }
         let media = &self.media;
         if media.rtp_port_min < 1024

@@ -61,6 +61,8 @@ pub struct Server {
     pub sip_udp: SocketAddr,
     /// Where SIP over TCP listens.
     pub sip_tcp: SocketAddr,
+    /// Where SIP over TLS listens.
+    pub sip_tls: SocketAddr,
 }
 
 impl Server {
@@ -79,6 +81,7 @@ impl Server {
         command.env("SWITCHBOARD_HTTP__BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__UDP_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__TCP_BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_SIP__TLS_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS", "127.0.0.1");
         command.env("SWITCHBOARD_MEDIA__BIND_IP", "127.0.0.1");
         let (first, last) = rtp_ports();
@@ -115,10 +118,12 @@ impl Server {
             http: unset,
             sip_udp: unset,
             sip_tcp: unset,
+            sip_tls: unset,
         };
         server.http = server.address_after("HTTP listening on ");
         server.sip_udp = server.address_after("SIP: UDP listening on ");
         server.sip_tcp = server.address_after("SIP: TCP listening on ");
+        server.sip_tls = server.address_after("SIP: TLS listening on ");
         server
     }
 

@@ -2,7 +2,7 @@
 //! SHA-256), registrations surviving `kill -9`, the directory following the control plane,
 //! and SIPp (a third-party peer) registering through the challenge.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -84,10 +84,70 @@ impl Api {
     }
 }
 
-/// A phone: sends REGISTERs over UDP or TCP and reads the responses.
+/// A phone: sends REGISTERs over UDP, TCP, or TLS (through `openssl s_client`, a TLS client
+/// nobody here wrote) and reads the responses.
 enum Phone {
     Udp(UdpSocket, SocketAddr),
-    Tcp(TcpStream, Vec<u8>),
+    Stream(StreamPhone),
+}
+
+/// A stream connection: bytes out through `writer`, bytes in from a reader thread.
+struct StreamPhone {
+    transport: &'static str,
+    local: SocketAddr,
+    writer: Box<dyn Write + Send>,
+    incoming: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    /// The TLS client process, killed with the phone.
+    child: Option<std::process::Child>,
+}
+
+impl Drop for StreamPhone {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl StreamPhone {
+    fn new(
+        transport: &'static str,
+        local: SocketAddr,
+        mut reader: impl Read + Send + 'static,
+        writer: Box<dyn Write + Send>,
+        child: Option<std::process::Child>,
+    ) -> Self {
+        let (tx, incoming) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut chunk) {
+                if tx.send(chunk[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            transport,
+            local,
+            writer,
+            incoming,
+            pending: Vec::new(),
+            child,
+        }
+    }
+
+    /// Reads (bounded in time) until `pending` holds `len` bytes or a whole message.
+    fn fill(&mut self, until: impl Fn(&[u8]) -> bool) {
+        while !until(&self.pending) {
+            let chunk = self
+                .incoming
+                .recv_timeout(TIMEOUT)
+                .expect("bytes from the server before the timeout");
+            self.pending.extend_from_slice(&chunk);
+        }
+    }
 }
 
 impl Phone {
@@ -99,21 +159,54 @@ impl Phone {
 
     fn tcp(server: SocketAddr) -> Self {
         let stream = TcpStream::connect(server).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Self::Tcp(stream, Vec::new())
+        let local = stream.local_addr().unwrap();
+        let reader = stream.try_clone().unwrap();
+        Self::Stream(StreamPhone::new(
+            "TCP",
+            local,
+            reader,
+            Box::new(stream),
+            None,
+        ))
+    }
+
+    /// TLS through `openssl s_client`, verifying the server's certificate against `ca`.
+    fn tls(server: SocketAddr, ca: &std::path::Path) -> Self {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-verify_return_error",
+                "-verify_hostname",
+            ])
+            .arg("localhost")
+            .arg("-CAfile")
+            .arg(ca)
+            .arg("-connect")
+            .arg(server.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run openssl s_client");
+        let reader = child.stdout.take().unwrap();
+        let writer = Box::new(child.stdin.take().unwrap());
+        // s_client's own address is not known here; the server answers over the connection.
+        let local = SocketAddr::from(([127, 0, 0, 1], 5061));
+        Self::Stream(StreamPhone::new("TLS", local, reader, writer, Some(child)))
     }
 
     fn local(&self) -> SocketAddr {
         match self {
             Self::Udp(socket, _) => socket.local_addr().unwrap(),
-            Self::Tcp(stream, _) => stream.local_addr().unwrap(),
+            Self::Stream(stream) => stream.local,
         }
     }
 
     fn transport(&self) -> &'static str {
         match self {
             Self::Udp(..) => "UDP",
-            Self::Tcp(..) => "TCP",
+            Self::Stream(stream) => stream.transport,
         }
     }
 
@@ -125,18 +218,16 @@ impl Phone {
                 let n = socket.recv(&mut buffer).expect("a response");
                 response(&buffer[..n])
             }
-            Self::Tcp(stream, pending) => {
-                stream.write_all(text.as_bytes()).unwrap();
-                loop {
-                    if let Some(length) = frame_len(pending, &Limits::default()).unwrap() {
-                        let bytes: Vec<u8> = pending.drain(..length).collect();
-                        return response(&bytes);
-                    }
-                    let mut chunk = [0u8; 4096];
-                    let n = stream.read(&mut chunk).expect("response bytes");
-                    assert!(n > 0, "connection closed");
-                    pending.extend_from_slice(&chunk[..n]);
-                }
+            Self::Stream(stream) => {
+                stream.writer.write_all(text.as_bytes()).unwrap();
+                stream.writer.flush().unwrap();
+                stream
+                    .fill(|pending| matches!(frame_len(pending, &Limits::default()), Ok(Some(_))));
+                let length = frame_len(&stream.pending, &Limits::default())
+                    .unwrap()
+                    .unwrap();
+                let bytes: Vec<u8> = stream.pending.drain(..length).collect();
+                response(&bytes)
             }
         }
     }
@@ -269,11 +360,10 @@ async fn phones_register_over_tcp_with_keepalives() {
 
     let mut phone = Phone::tcp(server.sip_tcp);
     // RFC 5626 §4.4.1: a double-CRLF ping is answered with a single CRLF pong.
-    if let Phone::Tcp(stream, _) = &mut phone {
-        stream.write_all(b"\r\n\r\n").unwrap();
-        let mut pong = [0u8; 2];
-        stream.read_exact(&mut pong).unwrap();
-        assert_eq!(&pong, b"\r\n");
+    if let Phone::Stream(stream) = &mut phone {
+        stream.writer.write_all(b"\r\n\r\n").unwrap();
+        stream.fill(|pending| pending.len() >= 2);
+        assert_eq!(stream.pending.drain(..2).as_slice(), b"\r\n");
     }
     let ok = phone.register("2001", "tcp-secret-1", Algorithm::Sha256, 1);
     assert_eq!(ok.status, 200);
@@ -284,6 +374,25 @@ async fn phones_register_over_tcp_with_keepalives() {
     );
     let items = api.wait_for_registrations(1).await;
     assert_eq!(items[0]["transport"], "TCP");
+    assert!(server.terminate().success());
+}
+
+#[tokio::test]
+async fn phones_register_over_tls_with_the_generated_certificate() {
+    if !peer("openssl", "version", "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    api.extension("2101", "tls-secret-1").await;
+    // The development certificate the server generated, for localhost and its address.
+    let ca = dir.path().join("data/tls/sip-self-signed.crt");
+    let mut phone = Phone::tls(server.sip_tls, &ca);
+    let ok = phone.register("2101", "tls-secret-1", Algorithm::Md5, 1);
+    assert_eq!(ok.status, 200);
+    let items = api.wait_for_registrations(1).await;
+    assert_eq!(items[0]["transport"], "TLS");
     assert!(server.terminate().success());
 }
 
@@ -345,15 +454,20 @@ async fn the_directory_follows_the_control_plane() {
     assert!(server.terminate().success());
 }
 
-/// SIPp, if installed (the README test command installs Debian's `sip-tester` and sets
-/// `SWITCHBOARD_TEST_REQUIRE_PEERS=1`, which turns a missing SIPp into a failure).
-fn sipp() -> Option<&'static str> {
-    let found = Command::new("sipp").arg("-v").output().is_ok();
+/// Whether a third-party peer program is installed. The README test command installs them
+/// and sets `SWITCHBOARD_TEST_REQUIRE_PEERS=1`, which turns a missing one into a failure.
+fn peer(program: &str, version_arg: &str, package: &str) -> bool {
+    let found = Command::new(program).arg(version_arg).output().is_ok();
     assert!(
         found || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
-        "SIPp (sip-tester) is required"
+        "{program} (Debian package {package}) is required"
     );
-    found.then_some("sipp")
+    found
+}
+
+/// SIPp, if installed.
+fn sipp() -> Option<&'static str> {
+    peer("sipp", "-v", "sip-tester").then_some("sipp")
 }
 
 /// A free UDP port on loopback (released at once; SIPp binds it next).

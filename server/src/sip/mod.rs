@@ -6,6 +6,7 @@ mod directory;
 pub(crate) mod persist;
 mod task;
 mod tcp;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -107,6 +108,8 @@ pub struct SipService {
     pub udp: Option<SocketAddr>,
     /// Where SIP over TCP is bound, if enabled.
     pub tcp: Option<SocketAddr>,
+    /// Where SIP over TLS is bound, if enabled.
+    pub tls: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -173,6 +176,21 @@ fn set_buffers(socket: &std::net::UdpSocket, bytes: usize) {
             "SIP UDP receive buffer is smaller than sip.udp_buffer_bytes; raise net.core.rmem_max"
         );
     }
+}
+
+/// Binds a stream listener (TCP, or TLS when `shared` has an acceptor) and starts accepting.
+async fn listen(
+    bind: SocketAddr,
+    key: &str,
+    shared: tcp::Shared,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding SIP to {bind} (config key {key})"))?;
+    let addr = listener.local_addr()?;
+    tasks.push(tokio::spawn(tcp::accept(listener, shared)));
+    Ok(addr)
 }
 
 /// Loads the directory and live registrations, binds the sockets and starts the tasks.
@@ -245,30 +263,41 @@ pub async fn start(
     };
     let udp_addr = udp.as_ref().map(|u| u.socket.local_addr()).transpose()?;
 
+    let stream = tcp::Shared {
+        inbox: inbox_tx.clone(),
+        limits: Limits {
+            max_message_len: config.sip.max_message_bytes,
+            ..Limits::default()
+        },
+        idle_timeout: config.sip.tcp_idle_timeout,
+        max_connections: config.sip.max_tcp_connections,
+        open: Arc::new(AtomicUsize::new(0)),
+        // One id space for TCP and TLS connections.
+        next_id: Arc::new(AtomicU64::new(1)),
+        shutdown: shutdown.clone(),
+        tls: None,
+    };
     let tcp_addr = if config.sip.tcp {
-        let listener = tokio::net::TcpListener::bind(config.sip.tcp_bind)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding SIP TCP to {} (config key sip.tcp_bind)",
-                    config.sip.tcp_bind
-                )
-            })?;
-        let addr = listener.local_addr()?;
+        Some(
+            listen(
+                config.sip.tcp_bind,
+                "sip.tcp_bind",
+                stream.clone(),
+                &mut tasks,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let tls_addr = if config.sip.tls {
+        let acceptor = tls::acceptor(config, advertised)?;
         let shared = tcp::Shared {
-            inbox: inbox_tx.clone(),
-            limits: Limits {
-                max_message_len: config.sip.max_message_bytes,
-                ..Limits::default()
-            },
-            idle_timeout: config.sip.tcp_idle_timeout,
-            max_connections: config.sip.max_tcp_connections,
             open: Arc::new(AtomicUsize::new(0)),
-            next_id: Arc::new(AtomicU64::new(1)),
-            shutdown: shutdown.clone(),
+            tls: Some(acceptor),
+            ..stream
         };
-        tasks.push(tokio::spawn(tcp::accept(listener, shared)));
-        Some(addr)
+        Some(listen(config.sip.tls_bind, "sip.tls_bind", shared, &mut tasks).await?)
     } else {
         None
     };
@@ -276,6 +305,7 @@ pub async fn start(
     let mut ports = Vec::new();
     ports.extend(udp_addr.map(|a| (Transport::Udp, a.port())));
     ports.extend(tcp_addr.map(|a| (Transport::Tcp, a.port())));
+    ports.extend(tls_addr.map(|a| (Transport::Tls, a.port())));
     core.set_local(advertised, &ports);
 
     let (media, threads) = MediaPlane::start(&config.media, media_events_tx, shutdown.clone())
@@ -308,6 +338,7 @@ pub async fn start(
         },
         udp: udp_addr,
         tcp: tcp_addr,
+        tls: tls_addr,
         tasks,
     })
 }

@@ -1,5 +1,7 @@
-//! SIP over TCP (RFC 3261 §18.3): one task per connection frames messages by Content-Length
-//! and forwards them to the signalling task; replies come back through a bounded channel.
+//! SIP over TCP and TLS (RFC 3261 §18.3, §26.2): one task per connection frames messages by
+//! Content-Length and forwards them to the signalling task; replies come back through a
+//! bounded channel. A TLS connection completes its handshake (within [`HANDSHAKE_TIMEOUT`])
+//! and is then served the same way.
 //! A double CRLF is a keepalive ping answered with a single CRLF (RFC 5626 §3.5.1, §4.4.1);
 //! a connection idle for `idle_timeout`, over the message limit, or that can't be framed is
 //! closed.
@@ -12,15 +14,18 @@ use std::time::Duration;
 use bytes::{Buf as _, Bytes, BytesMut};
 use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_sip::message::{Limits, frame_len};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::Command;
 
 /// Outbound messages queued per connection before new ones are dropped.
 const OUTBOUND_QUEUE: usize = 256;
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection task shares.
 #[derive(Clone)]
@@ -32,6 +37,18 @@ pub(crate) struct Shared {
     pub(crate) open: Arc<AtomicUsize>,
     pub(crate) next_id: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
+    /// For a TLS listener, its acceptor.
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+impl Shared {
+    fn transport(&self) -> Transport {
+        if self.tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
+    }
 }
 
 /// Accepts connections until shutdown.
@@ -44,27 +61,50 @@ pub(crate) async fn accept(listener: TcpListener, shared: Shared) {
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "TCP accept failed");
+                tracing::warn!(%error, "SIP {} accept failed", shared.transport().as_str());
                 continue;
             }
         };
         if shared.open.load(Ordering::Relaxed) >= shared.max_connections {
-            tracing::warn!(%addr, "refusing SIP TCP connection: sip.max_tcp_connections reached");
+            tracing::warn!(%addr, "refusing SIP connection: sip.max_tcp_connections reached");
             continue;
         }
+        let _ = stream.set_nodelay(true);
         shared.open.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         tokio::spawn(async move {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            connection(stream, addr, id, &shared).await;
+            serve(stream, addr, id, &shared).await;
             shared.open.fetch_sub(1, Ordering::Relaxed);
-            let _ = shared.inbox.send(Command::Disconnected { conn: id }).await;
         });
     }
 }
 
-async fn connection(mut stream: TcpStream, addr: SocketAddr, id: u64, shared: &Shared) {
-    let _ = stream.set_nodelay(true);
+/// Runs one accepted connection (after its TLS handshake, for TLS).
+async fn serve(stream: TcpStream, addr: SocketAddr, id: u64, shared: &Shared) {
+    match &shared.tls {
+        None => connection(stream, addr, id, shared).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => connection(stream, addr, id, shared).await,
+                Ok(Err(error)) => {
+                    tracing::debug!(%addr, %error, "SIP TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "SIP TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    }
+    let _ = shared.inbox.send(Command::Disconnected { conn: id }).await;
+}
+
+async fn connection<S>(stream: S, addr: SocketAddr, id: u64, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (sender, mut outbound) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
     if shared
         .inbox
@@ -75,11 +115,11 @@ async fn connection(mut stream: TcpStream, addr: SocketAddr, id: u64, shared: &S
         return;
     }
     let peer = Peer {
-        transport: Transport::Tcp,
+        transport: shared.transport(),
         addr,
         conn: Some(id),
     };
-    let (mut reader, mut writer) = stream.split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     loop {
         tokio::select! {
