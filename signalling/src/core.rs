@@ -448,6 +448,11 @@ impl Core {
         match request.method {
             Method::Register => self.handle_register(now, wall_ms, key, request, from),
             Method::Invite => {
+                if self.is_own_invite(&request) {
+                    // Our own forked INVITE came back (a contact that points at us): RFC 3261
+                    // §16.3 step 4's loop check, by the branch we created it with.
+                    return self.respond(now, &key, &request, 482, "Loop Detected", |_| {});
+                }
                 if let Some((tenant, caller)) =
                     self.authenticate(now, wall_ms, &key, &request, from)
                 {

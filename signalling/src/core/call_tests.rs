@@ -756,3 +756,26 @@ fn calls_per_second_limits_answer_503_and_refill() {
     world.call("1002");
     assert_eq!(world.core.call_count(), 3);
 }
+
+#[test]
+fn a_contact_pointing_back_at_us_is_a_loop_482() {
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let bob = world.bob[0];
+    // Bob's registered address forwards our INVITE straight back to us.
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.send(bob, &String::from_utf8(invite.to_bytes()).unwrap());
+    assert_eq!(
+        world.statuses(bob),
+        vec![100, 482],
+        "refused as a loop, not challenged"
+    );
+    // The fork got 482: the call fails, and the caller is told.
+    world.answer_from(bob, &invite, 482, None);
+    let status = world.statuses(world.alice).into_iter().max().unwrap();
+    assert!(status >= 400, "{status}");
+    assert_eq!(
+        world.ended().expect("a CDR").disposition,
+        Disposition::Failed
+    );
+}

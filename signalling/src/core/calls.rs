@@ -20,7 +20,7 @@ use bytes::Bytes;
 use rand::RngExt as _;
 use switchboard_media::sdp::Sdp;
 use switchboard_sip::dialog::{Dialog, DialogId, DialogState};
-use switchboard_sip::header::CSeq;
+use switchboard_sip::header::{CSeq, Via};
 use switchboard_sip::message::{HeaderName, Headers, Method, Request, Response};
 use switchboard_sip::transaction::{self, ClientKey, ServerKey};
 use switchboard_sip::uri::Uri;
@@ -301,6 +301,14 @@ pub(super) struct Calls {
 impl Calls {
     pub(super) fn len(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Whether `branch` is the branch of one of our own outgoing INVITEs.
+    fn is_fork(&self, branch: &str) -> bool {
+        self.by_fork.contains_key(&ClientKey {
+            branch: branch.to_owned(),
+            method: Method::Invite,
+        })
     }
 
     pub(super) fn tenant_calls(&self, tenant: Uuid) -> usize {
@@ -974,6 +982,17 @@ impl Core {
         {
             self.calls.pending.insert(key, (session, Pending::Ignore));
         }
+    }
+
+    /// Whether `request` is an INVITE we sent ourselves (one of its Vias carries the branch of
+    /// one of our live forks).
+    pub(super) fn is_own_invite(&self, request: &Request) -> bool {
+        request
+            .headers
+            .get_all(&HeaderName::Via)
+            .filter_map(|value| Via::parse(value).ok())
+            .filter_map(|via| via.branch())
+            .any(|branch| self.calls.is_fork(branch))
     }
 
     /// Tells event subscribers that `kind` happened to `session`.
