@@ -5,11 +5,20 @@
 //!
 //! What exists so far: [`g711`], the G.711 µ-law and A-law codecs; [`sdp`], session
 //! descriptions for offer/answer; [`rtp`], RTP headers read and rewritten in place; [`relay`],
-//! the forwarding core of a bridged call (latching, SSRC/sequence/timestamp continuity).
+//! the forwarding core of a bridged call (latching, SSRC/sequence/timestamp continuity);
+//! [`dtmf`], RFC 4733 telephone-events sent and received, and SIP INFO DTMF bodies;
+//! [`rtcp`], RTCP reports, reception statistics and round-trip time; [`quality`], E-model
+//! (G.107) MOS estimates from those statistics; [`jitter`], the adaptive jitter buffer
+//! (reordering, loss concealment, talk spurts, clock skew).
 
 #![forbid(unsafe_code)]
 
+pub mod dtmf;
 pub mod g711;
+pub mod jitter;
+pub mod quality;
+pub mod recording;
 pub mod relay;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;

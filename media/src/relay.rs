@@ -13,6 +13,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::quality::{self, Codec};
+use crate::rtcp::{self, RtcpSession};
 use crate::rtp::{self, RtpHeader};
 
 /// Which leg.
@@ -91,6 +93,12 @@ pub struct Leg {
     clock_rate: u32,
     stats: LegStats,
     last_received: Option<Instant>,
+    /// Our RTCP with this leg: reports on what it sends us and what we send it (set up by
+    /// [`Bridge::new`]).
+    rtcp: Option<RtcpSession>,
+    /// Where this leg sends RTCP from (latched), and whether on its RTP port (RFC 5761 mux).
+    rtcp_source: Option<SocketAddr>,
+    rtcp_mux: bool,
 }
 
 impl Leg {
@@ -114,7 +122,47 @@ impl Leg {
             clock_rate: clock_rate.max(1),
             stats: LegStats::default(),
             last_received: None,
+            rtcp: None,
+            rtcp_source: None,
+            rtcp_mux: false,
         }
+    }
+
+    /// Where RTCP for this leg goes: where it sends its RTCP from, else (RFC 3550 §11) the
+    /// port after its RTP port, or the RTP port itself when it multiplexes (RFC 5761).
+    pub fn rtcp_destination(&self) -> Option<(SocketAddr, bool)> {
+        if let Some(source) = self.rtcp_source {
+            return Some((source, self.rtcp_mux));
+        }
+        let rtp = self.destination()?;
+        Some((SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)), false))
+    }
+
+    /// RTCP statistics of this leg: what it sent us (loss, jitter), what we sent it, the
+    /// round-trip time and what it reported about our stream.
+    pub fn rtcp_stats(&self) -> rtcp::Stats {
+        self.rtcp
+            .as_ref()
+            .map(RtcpSession::stats)
+            .unwrap_or_default()
+    }
+
+    /// A MOS estimate (ITU-T G.107 E-model) of the audio this leg sent us: its loss and
+    /// jitter, with the round-trip time when known. `None` before any audio.
+    pub fn mos(&self) -> Option<f64> {
+        let stats = self.rtcp_stats();
+        let lost = u64::try_from(stats.packets_lost.max(0)).unwrap_or(0);
+        let expected = stats.packets_received + lost;
+        if expected == 0 {
+            return None;
+        }
+        let loss = lost as f64 / expected as f64;
+        Some(quality::estimate_mos(
+            loss,
+            stats.jitter_ms,
+            stats.rtt_ms,
+            Codec::G711,
+        ))
     }
 
     /// A new SDP from this endpoint (re-INVITE): new expected address; latching starts over.
@@ -180,6 +228,15 @@ impl Leg {
         rtp::rewrite(packet, self.out_ssrc, sequence, timestamp);
         self.last_sent = Some((sequence, timestamp, now));
         self.stats.packets_out += 1;
+        if let Some(rtcp) = &mut self.rtcp {
+            let sent = RtpHeader {
+                ssrc: self.out_ssrc,
+                sequence,
+                timestamp,
+                ..*header
+            };
+            rtcp.on_rtp_sent(now, &sent, self.clock_rate);
+        }
     }
 }
 
@@ -212,7 +269,12 @@ pub struct Bridge {
 impl Bridge {
     /// A bridge created at `now`; it reports [`BridgeEvent::Inactive`] after `inactivity`
     /// without media from either leg.
-    pub fn new(now: Instant, a: Leg, b: Leg, inactivity: Duration) -> Self {
+    pub fn new(now: Instant, mut a: Leg, mut b: Leg, inactivity: Duration) -> Self {
+        for leg in [&mut a, &mut b] {
+            // RFC 7022: a CNAME unique to the session; the SSRC is ours and unique per port.
+            let cname = format!("{:08x}@switchboard", leg.out_ssrc);
+            leg.rtcp = RtcpSession::new(now, leg.out_ssrc, &cname, leg.out_ssrc).ok();
+        }
         Self {
             a,
             b,
@@ -273,9 +335,74 @@ impl Bridge {
         from.stats.packets_in += 1;
         from.stats.bytes_in += header.payload_len as u64;
         from.last_received = Some(now);
+        if let Some(rtcp) = &mut from.rtcp {
+            rtcp.on_rtp_received(now, &header, from.clock_rate);
+        }
         let destination = to.destination().ok_or(Refused::NoDestination)?;
         to.rewrite(now, packet, &header);
         Ok(destination)
+    }
+
+    /// Handles RTCP that arrived on `side`'s RTCP socket (or its RTP socket, `mux`) from
+    /// `source`. RTCP is terminated per leg, not relayed: the other leg's reports describe
+    /// streams this leg never sees (we rewrite SSRCs), so each leg gets our own reports.
+    pub fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        ntp: u64,
+        side: Side,
+        source: SocketAddr,
+        packet: &[u8],
+        mux: bool,
+    ) -> Result<(), Refused> {
+        let leg = self.leg_mut(side);
+        let trusted = match leg.latched.or(leg.expected) {
+            // Same host as its RTP (RTCP comes from another port unless multiplexed).
+            Some(rtp) => same_ip(rtp.ip(), source.ip()),
+            None => leg.latching != Latching::Strict,
+        };
+        if !trusted {
+            leg.stats.foreign += 1;
+            return Err(Refused::ForeignSource);
+        }
+        let Some(rtcp) = &mut leg.rtcp else {
+            return Ok(());
+        };
+        if rtcp.receive_rtcp(now, ntp, packet).is_err() {
+            leg.stats.malformed += 1;
+            return Err(Refused::Malformed);
+        }
+        leg.rtcp_source = Some(source);
+        leg.rtcp_mux = mux;
+        Ok(())
+    }
+
+    /// When the next RTCP report of either leg is due.
+    pub fn rtcp_timeout(&self) -> Option<Instant> {
+        [&self.a, &self.b]
+            .into_iter()
+            .filter_map(|leg| leg.rtcp.as_ref()?.poll_timeout())
+            .min()
+    }
+
+    /// If `side`'s report is due at `now`, writes it (SR or RR, and SDES CNAME) into `buffer`;
+    /// returns its length, where to send it, and whether from the RTP socket (mux). `ntp` is
+    /// the wallclock as a 64-bit NTP timestamp.
+    pub fn poll_rtcp(
+        &mut self,
+        now: Instant,
+        ntp: u64,
+        side: Side,
+        buffer: &mut [u8],
+    ) -> Option<(usize, SocketAddr, bool)> {
+        let leg = self.leg_mut(side);
+        let (destination, mux) = leg.rtcp_destination()?;
+        let rtcp = leg.rtcp.as_mut()?;
+        if !rtcp.handle_timeout(now) {
+            return None;
+        }
+        let len = rtcp.build_report(now, ntp, buffer).ok()?;
+        Some((len, destination, mux))
     }
 
     /// When [`Self::handle_timeout`] should run.
@@ -465,5 +592,87 @@ mod tests {
         assert_eq!(held.poll_timeout(), None);
         held.set_hold(now + Duration::from_secs(100), false);
         assert_eq!(held.poll_timeout(), Some(now + Duration::from_secs(130)));
+    }
+
+    #[test]
+    fn each_leg_gets_our_own_reports_with_its_loss_and_the_round_trip() {
+        let start = Instant::now();
+        let mut bridge = bridge(start, Latching::FirstSource);
+        let ntp = |at: Instant| (at - start).as_millis() as u64 * (1u64 << 32) / 1000 + (1 << 40);
+        // A sends 50 packets to B, every fifth lost on the way to us.
+        for n in 0..50u16 {
+            let now = start + Duration::from_millis(20 * u64::from(n));
+            if n % 5 != 4 {
+                let mut p = packet(n, u32::from(n) * 160, 0x1111);
+                bridge.forward(now, Side::A, addr(4000), &mut p).unwrap();
+            }
+        }
+        let stats = bridge.leg(Side::A).rtcp_stats();
+        assert_eq!((stats.packets_received, stats.packets_lost), (40, 9));
+        assert_eq!(bridge.leg(Side::B).rtcp_stats().packets_sent, 40);
+        let mos = bridge.leg(Side::A).mos().unwrap();
+        assert!((1.0..4.0).contains(&mos), "18% loss is poor: {mos}");
+        assert_eq!(bridge.leg(Side::B).mos(), None, "B sent nothing");
+
+        // Reports are due within the first interval; B (to whom we send) gets an SR on the
+        // port after its RTP port, A an RR with a report block about its stream.
+        let mut buffer = [0u8; 1500];
+        let due = bridge.rtcp_timeout().unwrap();
+        assert!(due <= start + rtcp::REPORT_INTERVAL);
+        let later = start + Duration::from_secs(8);
+        let (len, to, mux) = bridge
+            .poll_rtcp(later, ntp(later), Side::B, &mut buffer)
+            .unwrap();
+        assert_eq!((to, mux), (addr(5001), false));
+        assert_eq!(buffer[1], rtcp::PT_SENDER_REPORT);
+        let sender_report = buffer[..len].to_vec();
+        let (len, to, _) = bridge
+            .poll_rtcp(later, ntp(later), Side::A, &mut buffer)
+            .unwrap();
+        assert_eq!(to, addr(4001));
+        assert_eq!(buffer[1], rtcp::PT_RECEIVER_REPORT);
+        assert!(rtcp::Compound::parse(&buffer[..len]).is_ok());
+        assert!(
+            bridge
+                .poll_rtcp(later, ntp(later), Side::A, &mut buffer)
+                .is_none(),
+            "not due again"
+        );
+
+        // B answers our SR with an RR 100 ms later, having held it 40 ms: RTT 60 ms.
+        let sr = rtcp::Compound::parse(&sender_report).unwrap();
+        let Some(rtcp::RtcpPacket::SenderReport(report)) = sr.packets().next() else {
+            panic!("an SR first");
+        };
+        let block = rtcp::ReportBlock {
+            ssrc: report.ssrc(),
+            fraction_lost: 0,
+            cumulative_lost: 0,
+            extended_highest_sequence: 39,
+            jitter: 0,
+            last_sr: rtcp::ntp_middle32(report.sender_info().ntp_timestamp),
+            delay_since_last_sr: rtcp::duration_to_ntp_short(Duration::from_millis(40)),
+        };
+        let mut rr = [0u8; 64];
+        let len = rtcp::write_receiver_report(&mut rr, 0x2222, &[block]).unwrap();
+        let arrival = later + Duration::from_millis(100);
+        bridge
+            .handle_rtcp(
+                arrival,
+                ntp(arrival),
+                Side::B,
+                addr(5001),
+                &rr[..len],
+                false,
+            )
+            .unwrap();
+        let rtt = bridge.leg(Side::B).rtcp_stats().rtt_ms.unwrap();
+        assert!((rtt - 60.0).abs() < 1.0, "{rtt}");
+        // RTCP from elsewhere is refused.
+        let stranger = SocketAddr::from(([198, 51, 100, 9], 5001));
+        assert_eq!(
+            bridge.handle_rtcp(arrival, ntp(arrival), Side::B, stranger, &rr[..len], false),
+            Err(Refused::ForeignSource)
+        );
     }
 }

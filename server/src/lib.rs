@@ -8,5 +8,6 @@ pub mod events;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod recorder;
 pub mod secrets;
 pub mod sip;

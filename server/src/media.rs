@@ -10,23 +10,27 @@
 //! workers report inactivity and bind failures back. Each socket is read with one `recvfrom`
 //! per packet, draining the socket per wake-up; `recvmmsg` batching is a planned refinement.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use switchboard_media::relay::{Bridge, Latching, Leg, Side};
-use switchboard_media::rtp;
-use switchboard_signalling::media::{MediaCommand, MediaEvent, SessionId};
+use switchboard_media::{rtcp, rtp};
+use switchboard_signalling::media::{MediaCommand, MediaEvent, RecordAction, SessionId};
+use switchboard_storage::Uuid;
+use switchboard_storage::batch::Write;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{LatchingMode, MediaConfig};
+use crate::recorder::{Control, Recorder};
+use crate::sip::persist::Record;
 
 /// Commands queued per worker before the signalling task's sends fail.
 const QUEUE: usize = 4096;
@@ -46,8 +50,10 @@ pub struct WorkerStats {
     pub rtp_to_caller: AtomicU64,
     /// RTP packets dropped (foreign source, malformed, no destination yet, on hold).
     pub rtp_dropped: AtomicU64,
-    /// RTCP packets forwarded.
-    pub rtcp_forwarded: AtomicU64,
+    /// RTCP packets received from the legs (consumed: RTCP is terminated per leg).
+    pub rtcp_received: AtomicU64,
+    /// RTCP reports we sent to the legs.
+    pub rtcp_sent: AtomicU64,
     /// Sessions whose ports could not be bound.
     pub bind_failures: AtomicU64,
     /// Sessions reported inactive.
@@ -96,8 +102,10 @@ pub struct MediaPlane {
 
 impl MediaPlane {
     /// Starts the workers; events go to `events`.
-    pub fn start(
+    pub(crate) fn start(
         config: &MediaConfig,
+        recorder: &Recorder,
+        records: &mpsc::Sender<Record>,
         events: mpsc::Sender<MediaEvent>,
         shutdown: CancellationToken,
     ) -> std::io::Result<(Self, Vec<std::thread::JoinHandle<()>>)> {
@@ -115,6 +123,7 @@ impl MediaPlane {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (config, events, shutdown) = (config.clone(), events.clone(), shutdown.clone());
             let counters = Counters(stats.clone(), index);
+            let (recorder, records) = (recorder.clone(), records.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || {
@@ -129,7 +138,13 @@ impl MediaPlane {
                         }
                     };
                     let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, worker(config, rx, events, counters, shutdown));
+                    let shell = Shell {
+                        config,
+                        counters,
+                        recorder,
+                        records,
+                    };
+                    local.block_on(&runtime, worker(shell, rx, events, shutdown));
                 })?;
             workers.push(tx);
             threads.push(thread);
@@ -144,11 +159,7 @@ impl MediaPlane {
 
     /// Sends a command to the session's worker without waiting.
     pub fn send(&self, command: MediaCommand) {
-        let session = match &command {
-            MediaCommand::Create { session, .. }
-            | MediaCommand::Update { session, .. }
-            | MediaCommand::Destroy { session } => *session,
-        };
+        let session = command.session();
         let worker = &self.workers[(session as usize) % self.workers.len()];
         if let Err(error) = worker.try_send(command) {
             tracing::warn!(%error, session, "media worker queue full; command dropped");
@@ -159,6 +170,140 @@ impl MediaPlane {
 struct Session {
     bridge: Rc<RefCell<Bridge>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The call's record id (media statistics are written to it at the end).
+    call: Uuid,
+    /// RTP and RTCP sockets of each side, for our RTCP reports.
+    sockets: [(Rc<UdpSocket>, Rc<UdpSocket>); 2],
+    /// The recording the forwarding tasks copy packets to (none while paused).
+    tapping: Rc<Cell<Option<Uuid>>>,
+    /// The session's recording, paused or not.
+    recording: Option<Uuid>,
+}
+
+/// What a worker's tasks share.
+#[derive(Clone)]
+struct Shell {
+    config: MediaConfig,
+    counters: Counters,
+    recorder: Recorder,
+    records: mpsc::Sender<Record>,
+}
+
+impl Session {
+    /// Applies a recording change.
+    fn record(&mut self, recorder: &Recorder, action: RecordAction) {
+        let at = Instant::now();
+        match (action, self.recording) {
+            (
+                RecordAction::Start {
+                    recording,
+                    tenant,
+                    call,
+                    wall_ms,
+                },
+                None,
+            ) => {
+                recorder.control(Control::Start {
+                    recording,
+                    tenant,
+                    call,
+                    wall_ms,
+                    at,
+                });
+                self.recording = Some(recording);
+                self.tapping.set(Some(recording));
+            }
+            (RecordAction::Pause, Some(recording)) => {
+                self.tapping.set(None);
+                recorder.control(Control::Pause { recording, at });
+            }
+            (RecordAction::Resume, Some(recording)) => {
+                recorder.control(Control::Resume { recording, at });
+                self.tapping.set(Some(recording));
+            }
+            (RecordAction::Stop, Some(recording)) => self.stop_recording(recorder, recording),
+            _ => {}
+        }
+    }
+
+    fn stop_recording(&mut self, recorder: &Recorder, recording: Uuid) {
+        self.tapping.set(None);
+        self.recording = None;
+        recorder.control(Control::Stop {
+            recording,
+            at: Instant::now(),
+        });
+    }
+
+    /// Stops forwarding (and recording) and writes the media statistics to the call record.
+    fn end(mut self, shell: &Shell) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(recording) = self.recording {
+            self.stop_recording(&shell.recorder, recording);
+        }
+        let stats = media_stats(&self.bridge.borrow());
+        let write = Record::Write(Write::MediaStats {
+            call_id: self.call,
+            stats,
+        });
+        if shell.records.try_send(write).is_err() {
+            tracing::warn!(call = %self.call, "record writer is behind; media statistics lost");
+        }
+    }
+
+    /// Sends the RTCP reports that are due.
+    fn report(&self, now: Instant, ntp: u64, counters: &Counters, buffer: &mut [u8]) {
+        let mut bridge = self.bridge.borrow_mut();
+        if bridge.rtcp_timeout().is_none_or(|due| due > now) {
+            return;
+        }
+        for (side, (rtp, rtcp)) in [Side::A, Side::B].into_iter().zip(&self.sockets) {
+            if let Some((len, destination, mux)) = bridge.poll_rtcp(now, ntp, side, buffer) {
+                let socket = if mux { rtp } else { rtcp };
+                if socket.try_send_to(&buffer[..len], destination).is_ok() {
+                    inc(&counters.rtcp_sent);
+                }
+            }
+        }
+    }
+}
+
+/// The media statistics of a call, per leg, for its record: what each leg sent us (packets,
+/// loss, jitter), what we sent it, the round-trip time, and a MOS estimate (E-model).
+fn media_stats(bridge: &Bridge) -> serde_json::Value {
+    let leg = |side: Side| {
+        let leg = bridge.leg(side);
+        let stats = leg.rtcp_stats();
+        let round = |value: f64| (value * 100.0).round() / 100.0;
+        serde_json::json!({
+            "packets_received": stats.packets_received,
+            "bytes_received": stats.bytes_received,
+            "packets_lost": stats.packets_lost.max(0),
+            "packets_sent": stats.packets_sent,
+            "bytes_sent": stats.bytes_sent,
+            "jitter_ms": round(stats.jitter_ms),
+            "rtt_ms": stats.rtt_ms.map(round),
+            "remote_packets_lost": stats.remote_packets_lost,
+            "remote_jitter_ms": stats.remote_jitter_ms.map(round),
+            "mos": leg.mos().map(round),
+        })
+    };
+    let mos = [Side::A, Side::B]
+        .into_iter()
+        .filter_map(|side| bridge.leg(side).mos())
+        .min_by(f64::total_cmp);
+    serde_json::json!({
+        "caller": leg(Side::A),
+        "callee": leg(Side::B),
+        "mos": mos.map(|m| (m * 100.0).round() / 100.0),
+    })
+}
+
+/// The wallclock as an NTP timestamp, for RTCP sender reports.
+fn ntp_now() -> u64 {
+    rtcp::ntp_from_system_time(SystemTime::now())
 }
 
 fn latching(mode: LatchingMode) -> Latching {
@@ -170,20 +315,22 @@ fn latching(mode: LatchingMode) -> Latching {
 }
 
 async fn worker(
-    config: MediaConfig,
+    shell: Shell,
     mut commands: mpsc::Receiver<MediaCommand>,
     events: mpsc::Sender<MediaEvent>,
-    counters: Counters,
     shutdown: CancellationToken,
 ) {
+    let counters = &shell.counters;
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut sweep = tokio::time::interval(SWEEP);
+    let mut rtcp_buffer = [0u8; 1500];
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = sweep.tick() => {
-                let now = Instant::now();
+                let (now, ntp) = (Instant::now(), ntp_now());
                 for (session, state) in &sessions {
+                    state.report(now, ntp, counters, &mut rtcp_buffer);
                     let event = state.bridge.borrow_mut().handle_timeout(now);
                     if event.is_some() {
                         inc(&counters.inactive);
@@ -193,8 +340,8 @@ async fn worker(
             }
             command = commands.recv() => match command {
                 None => break,
-                Some(MediaCommand::Create { session, a_port, b_port, a_expected, b_expected }) => {
-                    match create(&config, &counters, a_port, b_port, a_expected, b_expected).await {
+                Some(MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, call }) => {
+                    match create(&shell, call, (a_port, b_port), a_expected, b_expected).await {
                         Ok(state) => {
                             sessions.insert(session, state);
                             counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
@@ -217,18 +364,19 @@ async fn worker(
                 Some(MediaCommand::Destroy { session }) => {
                     if let Some(state) = sessions.remove(&session) {
                         counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
-                        for task in state.tasks {
-                            task.abort();
-                        }
+                        state.end(&shell);
+                    }
+                }
+                Some(MediaCommand::Record { session, action }) => {
+                    if let Some(state) = sessions.get_mut(&session) {
+                        state.record(&shell.recorder, action);
                     }
                 }
             },
         }
     }
     for state in sessions.into_values() {
-        for task in state.tasks {
-            task.abort();
-        }
+        state.end(&shell);
     }
 }
 
@@ -239,13 +387,13 @@ async fn bind(config: &MediaConfig, port: u16) -> std::io::Result<Rc<UdpSocket>>
 }
 
 async fn create(
-    config: &MediaConfig,
-    counters: &Counters,
-    a_port: u16,
-    b_port: u16,
+    shell: &Shell,
+    call: Uuid,
+    (a_port, b_port): (u16, u16),
     a_expected: Option<SocketAddr>,
     b_expected: Option<SocketAddr>,
 ) -> std::io::Result<Session> {
+    let config = &shell.config;
     let (a_rtp, a_rtcp) = (bind(config, a_port).await?, bind(config, a_port + 1).await?);
     let (b_rtp, b_rtcp) = (bind(config, b_port).await?, bind(config, b_port + 1).await?);
     let mode = latching(config.latching);
@@ -256,47 +404,64 @@ async fn create(
         Leg::new(b_expected, mode, ssrc(b_port), 8000),
         config.inactivity_timeout,
     )));
+    let tapping = Rc::new(Cell::new(None));
+    let counters = &shell.counters;
+    let rtp = |side, from, to| Forward {
+        shell: shell.clone(),
+        bridge: bridge.clone(),
+        tapping: tapping.clone(),
+        side,
+        from,
+        to,
+    };
     let tasks = vec![
-        tokio::task::spawn_local(forward_rtp(
-            counters.clone(),
-            bridge.clone(),
-            Side::A,
-            a_rtp.clone(),
-            b_rtp.clone(),
-        )),
-        tokio::task::spawn_local(forward_rtp(
-            counters.clone(),
-            bridge.clone(),
-            Side::B,
-            b_rtp,
-            a_rtp,
-        )),
-        tokio::task::spawn_local(forward_rtcp(
+        tokio::task::spawn_local(forward_rtp(rtp(Side::A, a_rtp.clone(), b_rtp.clone()))),
+        tokio::task::spawn_local(forward_rtp(rtp(Side::B, b_rtp.clone(), a_rtp.clone()))),
+        tokio::task::spawn_local(receive_rtcp(
             counters.clone(),
             bridge.clone(),
             Side::A,
             a_rtcp.clone(),
-            b_rtcp.clone(),
         )),
-        tokio::task::spawn_local(forward_rtcp(
+        tokio::task::spawn_local(receive_rtcp(
             counters.clone(),
             bridge.clone(),
             Side::B,
-            b_rtcp,
-            a_rtcp,
+            b_rtcp.clone(),
         )),
     ];
-    Ok(Session { bridge, tasks })
+    let sockets = [(a_rtp, a_rtcp), (b_rtp, b_rtcp)];
+    Ok(Session {
+        bridge,
+        tasks,
+        call,
+        sockets,
+        tapping,
+        recording: None,
+    })
 }
 
-/// Reads RTP arriving on `side`'s socket and sends it out of the other side's socket.
-async fn forward_rtp(
-    counters: Counters,
+/// One direction of a session's RTP.
+struct Forward {
+    shell: Shell,
     bridge: Rc<RefCell<Bridge>>,
+    tapping: Rc<Cell<Option<Uuid>>>,
     side: Side,
     from: Rc<UdpSocket>,
     to: Rc<UdpSocket>,
-) {
+}
+
+/// Reads RTP arriving on `side`'s socket and sends it out of the other side's socket.
+async fn forward_rtp(forward: Forward) {
+    let Forward {
+        shell,
+        bridge,
+        tapping,
+        side,
+        from,
+        to,
+    } = forward;
+    let counters = &shell.counters;
     let mut buffer = [0u8; 2048];
     loop {
         if from.readable().await.is_err() {
@@ -311,17 +476,23 @@ async fn forward_rtp(
             };
             let packet = &mut buffer[..len];
             if rtp::is_rtcp(packet) {
-                // RTCP multiplexed on the RTP port (RFC 5761): pass it to the other side.
-                let destination = bridge.borrow().leg(side.other()).destination();
-                if let Some(destination) = destination {
-                    inc(&counters.rtcp_forwarded);
-                    let _ = to.try_send_to(packet, destination);
-                }
+                // RTCP multiplexed on the RTP port (RFC 5761): ours to consume.
+                let received = bridge.borrow_mut().handle_rtcp(
+                    Instant::now(),
+                    ntp_now(),
+                    side,
+                    source,
+                    packet,
+                    true,
+                );
+                inc(match received {
+                    Ok(()) => &counters.rtcp_received,
+                    Err(_) => &counters.rtp_dropped,
+                });
                 continue;
             }
-            let forwarded = bridge
-                .borrow_mut()
-                .forward(Instant::now(), side, source, packet);
+            let now = Instant::now();
+            let forwarded = bridge.borrow_mut().forward(now, side, source, packet);
             match forwarded {
                 Ok(destination) => {
                     inc(match side {
@@ -330,6 +501,9 @@ async fn forward_rtp(
                     });
                     // A full socket buffer drops the packet: RTP tolerates loss, it never waits.
                     let _ = to.try_send_to(packet, destination);
+                    if let Some(recording) = tapping.get() {
+                        shell.recorder.tap(recording, side, now, packet);
+                    }
                 }
                 Err(_) => inc(&counters.rtp_dropped),
             }
@@ -337,26 +511,29 @@ async fn forward_rtp(
     }
 }
 
-/// Forwards RTCP between the RTCP sockets (RTP port + 1) to the other side's RTP
-/// destination port + 1, unchanged. (Generating our own reports per leg is future work.)
-async fn forward_rtcp(
+/// Reads the RTCP a leg sends to its RTCP port (RTP port + 1): its reports on our stream
+/// (round-trip time, the loss and jitter it sees). Ours go out from the sweep.
+async fn receive_rtcp(
     counters: Counters,
     bridge: Rc<RefCell<Bridge>>,
     side: Side,
-    from: Rc<UdpSocket>,
-    to: Rc<UdpSocket>,
+    socket: Rc<UdpSocket>,
 ) {
     let mut buffer = [0u8; 2048];
     loop {
-        let Ok((len, _source)) = from.recv_from(&mut buffer).await else {
+        let Ok((len, source)) = socket.recv_from(&mut buffer).await else {
             return;
         };
-        let destination = bridge.borrow().leg(side.other()).destination();
-        if let Some(destination) = destination {
-            let rtcp_destination =
-                SocketAddr::new(destination.ip(), destination.port().wrapping_add(1));
-            inc(&counters.rtcp_forwarded);
-            let _ = to.try_send_to(&buffer[..len], rtcp_destination);
+        let received = bridge.borrow_mut().handle_rtcp(
+            Instant::now(),
+            ntp_now(),
+            side,
+            source,
+            &buffer[..len],
+            false,
+        );
+        if received.is_ok() {
+            inc(&counters.rtcp_received);
         }
     }
 }

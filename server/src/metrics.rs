@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use switchboard_signalling::stats::SipStats;
 
 use crate::media::{MediaStats, WorkerStats};
+use crate::recorder::RecorderStats;
 
 /// Labels of HTTP request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,6 +178,12 @@ impl Metrics {
             .register_collector(Box::new(MediaCollector(stats)));
     }
 
+    /// Exports the recording writer's counters.
+    pub fn register_recorder(&mut self, stats: Arc<RecorderStats>) {
+        self.registry
+            .register_collector(Box::new(RecorderCollector(stats)));
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -312,16 +319,21 @@ impl Collector for MediaCollector {
             ConstCounter::new(self.0.sum(field))
                 .encode(family.encode_family(&[("direction", direction)])?)?;
         }
-        let counters: [(&str, &str, Field); 4] = [
+        let counters: [(&str, &str, Field); 5] = [
             (
                 "switchboard_media_rtp_dropped",
                 "RTP packets dropped (foreign source, malformed, no destination yet)",
                 |w| &w.rtp_dropped,
             ),
             (
-                "switchboard_media_rtcp_forwarded",
-                "RTCP packets relayed between call legs",
-                |w| &w.rtcp_forwarded,
+                "switchboard_media_rtcp_received",
+                "RTCP packets received from call legs (terminated per leg)",
+                |w| &w.rtcp_received,
+            ),
+            (
+                "switchboard_media_rtcp_sent",
+                "RTCP reports (SR or RR with SDES) sent to call legs",
+                |w| &w.rtcp_sent,
             ),
             (
                 "switchboard_media_bind_failures",
@@ -347,6 +359,50 @@ impl Collector for MediaCollector {
         gauge.encode(encoder.encode_descriptor(
             "switchboard_media_sessions",
             "Media sessions (calls with anchored media)",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Reads the recording writer's atomics at scrape time.
+#[derive(Debug)]
+struct RecorderCollector(Arc<RecorderStats>);
+
+impl Collector for RecorderCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let load = |value: &AtomicU64| value.load(std::sync::atomic::Ordering::Relaxed);
+        let counters = [
+            (
+                "switchboard_recordings_completed",
+                "Recordings finished (stopped, or closed at the end of their call)",
+                load(&self.0.completed),
+            ),
+            (
+                "switchboard_recording_packets_dropped",
+                "RTP packet copies dropped because the recording writer was behind",
+                load(&self.0.taps_dropped),
+            ),
+            (
+                "switchboard_recording_write_errors",
+                "Recording files that could not be created or written",
+                load(&self.0.write_errors),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauge = ConstGauge::new(i64::try_from(load(&self.0.active)).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "switchboard_recordings_active",
+            "Recordings being written",
             None,
             gauge.metric_type(),
         )?)?;

@@ -45,6 +45,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/auth/totp/verify"),
     ("GET", "/api/v1/calls"),
     ("GET", "/api/v1/calls/{id}"),
+    ("POST", "/api/v1/calls/{id}/recording"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/extensions"),
     ("POST", "/api/v1/extensions"),
@@ -2315,9 +2316,29 @@ async fn tenant_admins_see_nothing_of_other_tenants() {
             json!({}),
         )
         .await,
+        app.post(
+            &format!("/api/v1/calls/{}/recording", call_b.id),
+            &admin_a,
+            json!({"action": "start"}),
+        )
+        .await,
     ] {
         expect_error(reply, StatusCode::NOT_FOUND, "not_found");
     }
+    // B's own call: without call control running (this router has no SIP), 503; a bad action
+    // is a 4xx naming the field.
+    let recording_path = format!("/api/v1/calls/{}/recording", call_b.id);
+    expect_error(
+        app.post(&recording_path, &admin_b, json!({"action": "start"}))
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let bad = app
+        .post(&recording_path, &admin_b, json!({"action": "rewind"}))
+        .await;
+    assert!(bad.0.is_client_error(), "{bad:?}");
+    assert!(bad.1.to_string().contains("action"), "{bad:?}");
     assert_eq!(
         expect(app.get(&ext_b_path, &admin_b).await, StatusCode::OK)["display_name"],
         "Ext 1001"

@@ -37,7 +37,10 @@ use switchboard_sip::transaction::{
 use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
-pub use self::calls::{CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide};
+pub use self::calls::{
+    CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide, RecordingError,
+    RecordingRequest, RecordingState,
+};
 use crate::directory::{Directory, Extension, Tenant, Update};
 use crate::media::{MediaCommand, PortAllocator};
 use crate::peer::{Peer, Transport};

@@ -16,6 +16,8 @@ pub struct Tenant {
     pub id: Uuid,
     /// SIP domain (digest realm).
     pub domain: String,
+    /// Whether its answered calls are recorded.
+    pub record_calls: bool,
 }
 
 /// An extension as call control sees it.
@@ -31,6 +33,8 @@ pub struct Extension {
     pub display_name: String,
     /// SIP password.
     pub secret: String,
+    /// Whether its answered calls (made or received) are recorded.
+    pub record_calls: bool,
 }
 
 impl std::fmt::Debug for Extension {
@@ -159,6 +163,7 @@ mod tests {
             number: number.into(),
             display_name: String::new(),
             secret: "pw".into(),
+            record_calls: false,
         }
     }
 
@@ -169,10 +174,12 @@ mod tests {
         directory.apply(Update::TenantUpsert(Tenant {
             id: a,
             domain: "A.example".into(),
+            record_calls: false,
         }));
         directory.apply(Update::TenantUpsert(Tenant {
             id: b,
             domain: "b.example".into(),
+            record_calls: false,
         }));
         directory.set_default_domain("a.example");
         assert_eq!(
@@ -206,6 +213,7 @@ mod tests {
         directory.apply(Update::TenantUpsert(Tenant {
             id: b,
             domain: "c.example".into(),
+            record_calls: false,
         }));
         assert_eq!(
             directory.tenant_for_host("b.example").map(|t| t.id),

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use switchboard_media::sdp::{Direction, Sdp};
+use uuid::Uuid;
 
 /// Identifies a call's media session in the media plane.
 pub type SessionId = u64;
@@ -25,6 +26,8 @@ pub enum MediaCommand {
         a_expected: Option<SocketAddr>,
         /// Where the callee said to send media (known once it answers).
         b_expected: Option<SocketAddr>,
+        /// The call's record id: the media plane reports the session's statistics under it.
+        call: Uuid,
     },
     /// A leg's SDP changed (answer, re-INVITE, UPDATE).
     Update {
@@ -37,11 +40,52 @@ pub enum MediaCommand {
         /// Whether the call is now on hold (no inactivity timeout while held).
         hold: bool,
     },
-    /// Stop forwarding and release the ports.
+    /// Stop forwarding and release the ports (a recording in progress is closed).
     Destroy {
         /// Session.
         session: SessionId,
     },
+    /// Start, pause, resume or stop recording the session.
+    Record {
+        /// Session.
+        session: SessionId,
+        /// What to do.
+        action: RecordAction,
+    },
+}
+
+impl MediaCommand {
+    /// The session the command is for.
+    pub fn session(&self) -> SessionId {
+        match self {
+            Self::Create { session, .. }
+            | Self::Update { session, .. }
+            | Self::Destroy { session }
+            | Self::Record { session, .. } => *session,
+        }
+    }
+}
+
+/// A change to a session's recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordAction {
+    /// Start a new recording (a stereo WAV: caller left, callee right).
+    Start {
+        /// The recording's id (its row and file name).
+        recording: Uuid,
+        /// Tenant (the file lives under the tenant's directory).
+        tenant: Uuid,
+        /// The call's record id.
+        call: Uuid,
+        /// Wall time of the start, milliseconds since the Unix epoch.
+        wall_ms: u64,
+    },
+    /// Stop writing audio until resumed; the paused time is left out of the file.
+    Pause,
+    /// Write audio again.
+    Resume,
+    /// Close the file.
+    Stop,
 }
 
 /// An event from the media plane.

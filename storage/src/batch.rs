@@ -4,8 +4,9 @@
 use uuid::Uuid;
 
 use crate::calls::{self, Call, Ending, finish_query, insert_query};
+use crate::recordings::{self, Recording, RecordingStatus};
 use crate::registrations::{self, Registration, upsert_query};
-use crate::{Db, Error, run};
+use crate::{Db, Error, Timestamp, run};
 
 /// One write of a batch.
 #[derive(Clone, Debug)]
@@ -28,6 +29,28 @@ pub enum Write {
         start: Box<Call>,
         /// How the call ended.
         ending: Box<Ending>,
+    },
+    /// Set the media statistics of call `call_id`.
+    MediaStats {
+        /// The call record.
+        call_id: Uuid,
+        /// Its statistics.
+        stats: serde_json::Value,
+    },
+    /// Insert a recording row (a recording that started).
+    RecordingStart(Box<Recording>),
+    /// Mark a recording finished.
+    RecordingEnd {
+        /// The recording.
+        id: Uuid,
+        /// Complete or interrupted.
+        status: RecordingStatus,
+        /// Length.
+        duration_ms: i64,
+        /// File size.
+        size_bytes: i64,
+        /// When it was closed.
+        at: Timestamp,
     },
 }
 
@@ -66,6 +89,47 @@ pub async fn apply(db: &Db, writes: &[Write]) -> Result<(), Error> {
                             .execute(&mut *tx)
                             .await?;
                     }
+                }
+                Write::MediaStats { call_id, stats } => {
+                    sqlx::query(calls::SET_MEDIA_STATS)
+                        .bind(call_id)
+                        .bind(stats.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Write::RecordingStart(r) => {
+                    sqlx::query(recordings::INSERT)
+                        .bind(r.id)
+                        .bind(r.tenant_id)
+                        .bind(r.call_id)
+                        .bind(r.extension_id)
+                        .bind(r.kind.as_str())
+                        .bind(r.status.as_str())
+                        .bind(&r.path)
+                        .bind(r.duration_ms)
+                        .bind(r.channels)
+                        .bind(r.sample_rate)
+                        .bind(r.size_bytes)
+                        .bind(r.created_at)
+                        .bind(r.completed_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Write::RecordingEnd {
+                    id,
+                    status,
+                    duration_ms,
+                    size_bytes,
+                    at,
+                } => {
+                    sqlx::query(recordings::COMPLETE)
+                        .bind(id)
+                        .bind(status.as_str())
+                        .bind(duration_ms)
+                        .bind(size_bytes)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }
@@ -155,6 +219,72 @@ mod tests {
             }
             let open = calls::get(&db, Scope::All, None, open.id).await.unwrap();
             assert_eq!(open.disposition, Disposition::InProgress);
+
+            // Media statistics may land before the end; an end without statistics keeps them.
+            let recording = Recording {
+                id: Uuid::now_v7(),
+                tenant_id: tenant,
+                call_id: Some(open.id),
+                extension_id: None,
+                kind: recordings::RecordingKind::Call,
+                status: RecordingStatus::Recording,
+                path: "r.wav".into(),
+                duration_ms: 0,
+                channels: 2,
+                sample_rate: 8000,
+                size_bytes: 0,
+                created_at: Timestamp(11_000),
+                completed_at: None,
+            };
+            let stats = json!({"caller": {"packets": 10}});
+            let started = Box::new(open.clone());
+            apply(
+                &db,
+                &[
+                    Write::RecordingStart(Box::new(recording.clone())),
+                    Write::MediaStats {
+                        call_id: open.id,
+                        stats: stats.clone(),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                recordings::in_progress(&db).await.unwrap(),
+                std::slice::from_ref(&recording)
+            );
+            apply(
+                &db,
+                &[
+                    Write::CallEnd {
+                        start: started,
+                        ending: Box::new(Ending {
+                            media_stats: json!({}),
+                            ..ending()
+                        }),
+                    },
+                    Write::RecordingEnd {
+                        id: recording.id,
+                        status: RecordingStatus::Complete,
+                        duration_ms: 4_000,
+                        size_bytes: 64_044,
+                        at: Timestamp(80_000),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+            let closed = calls::get(&db, Scope::All, None, open.id).await.unwrap();
+            assert_eq!(closed.media_stats, stats);
+            assert!(recordings::in_progress(&db).await.unwrap().is_empty());
+            let stored = recordings::get(&db, Scope::All, None, recording.id)
+                .await
+                .unwrap();
+            assert_eq!(
+                (stored.status, stored.duration_ms, stored.size_bytes),
+                (RecordingStatus::Complete, 4_000, 64_044)
+            );
         })
         .await;
     }

@@ -236,7 +236,8 @@ pub struct Ending {
     pub to_extension_id: Option<Uuid>,
     /// Legs of the call.
     pub legs: serde_json::Value,
-    /// Media statistics.
+    /// Media statistics; an empty object keeps what is stored (the media plane may report its
+    /// statistics before or after the call's end is written).
     pub media_stats: serde_json::Value,
     /// Recording, if any.
     pub recording_id: Option<Uuid>,
@@ -245,7 +246,8 @@ pub struct Ending {
 pub(crate) const FINISH: &str = "UPDATE calls SET answered_at = $2, ended_at = $3, \
     duration_ms = $3 - started_at, billsec = CASE WHEN $2 IS NULL THEN 0 ELSE ($3 - $2) / 1000 END, \
     disposition = $4, hangup_cause = $5, hangup_side = $6, \
-    to_extension_id = COALESCE($7, to_extension_id), legs = $8, media_stats = $9, \
+    to_extension_id = COALESCE($7, to_extension_id), legs = $8, \
+    media_stats = CASE WHEN $9 = '{}' THEN media_stats ELSE $9 END, \
     recording_id = COALESCE($10, recording_id) WHERE id = $1 AND ended_at IS NULL";
 
 /// The UPDATE completing call `$id` with `$ending` (an [`Ending`]), for either backend.
@@ -266,6 +268,9 @@ macro_rules! finish_query {
     }};
 }
 pub(crate) use finish_query;
+
+/// Sets the media statistics of a call record.
+pub(crate) const SET_MEDIA_STATS: &str = "UPDATE calls SET media_stats = $2 WHERE id = $1";
 
 /// Completes the record of a call that is still in progress.
 pub async fn finish(db: &Db, id: Uuid, ending: &Ending) -> Result<(), Error> {
@@ -296,11 +301,14 @@ pub fn completed(start: &Call, ending: &Ending) -> Call {
 }
 
 /// Closes every record still in progress as `interrupted` (the server stopped mid-call; run
-/// at start-up). Returns how many were closed.
+/// at start-up), linking the call's recording if one was started. Returns how many were
+/// closed.
 pub async fn close_interrupted(db: &Db, at: Timestamp) -> Result<u64, Error> {
     const SQL: &str = "UPDATE calls SET ended_at = $1, duration_ms = $1 - started_at, \
         billsec = CASE WHEN answered_at IS NULL THEN 0 ELSE ($1 - answered_at) / 1000 END, \
-        disposition = 'interrupted', hangup_cause = 'server_stopped', hangup_side = 'system' \
+        disposition = 'interrupted', hangup_cause = 'server_stopped', hangup_side = 'system', \
+        recording_id = COALESCE(recording_id, \
+            (SELECT r.id FROM recordings r WHERE r.call_id = calls.id ORDER BY r.id LIMIT 1)) \
         WHERE ended_at IS NULL";
     Ok(exec!(db, |pool| sqlx::query(SQL).bind(at))?)
 }

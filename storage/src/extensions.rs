@@ -31,6 +31,8 @@ pub struct Extension {
     pub outbound_allowed: bool,
     /// Whether unanswered calls go to voicemail.
     pub voicemail_enabled: bool,
+    /// Whether its answered calls (made or received) are recorded.
+    pub record_calls: bool,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -53,7 +55,8 @@ pub struct Filter {
 }
 
 const COLUMNS: &str = "id, tenant_id, number, display_name, user_id, caller_id_name, \
-                       caller_id_number, outbound_allowed, voicemail_enabled, created_at, updated_at";
+                       caller_id_number, outbound_allowed, voicemail_enabled, record_calls, created_at, \
+                       updated_at";
 
 /// The live-registration count as a column (the query binds `now` as `$now`).
 fn registered_contacts(now: &str) -> String {
@@ -72,7 +75,8 @@ fn number_taken(number: &str) -> String {
 pub async fn create(db: &Db, extension: &Extension, sealed_secret: &[u8]) -> Result<(), Error> {
     const SQL: &str = "INSERT INTO extensions (id, tenant_id, number, display_name, user_id, \
         caller_id_name, caller_id_number, outbound_allowed, voicemail_enabled, sip_secret, \
-        created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        created_at, updated_at, record_calls) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+        $12, $13)";
     exec!(db, |pool| sqlx::query(SQL)
         .bind(extension.id)
         .bind(extension.tenant_id)
@@ -85,7 +89,8 @@ pub async fn create(db: &Db, extension: &Extension, sealed_secret: &[u8]) -> Res
         .bind(extension.voicemail_enabled)
         .bind(sealed_secret)
         .bind(extension.created_at)
-        .bind(extension.updated_at))
+        .bind(extension.updated_at)
+        .bind(extension.record_calls))
     .map_err(|e| Error::conflict_on_unique(e, || number_taken(&extension.number)))?;
     Ok(())
 }
@@ -166,7 +171,7 @@ pub async fn all_with_secrets(db: &Db) -> Result<Vec<(Extension, Vec<u8>)>, Erro
 pub async fn update(db: &Db, extension: &Extension) -> Result<Extension, Error> {
     const SQL: &str = "UPDATE extensions SET number = $3, display_name = $4, user_id = $5, \
         caller_id_name = $6, caller_id_number = $7, outbound_allowed = $8, voicemail_enabled = $9, \
-        updated_at = $10 WHERE id = $1 AND tenant_id = $2";
+        updated_at = $10, record_calls = $11 WHERE id = $1 AND tenant_id = $2";
     let now = Timestamp::now();
     let done = exec!(db, |pool| sqlx::query(SQL)
         .bind(extension.id)
@@ -178,7 +183,8 @@ pub async fn update(db: &Db, extension: &Extension) -> Result<Extension, Error> 
         .bind(&extension.caller_id_number)
         .bind(extension.outbound_allowed)
         .bind(extension.voicemail_enabled)
-        .bind(now))
+        .bind(now)
+        .bind(extension.record_calls))
     .map_err(|e| Error::conflict_on_unique(e, || number_taken(&extension.number)))?;
     one_row(done)?;
     Ok(Extension {
@@ -232,6 +238,7 @@ pub(crate) mod tests {
             caller_id_number: Some("+15550001000".into()),
             outbound_allowed: true,
             voicemail_enabled: false,
+            record_calls: false,
             created_at: now,
             updated_at: now,
             registered_contacts: 0,

@@ -75,12 +75,16 @@ const OWNER_CLAUSE: &str = "($U IS NULL \
         c.from_extension_id IN (SELECT id FROM extensions WHERE user_id = $U) \
         OR c.to_extension_id IN (SELECT id FROM extensions WHERE user_id = $U)))";
 
+pub(crate) const INSERT: &str = "INSERT INTO recordings (id, tenant_id, call_id, extension_id, \
+    kind, status, path, duration_ms, channels, sample_rate, size_bytes, created_at, completed_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+pub(crate) const COMPLETE: &str = "UPDATE recordings SET status = $2, duration_ms = $3, \
+    size_bytes = $4, completed_at = $5 WHERE id = $1";
+
 /// Inserts `recording`.
 pub async fn insert(db: &Db, recording: &Recording) -> Result<(), Error> {
-    let sql = format!(
-        "INSERT INTO recordings ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    );
-    exec!(db, |pool| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+    exec!(db, |pool| sqlx::query(INSERT)
         .bind(recording.id)
         .bind(recording.tenant_id)
         .bind(recording.call_id)
@@ -106,9 +110,7 @@ pub async fn complete(
     size_bytes: i64,
     at: Timestamp,
 ) -> Result<(), Error> {
-    const SQL: &str = "UPDATE recordings SET status = $2, duration_ms = $3, size_bytes = $4, \
-        completed_at = $5 WHERE id = $1";
-    one_row(exec!(db, |pool| sqlx::query(SQL)
+    one_row(exec!(db, |pool| sqlx::query(COMPLETE)
         .bind(id)
         .bind(status.as_str())
         .bind(duration_ms)
@@ -162,6 +164,17 @@ pub async fn get(db: &Db, scope: Scope, owner: Option<Uuid>, id: Uuid) -> Result
         .fetch_optional(pool)
         .await)?
     .ok_or(Error::NotFound)
+}
+
+/// Every recording still being written, in any tenant: at start-up these are the files a
+/// stopped server left open.
+pub async fn in_progress(db: &Db) -> Result<Vec<Recording>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM recordings WHERE status = 'recording' ORDER BY id");
+    Ok(run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.clone()
+    ))
+    .fetch_all(pool)
+    .await)?)
 }
 
 /// Deletes the row of a recording visible in `scope`; the caller removes the file.

@@ -15,6 +15,8 @@ pub struct Tenant {
     pub name: String,
     /// SIP domain, unique among live tenants; the realm its extensions authenticate in.
     pub sip_domain: String,
+    /// Whether every answered call of the tenant is recorded.
+    pub record_calls: bool,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -32,6 +34,7 @@ pub async fn create(db: &Db, name: &str, sip_domain: &str) -> Result<Tenant, Err
         id: new_id(),
         name: name.to_owned(),
         sip_domain: sip_domain.to_owned(),
+        record_calls: false,
         created_at: now,
         updated_at: now,
     };
@@ -48,7 +51,7 @@ pub async fn create(db: &Db, name: &str, sip_domain: &str) -> Result<Tenant, Err
 
 /// A live tenant by id.
 pub async fn get(db: &Db, id: Uuid) -> Result<Tenant, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
                        WHERE id = $1 AND deleted_at IS NULL";
     run!(db, |pool| sqlx::query_as(SQL)
         .bind(id)
@@ -59,7 +62,7 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Tenant, Error> {
 
 /// The live tenant that owns `sip_domain`, if any.
 pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
                        WHERE sip_domain = $1 AND deleted_at IS NULL";
     Ok(run!(db, |pool| sqlx::query_as(SQL)
         .bind(sip_domain)
@@ -69,14 +72,14 @@ pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>,
 
 /// Every live tenant (for loading the signalling directory).
 pub async fn all(db: &Db) -> Result<Vec<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
                        WHERE deleted_at IS NULL ORDER BY id";
     Ok(run!(db, |pool| sqlx::query_as(SQL).fetch_all(pool).await)?)
 }
 
 /// Live tenants, oldest first.
 pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
                        WHERE deleted_at IS NULL AND ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2";
     let rows: Vec<Tenant> = run!(db, |pool| sqlx::query_as(SQL)
         .bind(page.cursor)
@@ -88,14 +91,15 @@ pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
 
 /// Writes `tenant`'s name and domain.
 pub async fn update(db: &Db, tenant: &Tenant) -> Result<Tenant, Error> {
-    const SQL: &str = "UPDATE tenants SET name = $2, sip_domain = $3, updated_at = $4 \
-                       WHERE id = $1 AND deleted_at IS NULL";
+    const SQL: &str = "UPDATE tenants SET name = $2, sip_domain = $3, updated_at = $4, \
+                       record_calls = $5 WHERE id = $1 AND deleted_at IS NULL";
     let now = Timestamp::now();
     let done = exec!(db, |pool| sqlx::query(SQL)
         .bind(tenant.id)
         .bind(&tenant.name)
         .bind(&tenant.sip_domain)
-        .bind(now))
+        .bind(now)
+        .bind(tenant.record_calls))
     .map_err(|e| Error::conflict_on_unique(e, || domain_taken(&tenant.sip_domain)))?;
     if done == 0 {
         return Err(Error::NotFound);
@@ -153,12 +157,17 @@ mod tests {
                 &db,
                 &Tenant {
                     name: "Acme Ltd".into(),
+                    record_calls: true,
                     ..a.clone()
                 },
             )
             .await
             .unwrap();
-            assert_eq!(get(&db, a.id).await.unwrap().name, "Acme Ltd");
+            let stored = get(&db, a.id).await.unwrap();
+            assert_eq!(
+                (stored.name.as_str(), stored.record_calls),
+                ("Acme Ltd", true)
+            );
             assert!(matches!(
                 update(
                     &db,

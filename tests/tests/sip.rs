@@ -571,11 +571,11 @@ async fn sipp_registers_through_the_digest_challenge() {
     assert!(server.terminate().success());
 }
 
-/// One second of a 400 Hz tone as an 8 kHz mono G.711 µ-law WAV file (format tag 7).
-fn tone_wav(path: &std::path::Path) {
-    let linear: Vec<i16> = (0..8000u16)
+/// `seconds` of a `frequency` Hz tone as an 8 kHz mono G.711 µ-law WAV file (format tag 7).
+fn tone_wav(path: &std::path::Path, frequency: f64, seconds: u32) {
+    let linear: Vec<i16> = (0..8000 * seconds)
         .map(|n| {
-            let phase = 2.0 * std::f64::consts::PI * 400.0 * f64::from(n) / 8000.0;
+            let phase = 2.0 * std::f64::consts::PI * frequency * f64::from(n) / 8000.0;
             (phase.sin() * 8000.0).round() as i16
         })
         .collect();
@@ -660,7 +660,7 @@ impl CallBench {
         let api = Api::login(&server).await;
         api.extension("5001", "caller-secret").await;
         let callee = api.extension("5002", "callee-secret").await;
-        tone_wav(&dir.path().join("tone.wav"));
+        tone_wav(&dir.path().join("tone.wav"), 400.0, 1);
         Self {
             dir,
             server,
@@ -698,9 +698,30 @@ impl CallBench {
     /// echoes RTP), both to completion. An INVITE sent before the callee listens is simply
     /// retransmitted.
     fn run(&self, uac: &str, uas: Option<&str>, dialled: &str) -> CallRun {
-        let callee = uas.map(|uas| {
+        let run = self.run_with(uac, uas.map(|uas| (uas, true)), dialled, &[]);
+        assert!(run.caller.status.success(), "{}", run.report());
+        assert!(
+            run.callee.as_ref().is_none_or(|c| c.status.success()),
+            "{}",
+            run.report()
+        );
+        run
+    }
+
+    /// Like `run`, with more arguments for the caller, the callee echoing RTP or not (`uas`
+    /// is the scenario and whether it echoes), and whatever the outcome.
+    fn run_with(
+        &self,
+        uac: &str,
+        uas: Option<(&str, bool)>,
+        dialled: &str,
+        args: &[&str],
+    ) -> CallRun {
+        let callee = uas.map(|(uas, echo)| {
+            let echo: &[&str] = if echo { &["-rtp_echo"] } else { &[] };
             sipp_command(&self.server, self.dir.path(), uas, self.callee_port)
-                .args(["-m", "1", "-rtp_echo", "-mp", &free_udp_port().to_string()])
+                .args(["-m", "1", "-mp", &free_udp_port().to_string()])
+                .args(echo)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -709,17 +730,11 @@ impl CallBench {
         let csv = credentials_csv(self.dir.path(), "5001", "caller-secret", "");
         let caller = sipp_command(&self.server, self.dir.path(), uac, free_udp_port())
             .args(["-inf", &csv, "-s", dialled, "-m", "1"])
+            .args(args)
             .output()
             .expect("run the SIPp caller");
         let callee = callee.map(|c| c.wait_with_output().unwrap());
-        let run = CallRun { caller, callee };
-        assert!(run.caller.status.success(), "{}", run.report());
-        assert!(
-            run.callee.as_ref().is_none_or(|c| c.status.success()),
-            "{}",
-            run.report()
-        );
-        run
+        CallRun { caller, callee }
     }
 
     /// Waits (bounded) for the next call record to be complete and returns it.
@@ -938,4 +953,291 @@ where
             other => panic!("expected a close frame, got {other:?}"),
         }
     }
+}
+
+/// How much of a window's energy is at `frequency` (Goertzel; 1.0 for a pure tone, 0 for
+/// silence).
+fn tone_share(window: &[i16], frequency: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in window {
+        let x = f64::from(x);
+        (s1, s2) = (x + k * s1 - s2, s1);
+        energy += x * x;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    if energy == 0.0 {
+        0.0
+    } else {
+        power / (energy * window.len() as f64 / 2.0)
+    }
+}
+
+/// The 20 ms windows of `channel` that carry `frequency`: (first, last) and whether every
+/// window in between does too.
+fn tone_span(channel: &[i16], frequency: f64) -> (usize, usize, bool) {
+    let active: Vec<bool> = channel
+        .chunks(160)
+        .map(|w| tone_share(w, frequency) > 0.5)
+        .collect();
+    let first = active.iter().position(|&a| a).expect("the tone is there");
+    let last = active.iter().rposition(|&a| a).unwrap();
+    (first, last, active[first..=last].iter().all(|&a| a))
+}
+
+impl Api {
+    /// Waits (bounded) until recording `id` has `status`, and returns it.
+    async fn wait_for_recording(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (code, recording) = self
+                .call(reqwest::Method::GET, &format!("/recordings/{id}"), None)
+                .await;
+            if code == 200 && recording["status"] == status {
+                return recording;
+            }
+            assert!(Instant::now() < deadline, "recording {id}: {recording}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Downloads recording `id` and reads it as a WAV file.
+    async fn wav(&self, id: &str) -> (hound::WavSpec, Vec<i16>) {
+        let bytes = self
+            .client
+            .get(format!("{}/recordings/{id}/download", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+        let spec = reader.spec();
+        let samples = reader.into_samples().map(Result::unwrap).collect();
+        (spec, samples)
+    }
+}
+
+#[tokio::test]
+async fn recorded_calls_are_stereo_wavs_with_each_side_on_its_channel() {
+    if sipp().is_none() {
+        return;
+    }
+    let mut bench = CallBench::start(&[]).await;
+    tone_wav(&bench.dir.path().join("tone-caller.wav"), 1000.0, 2);
+    tone_wav(&bench.dir.path().join("tone-callee.wav"), 440.0, 2);
+    // The callee's extension records its calls.
+    let (status, body) = bench
+        .api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/extensions/{}", bench.callee),
+            Some(json!({"record_calls": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["record_calls"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+
+    // The caller streams 2 s of 1 kHz and hangs up 3 s after its ACK; the callee answers
+    // with 2 s of 440 Hz.
+    let run = bench.run_with(
+        "record_uac.xml",
+        Some(("record_uas.xml", false)),
+        "5002",
+        &["-d", "3000"],
+    );
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert!(
+        run.callee.as_ref().is_some_and(|c| c.status.success()),
+        "{}",
+        run.report()
+    );
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "caller");
+    let id = record["recording_id"]
+        .as_str()
+        .expect("a recording")
+        .to_owned();
+    let row = bench.api.wait_for_recording(&id, "complete").await;
+    let (spec, samples) = bench.api.wav(&id).await;
+    assert_eq!(
+        (spec.channels, spec.sample_rate, spec.bits_per_sample),
+        (2, 8000, 16)
+    );
+    let frames = samples.len() / 2;
+    assert_eq!(
+        row["duration_ms"].as_u64(),
+        Some(frames as u64 / 8),
+        "{row}"
+    );
+    // The recording runs from the answer to the BYE: 3 s after the ACK.
+    let duration_ms = frames as i64 / 8;
+    assert!((duration_ms - 3_000).abs() <= 40, "{duration_ms} ms");
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    for (channel, frequency, other) in [(&left, 1000.0, 440.0), (&right, 440.0, 1000.0)] {
+        let (first, last, continuous) = tone_span(channel, frequency);
+        let pattern: String = channel
+            .chunks(160)
+            .map(|w| {
+                let share = tone_share(w, frequency);
+                if share > 0.5 {
+                    '#'
+                } else if w.iter().all(|&s| s == 0) {
+                    '.'
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        assert!(continuous, "a gap in the {frequency} Hz channel: {pattern}");
+        // 2 s is 100 windows; a window cut by the tone's edges may fall below the threshold.
+        assert!(
+            (98..=103).contains(&(last - first + 1)),
+            "{frequency} Hz: {first}..{last}"
+        );
+        // Both streams start right after the answer.
+        assert!(first <= 10, "{frequency} Hz starts at window {first}");
+        assert!(
+            channel.chunks(160).all(|w| tone_share(w, other) < 0.2),
+            "{other} Hz leaked into the {frequency} Hz channel"
+        );
+    }
+    assert_eq!(
+        metric(&bench.server, "switchboard_recordings_completed_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&bench.server, "switchboard_recording_packets_dropped_total").await,
+        0
+    );
+
+    // The control plane records an unrecorded call on demand: here, refused while no call is
+    // live, and for unknown calls.
+    let (status, body) = bench
+        .api
+        .call(
+            reqwest::Method::POST,
+            &format!("/calls/{}/recording", record["id"].as_str().unwrap()),
+            Some(json!({"action": "start"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("call_not_live")),
+        "{body}"
+    );
+
+    // The record carries each leg's media statistics (written when the media session ends).
+    let path = format!("/calls/{}", record["id"].as_str().unwrap());
+    let deadline = Instant::now() + TIMEOUT;
+    let stats = loop {
+        let (_, call) = bench.api.call(reqwest::Method::GET, &path, None).await;
+        if call["media_stats"]["caller"].is_object() {
+            break call["media_stats"].clone();
+        }
+        assert!(Instant::now() < deadline, "no media statistics: {call}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for leg in ["caller", "callee"] {
+        let leg = &stats[leg];
+        // 2 s of 20 ms packets each way, none lost on loopback, a good MOS.
+        assert!(
+            (99..=101).contains(&leg["packets_received"].as_u64().unwrap()),
+            "{stats}"
+        );
+        assert_eq!(leg["packets_lost"], 0, "{stats}");
+        assert!(leg["mos"].as_f64().unwrap() > 4.0, "{stats}");
+    }
+    assert!(stats["mos"].as_f64().unwrap() > 4.0, "{stats}");
+    assert!(bench.server.terminate().success());
+}
+
+#[tokio::test]
+async fn a_kill_mid_recording_leaves_a_playable_file_and_a_closed_record() {
+    if sipp().is_none() {
+        return;
+    }
+    let bench = CallBench::start(&[]).await;
+    tone_wav(&bench.dir.path().join("tone-caller.wav"), 1000.0, 2);
+    tone_wav(&bench.dir.path().join("tone-callee.wav"), 440.0, 2);
+    let (status, _) = bench
+        .api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/extensions/{}", bench.callee),
+            Some(json!({"record_calls": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // A long call, in the background.
+    let mut callee = sipp_command(
+        &bench.server,
+        bench.dir.path(),
+        "record_uas.xml",
+        bench.callee_port,
+    )
+    .args(["-m", "1"])
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let csv = credentials_csv(bench.dir.path(), "5001", "caller-secret", "");
+    let mut caller = sipp_command(
+        &bench.server,
+        bench.dir.path(),
+        "record_uac.xml",
+        free_udp_port(),
+    )
+    .args(["-inf", &csv, "-s", "5002", "-m", "1", "-d", "30000"])
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // Wait for the recording to be open and to have audio past its first checkpoint (1 s).
+    let deadline = Instant::now() + TIMEOUT;
+    let id = loop {
+        let (_, page) = bench
+            .api
+            .call(reqwest::Method::GET, "/recordings", None)
+            .await;
+        if let Some(id) = page["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no recording started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let CallBench { dir, server, .. } = bench;
+    server.kill9();
+    for child in [&mut caller, &mut callee] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // The next start repairs the file and closes the records.
+    let server = Server::start(
+        dir.path(),
+        &[("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+    );
+    let api = Api::login(&server).await;
+    let row = api.wait_for_recording(&id, "interrupted").await;
+    let (spec, samples) = api.wav(&id).await;
+    assert_eq!((spec.channels, spec.sample_rate), (2, 8000));
+    let frames = samples.len() as u64 / 2;
+    assert_eq!(row["duration_ms"].as_u64(), Some(frames / 8), "{row}");
+    // At least the first checkpoint (1 s) survived; at most what was recorded (2.5 s).
+    assert!((8_000..=2_600 * 8).contains(&frames), "{frames} frames");
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    assert!(tone_span(&left, 1000.0).2, "the caller's tone is intact");
+    let (_, calls) = api.call(reqwest::Method::GET, "/calls", None).await;
+    let call = &calls["items"][0];
+    assert_eq!(call["disposition"], "interrupted", "{call}");
+    assert_eq!(call["recording_id"], id.as_str(), "{call}");
+    assert!(server.terminate().success());
 }

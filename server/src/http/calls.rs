@@ -2,10 +2,12 @@
 //! extensions.
 
 use axum::extract::State;
-use serde::Deserialize;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use switchboard_signalling::core::{RecordingError, RecordingRequest};
 use switchboard_storage::calls::{self, Call, Direction, Disposition, Filter};
 use switchboard_storage::{Page, PageRequest, Timestamp, Uuid};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -17,6 +19,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_calls))
         .routes(routes!(get_call))
+        .routes(routes!(control_recording))
 }
 
 /// Filters and paging for the call list.
@@ -88,4 +91,76 @@ async fn get_call(
     Ok(Json(
         calls::get(&state.db, who.scope(), who.owner_filter(), id).await?,
     ))
+}
+
+/// What to do with a live call's recording.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum RecordingAction {
+    /// Start recording (once per call; answered calls only).
+    Start,
+    /// Leave what follows out of the file until resumed.
+    Pause,
+    /// Record again.
+    Resume,
+    /// Close the file.
+    Stop,
+}
+
+/// A recording request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RecordingBody {
+    /// `start`, `pause`, `resume` or `stop`.
+    action: RecordingAction,
+}
+
+/// Where a call's recording stands after a request.
+#[derive(Serialize, ToSchema)]
+struct RecordingStatus {
+    /// The recording (its row appears under `/recordings` once the file is open).
+    recording_id: Uuid,
+    /// `recording`, `paused` or `stopped`.
+    state: &'static str,
+}
+
+/// Start, pause, resume or stop recording a live call (stereo WAV, caller left, callee
+/// right). Answers 409 when the call is not answered yet or the action does not fit the
+/// recording's state.
+#[utoipa::path(post, path = "/calls/{id}/recording", tag = "calls", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = RecordingBody,
+    responses((status = 200, body = RecordingStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn control_recording(
+    State(state): State<AppState>,
+    who: Auth,
+    Path(id): Path<Uuid>,
+    Json(body): Json<RecordingBody>,
+) -> ApiResult<Json<RecordingStatus>> {
+    // Only calls the caller may see.
+    calls::get(&state.db, who.scope(), who.owner_filter(), id).await?;
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "call control is not running",
+        )
+    };
+    let sip = state.sip.as_ref().ok_or_else(unavailable)?;
+    let request = match body.action {
+        RecordingAction::Start => RecordingRequest::Start,
+        RecordingAction::Pause => RecordingRequest::Pause,
+        RecordingAction::Resume => RecordingRequest::Resume,
+        RecordingAction::Stop => RecordingRequest::Stop,
+    };
+    match sip.control_recording(id, request).await {
+        None => Err(unavailable()),
+        Some(Ok((recording_id, state))) => Ok(Json(RecordingStatus {
+            recording_id,
+            state: state.as_str(),
+        })),
+        Some(Err(RecordingError::NoSuchCall)) => Err(ApiError::conflict(
+            "call_not_live",
+            "the call has ended (or is on another node)",
+        )),
+        Some(Err(error)) => Err(ApiError::conflict("recording_state", error.to_string())),
+    }
 }

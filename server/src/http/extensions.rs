@@ -43,6 +43,9 @@ struct CreateExtension {
     /// Voicemail on no answer (default false).
     #[serde(default)]
     voicemail_enabled: bool,
+    /// Record its answered calls, made and received (default false).
+    #[serde(default)]
+    record_calls: bool,
     /// Tenant (superadmins only; default: the caller's).
     tenant_id: Option<Uuid>,
 }
@@ -66,6 +69,7 @@ struct UpdateExtension {
     caller_id_number: Option<Option<String>>,
     outbound_allowed: Option<bool>,
     voicemail_enabled: Option<bool>,
+    record_calls: Option<bool>,
 }
 
 async fn check_owner(state: &AppState, tenant_id: Uuid, user_id: Option<Uuid>) -> ApiResult<()> {
@@ -141,6 +145,7 @@ async fn create_extension(
         caller_id_number: caller_id_number(body.caller_id_number)?,
         outbound_allowed: body.outbound_allowed,
         voicemail_enabled: body.voicemail_enabled,
+        record_calls: body.record_calls,
         created_at: now,
         updated_at: now,
         registered_contacts: 0,
@@ -217,6 +222,7 @@ async fn update_extension(
     extension.voicemail_enabled = body
         .voicemail_enabled
         .unwrap_or(extension.voicemail_enabled);
+    extension.record_calls = body.record_calls.unwrap_or(extension.record_calls);
     if let Some(password) = &body.password {
         validate::sip_password("password", password)?;
     }

@@ -108,6 +108,7 @@ impl AppState {
             Arc::get_mut(&mut self.0).expect("with_sip is called before the state is cloned");
         inner.metrics.register_sip(sip.stats());
         inner.metrics.register_media(sip.media_stats());
+        inner.metrics.register_recorder(sip.recorder_stats());
         inner.sip = Some(sip);
         self
     }

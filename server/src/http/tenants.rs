@@ -28,6 +28,9 @@ struct CreateTenant {
     name: String,
     /// SIP domain (unique): the realm its extensions register in.
     sip_domain: String,
+    /// Record every answered call of the tenant (default false).
+    #[serde(default)]
+    record_calls: bool,
 }
 
 /// Changes to a tenant; absent fields stay as they are.
@@ -36,6 +39,8 @@ struct CreateTenant {
 struct UpdateTenant {
     name: Option<String>,
     sip_domain: Option<String>,
+    /// Record every answered call of the tenant.
+    record_calls: Option<bool>,
 }
 
 /// List tenants (superadmin).
@@ -62,7 +67,11 @@ async fn create_tenant(
     who.require_superadmin()?;
     let name = validate::text("name", &body.name, 100)?;
     let domain = validate::sip_domain("sip_domain", &body.sip_domain)?;
-    let tenant = tenants::create(&state.db, &name, &domain).await?;
+    let mut tenant = tenants::create(&state.db, &name, &domain).await?;
+    if body.record_calls {
+        tenant.record_calls = true;
+        tenant = tenants::update(&state.db, &tenant).await?;
+    }
     state
         .audit(
             &who,
@@ -72,7 +81,7 @@ async fn create_tenant(
                 action: "create",
                 object_type: "tenant",
                 object_id: tenant.id.to_string(),
-                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain}),
+                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls}),
             },
         )
         .await;
@@ -94,7 +103,7 @@ async fn get_tenant(
     Ok(Json(tenants::get(&state.db, id).await?))
 }
 
-/// Rename a tenant or change its SIP domain (superadmin).
+/// Rename a tenant, change its SIP domain or its recording policy (superadmin).
 #[utoipa::path(patch, path = "/tenants/{id}", tag = "tenants", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = UpdateTenant,
     responses((status = 200, body = Tenant), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_tenant(
@@ -112,6 +121,7 @@ async fn update_tenant(
     if let Some(domain) = &body.sip_domain {
         tenant.sip_domain = validate::sip_domain("sip_domain", domain)?;
     }
+    tenant.record_calls = body.record_calls.unwrap_or(tenant.record_calls);
     let tenant = tenants::update(&state.db, &tenant).await?;
     state
         .audit(
@@ -122,7 +132,7 @@ async fn update_tenant(
                 action: "update",
                 object_type: "tenant",
                 object_id: id.to_string(),
-                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain}),
+                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls}),
             },
         )
         .await;

@@ -25,6 +25,7 @@ fn extension_update(
         number: extension.number,
         display_name: extension.display_name,
         secret,
+        record_calls: extension.record_calls,
     }))
 }
 
@@ -35,6 +36,7 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
         updates.push(Update::TenantUpsert(Tenant {
             id: tenant.id,
             domain: tenant.sip_domain,
+            record_calls: tenant.record_calls,
         }));
     }
     for (extension, sealed) in extensions::all_with_secrets(db).await? {
@@ -61,6 +63,7 @@ pub(super) async fn tenant(db: &Db, id: Uuid) -> anyhow::Result<Update> {
         Ok(tenant) => Ok(Update::TenantUpsert(Tenant {
             id: tenant.id,
             domain: tenant.sip_domain,
+            record_calls: tenant.record_calls,
         })),
         Err(switchboard_storage::Error::NotFound) => Ok(Update::TenantRemove(id)),
         Err(error) => Err(error.into()),

@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use switchboard_signalling::core::{Core, CoreConfig};
+use switchboard_signalling::core::{
+    Core, CoreConfig, RecordingError, RecordingRequest, RecordingState,
+};
 use switchboard_signalling::directory::Update;
 use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_signalling::registrar::RegistrarConfig;
@@ -24,13 +26,14 @@ use switchboard_sip::message::Limits;
 use switchboard_sip::transaction::Timers;
 use switchboard_storage::crypto::SecretBox;
 use switchboard_storage::{Db, Engine, Scope, Timestamp, Uuid, calls, registrations};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::media::{MediaPlane, MediaStats};
+use crate::recorder::{self, Recorder, RecorderStats};
 
 /// Messages queued for the signalling task before senders wait.
 const INBOX: usize = 4096;
@@ -54,6 +57,12 @@ pub(crate) enum Command {
     Disconnected { conn: u64 },
     /// The directory changed.
     Directory(Update),
+    /// The control plane asks for a change to a live call's recording.
+    Recording {
+        call: Uuid,
+        request: RecordingRequest,
+        reply: oneshot::Sender<Result<(Uuid, RecordingState), RecordingError>>,
+    },
 }
 
 /// What the rest of the server holds of SIP: cheap to clone.
@@ -62,6 +71,7 @@ pub struct SipHandle {
     inbox: mpsc::Sender<Command>,
     stats: Arc<SipStats>,
     media_stats: Arc<MediaStats>,
+    recorder_stats: Arc<RecorderStats>,
     db: Db,
     secret_box: SecretBox,
 }
@@ -89,6 +99,30 @@ impl SipHandle {
             Ok(update) => self.send(update),
             Err(error) => tracing::warn!(%error, %id, "could not sync extension to signalling"),
         }
+    }
+
+    /// Starts, pauses, resumes or stops the recording of live call `call` (its record id).
+    /// `None` if the signalling task did not answer (busy or stopping).
+    pub async fn control_recording(
+        &self,
+        call: Uuid,
+        request: RecordingRequest,
+    ) -> Option<Result<(Uuid, RecordingState), RecordingError>> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Command::Recording {
+                call,
+                request,
+                reply,
+            })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// The recording writer's counters.
+    pub fn recorder_stats(&self) -> Arc<RecorderStats> {
+        self.recorder_stats.clone()
     }
 
     /// Re-reads a tenant into the core.
@@ -213,6 +247,7 @@ pub async fn start(
                 "closed call records left in progress by the last run"
             );
         }
+        recorder::repair_interrupted(db, &config.data_dir.join("recordings")).await?;
     }
     let mut nonce_key = [0u8; 32];
     let mut seed = [0u8; 32];
@@ -308,12 +343,25 @@ pub async fn start(
     ports.extend(tls_addr.map(|a| (Transport::Tls, a.port())));
     core.set_local(advertised, &ports);
 
-    let (media, threads) = MediaPlane::start(&config.media, media_events_tx, shutdown.clone())
-        .context("starting the media workers")?;
+    let recordings_dir = config.data_dir.join("recordings");
+    let (recorder, recorder_thread) = Recorder::start(recordings_dir, records_tx.clone())
+        .context("starting the recording writer")?;
+    let recorder_stats = recorder.stats();
+    let (media, threads) = MediaPlane::start(
+        &config.media,
+        &recorder,
+        &records_tx,
+        media_events_tx,
+        shutdown.clone(),
+    )
+    .context("starting the media workers")?;
+    // The writer ends when the last worker lets go of it, finishing the open files.
+    drop(recorder);
     tasks.push(tokio::task::spawn_blocking(move || {
         for thread in threads {
             let _ = thread.join();
         }
+        let _ = recorder_thread.join();
     }));
     let stats = core.stats();
     let media_stats = media.stats();
@@ -333,6 +381,7 @@ pub async fn start(
             inbox: inbox_tx,
             stats,
             media_stats,
+            recorder_stats,
             db: db.clone(),
             secret_box: secret_box.clone(),
         },

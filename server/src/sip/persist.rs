@@ -25,6 +25,8 @@ pub(crate) enum Record {
     CallStart(CallStart),
     /// A call ended.
     CallEnd(CallEnd),
+    /// A write prepared elsewhere (media statistics, recordings).
+    Write(Write),
 }
 
 /// A change with the wall-clock time its expiry maps to.
@@ -109,6 +111,7 @@ fn write(record: Record) -> Write {
             start: Box::new(started(&end.start)),
             ending: Box::new(ending(&end)),
         },
+        Record::Write(write) => write,
     }
 }
 
@@ -185,7 +188,7 @@ fn ending(end: &CallEnd) -> Ending {
         to_extension_id: None,
         legs: serde_json::Value::Array(legs),
         media_stats: serde_json::Value::Object(serde_json::Map::new()),
-        recording_id: None,
+        recording_id: end.recording,
     }
 }
 
@@ -263,6 +266,7 @@ mod tests {
             side: HangupSide::Callee,
             caller: peer(5060),
             callee: Some(peer(5070)),
+            recording: None,
         }
     }
 

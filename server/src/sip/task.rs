@@ -110,6 +110,9 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     connections.remove(&conn);
                 }
                 Some(Command::Directory(update)) => core.apply(update),
+                Some(Command::Recording { call, request, reply }) => {
+                    let _ = reply.send(core.control_recording(wall_ms(), call, request));
+                }
             },
         }
     }

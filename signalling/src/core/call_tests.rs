@@ -48,6 +48,7 @@ impl World {
         core.apply(Update::TenantUpsert(Tenant {
             id: tenant,
             domain: "example.com".into(),
+            record_calls: false,
         }));
         core.set_default_domain("example.com");
         core.set_local("203.0.113.1".parse().unwrap(), &[(Transport::Udp, 5060)]);
@@ -58,6 +59,7 @@ impl World {
                 number: number.into(),
                 display_name: format!("Ext {number}"),
                 secret: secret.into(),
+                record_calls: false,
             }));
         }
         let mut world = Self {
@@ -281,6 +283,11 @@ impl World {
 /// Alice calls, Bob answers; returns the To tag Alice sees.
 fn answered_call(world: &mut World) -> String {
     world.call("1002");
+    answer(world)
+}
+
+/// Bob answers Alice's call; returns the To tag Alice sees.
+fn answer(world: &mut World) -> String {
     let bob = world.bob[0];
     let invite = world.requests(bob).pop().expect("INVITE to Bob");
     world.answer_from(bob, &invite, 180, None);
@@ -778,4 +785,119 @@ fn a_contact_pointing_back_at_us_is_a_loop_482() {
         world.ended().expect("a CDR").disposition,
         Disposition::Failed
     );
+}
+
+#[test]
+fn recording_follows_policy_and_the_control_plane() {
+    use crate::core::{RecordingError, RecordingRequest, RecordingState};
+    use crate::media::RecordAction;
+
+    let recordings = |world: &World| -> Vec<RecordAction> {
+        world
+            .media()
+            .into_iter()
+            .filter_map(|m| match m {
+                MediaCommand::Record { action, .. } => Some(*action),
+                _ => None,
+            })
+            .collect()
+    };
+    // No policy: nothing is recorded until the control plane asks.
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let record_id = world
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::CallStarted(start) => Some(start.id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        world
+            .core
+            .control_recording(WALL, record_id, RecordingRequest::Start),
+        Err(RecordingError::NotAnswered)
+    );
+    answer(&mut world);
+    assert!(recordings(&world).is_empty());
+    let (id, state) = world
+        .core
+        .control_recording(WALL, record_id, RecordingRequest::Start)
+        .unwrap();
+    assert_eq!(state, RecordingState::Recording);
+    world.drain();
+    assert!(matches!(
+        recordings(&world)[..],
+        [RecordAction::Start { recording, call, .. }] if recording == id && call == record_id
+    ));
+    let control =
+        |world: &mut World, request| world.core.control_recording(WALL, record_id, request);
+    assert_eq!(
+        control(&mut world, RecordingRequest::Start),
+        Err(RecordingError::AlreadyRecorded)
+    );
+    assert_eq!(
+        control(&mut world, RecordingRequest::Resume),
+        Err(RecordingError::Conflict("recording"))
+    );
+    assert_eq!(
+        control(&mut world, RecordingRequest::Pause),
+        Ok((id, RecordingState::Paused))
+    );
+    assert_eq!(
+        control(&mut world, RecordingRequest::Resume),
+        Ok((id, RecordingState::Recording))
+    );
+    assert_eq!(
+        control(&mut world, RecordingRequest::Stop),
+        Ok((id, RecordingState::Stopped))
+    );
+    world.drain();
+    assert_eq!(
+        recordings(&world)[1..],
+        [
+            RecordAction::Pause,
+            RecordAction::Resume,
+            RecordAction::Stop
+        ]
+    );
+    assert_eq!(
+        world
+            .core
+            .control_recording(WALL, Uuid::new_v4(), RecordingRequest::Stop),
+        Err(RecordingError::NoSuchCall)
+    );
+    // Hang up: the record names the recording.
+    world.core.handle_media_event(
+        world.now,
+        WALL,
+        MediaEvent::Inactive {
+            session: world.core.calls.any_session().unwrap(),
+        },
+    );
+    world.drain();
+    assert_eq!(world.ended().and_then(|e| e.recording), Some(id));
+
+    // The callee's extension records its calls: the answer starts a recording.
+    let mut world = World::new(1, CoreConfig::default());
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let mut bob = world
+        .core
+        .directory
+        .extension_by_number(tenant, "1002")
+        .unwrap()
+        .clone();
+    bob.record_calls = true;
+    world.core.apply(Update::ExtensionUpsert(bob));
+    answered_call(&mut world);
+    assert!(matches!(
+        recordings(&world)[..],
+        [RecordAction::Start { .. }]
+    ));
 }

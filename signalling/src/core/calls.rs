@@ -130,6 +130,61 @@ pub struct CallEnd {
     pub caller: Peer,
     /// The contact that answered, if any.
     pub callee: Option<Peer>,
+    /// The call's recording, if it was recorded.
+    pub recording: Option<Uuid>,
+}
+
+/// What the control plane asks of a live call's recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordingRequest {
+    /// Start recording (once per call).
+    Start,
+    /// Leave what follows out of the file until resumed.
+    Pause,
+    /// Record again after a pause.
+    Resume,
+    /// Close the file.
+    Stop,
+}
+
+/// Where a call's recording stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordingState {
+    /// Audio is being written.
+    Recording,
+    /// Paused.
+    Paused,
+    /// Closed.
+    Stopped,
+}
+
+impl RecordingState {
+    /// The state's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recording => "recording",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Why a recording request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordingError {
+    /// No live call has that record id.
+    #[error("no such live call")]
+    NoSuchCall,
+    /// The call is not answered yet.
+    #[error("the call is not answered yet")]
+    NotAnswered,
+    /// The call has (or had) a recording: one per call.
+    #[error("the call is already recorded")]
+    AlreadyRecorded,
+    /// The request does not fit the recording's state (pause while not recording, …).
+    #[error("the recording is {0}")]
+    Conflict(&'static str),
 }
 
 /// A new INVITE being refused.
@@ -282,6 +337,10 @@ struct Call {
     rang: bool,
     /// Whether the call is on hold.
     held: bool,
+    /// Whether policy (tenant, caller or callee extension) records the call once answered.
+    record_policy: bool,
+    /// The recording and its state.
+    recording: Option<(Uuid, RecordingState)>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -535,6 +594,7 @@ impl Core {
             b_port,
             a_expected: media::audio_address(&offer),
             b_expected: None,
+            call: record.id,
         }));
         SipStats::inc(&self.stats.calls);
         self.outputs.push_back(Output::CallStarted(record.clone()));
@@ -601,6 +661,7 @@ impl Core {
         let ring_deadline = now + self.config.ring_timeout;
         self.calls.timers.push(Reverse((ring_deadline, session)));
         self.calls.by_invite.insert(key.clone(), session);
+        let tenant_records = tenant.record_calls;
         self.calls.insert(
             session,
             Call {
@@ -622,6 +683,8 @@ impl Core {
                 relaying: false,
                 rang: false,
                 held: false,
+                record_policy: tenant_records || caller.record_calls || callee.record_calls,
+                recording: None,
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -873,6 +936,89 @@ impl Core {
             }
         }
         self.respond_to_caller(now, session, 200, Some(&answer));
+        if self
+            .calls
+            .calls
+            .get(&session)
+            .is_some_and(|c| c.record_policy)
+        {
+            let _ = self.start_recording(wall_ms, session);
+        }
+    }
+
+    /// Starts recording an answered call.
+    fn start_recording(
+        &mut self,
+        wall_ms: u64,
+        session: SessionId,
+    ) -> Result<Uuid, RecordingError> {
+        let id = uuid::Builder::from_unix_timestamp_millis(wall_ms, &self.rng.random()).into_uuid();
+        let call = self
+            .calls
+            .calls
+            .get_mut(&session)
+            .ok_or(RecordingError::NoSuchCall)?;
+        if call.answered_wall_ms.is_none() {
+            return Err(RecordingError::NotAnswered);
+        }
+        if call.recording.is_some() {
+            return Err(RecordingError::AlreadyRecorded);
+        }
+        call.recording = Some((id, RecordingState::Recording));
+        let action = media::RecordAction::Start {
+            recording: id,
+            tenant: call.tenant.id,
+            call: call.record.id,
+            wall_ms,
+        };
+        self.outputs
+            .push_back(Output::Media(MediaCommand::Record { session, action }));
+        Ok(id)
+    }
+
+    /// Starts, pauses, resumes or stops the recording of the live call whose record id is
+    /// `call`. Returns the recording's id and its new state.
+    pub fn control_recording(
+        &mut self,
+        wall_ms: u64,
+        call: Uuid,
+        request: RecordingRequest,
+    ) -> Result<(Uuid, RecordingState), RecordingError> {
+        let session = self
+            .calls
+            .calls
+            .iter()
+            .find_map(|(session, c)| (c.record.id == call).then_some(*session))
+            .ok_or(RecordingError::NoSuchCall)?;
+        if request == RecordingRequest::Start {
+            let id = self.start_recording(wall_ms, session)?;
+            return Ok((id, RecordingState::Recording));
+        }
+        let live = self
+            .calls
+            .calls
+            .get_mut(&session)
+            .ok_or(RecordingError::NoSuchCall)?;
+        let Some((id, state)) = live.recording.as_mut() else {
+            return Err(RecordingError::Conflict("not started"));
+        };
+        let (action, next) = match (request, *state) {
+            (RecordingRequest::Pause, RecordingState::Recording) => {
+                (media::RecordAction::Pause, RecordingState::Paused)
+            }
+            (RecordingRequest::Resume, RecordingState::Paused) => {
+                (media::RecordAction::Resume, RecordingState::Recording)
+            }
+            (RecordingRequest::Stop, RecordingState::Recording | RecordingState::Paused) => {
+                (media::RecordAction::Stop, RecordingState::Stopped)
+            }
+            (_, current) => return Err(RecordingError::Conflict(current.as_str())),
+        };
+        *state = next;
+        let id = *id;
+        self.outputs
+            .push_back(Output::Media(MediaCommand::Record { session, action }));
+        Ok((id, next))
     }
 
     /// Sends a response to the caller's INVITE, anchoring `sdp` (the callee's) on the caller's
@@ -1037,6 +1183,7 @@ impl Core {
             side: HangupSide::System,
             caller: refused.caller,
             callee: None,
+            recording: None,
         }));
     }
 
@@ -1118,6 +1265,7 @@ impl Core {
             side,
             caller: call.a_peer,
             callee: call.winner.map(|w| call.forks[w].peer),
+            recording: call.recording.map(|(id, _)| id),
         }));
     }
 

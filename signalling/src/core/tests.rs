@@ -35,6 +35,7 @@ impl Phone {
         core.apply(Update::TenantUpsert(Tenant {
             id: tenant,
             domain: "example.com".into(),
+            record_calls: false,
         }));
         core.set_default_domain("example.com");
         core.apply(Update::ExtensionUpsert(Extension {
@@ -43,6 +44,7 @@ impl Phone {
             number: "1001".into(),
             display_name: "Alice".into(),
             secret: "s3cret-pass".into(),
+            record_calls: false,
         }));
         let peer = Peer {
             transport: Transport::Udp,
@@ -301,6 +303,7 @@ fn unknown_user_wrong_realm_and_foreign_aor() {
         number: "1002".into(),
         display_name: String::new(),
         secret: "other-pass".into(),
+        record_calls: false,
     }));
     let good = challenge.answer("1001", "s3cret-pass", "REGISTER", "sip:example.com", "c", 2);
     let text = phone
