@@ -6,16 +6,23 @@
 //! B's address. The stream each leg receives keeps one SSRC and continuous sequence numbers
 //! and timestamps even when the other side's source changes (a re-INVITE to another phone, a
 //! transfer, re-bridging): on a new incoming SSRC the offsets are recomputed so numbering
-//! continues, and the marker bit flags the new talk spurt.
+//! continues, and the marker bit flags the new talk spurt. The SSRC a leg receives is the one
+//! of the first stream forwarded to it (transparent, as rtpengine does without transcoding),
+//! unless we reported under our own SSRC before that stream came.
 //!
 //! No allocation and no lock per packet: [`Bridge::forward`] works on the caller's buffer.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::dtmf::{Digit, DtmfError, DtmfEvent, DtmfReceiver, DtmfSender};
 use crate::quality::{self, Codec};
 use crate::rtcp::{self, RtcpSession};
 use crate::rtp::{self, RtpHeader};
+
+/// DTMF events held per leg until polled.
+const DTMF_QUEUE: usize = 8;
 
 /// Which leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,8 +89,12 @@ pub struct Leg {
     expected: Option<SocketAddr>,
     /// Where packets from this leg really come from (and where we send).
     latched: Option<SocketAddr>,
-    /// The SSRC of the stream we send to this leg.
+    /// The SSRC of the stream we send to this leg: our fallback until the first forwarded
+    /// stream's is adopted (`adopted`).
     out_ssrc: u32,
+    adopted: bool,
+    /// Whether we sent this leg an RTCP report (its SSRC is then fixed).
+    reported: bool,
     /// Offsets from the incoming stream to ours.
     seq_offset: u16,
     ts_offset: u32,
@@ -99,11 +110,28 @@ pub struct Leg {
     /// Where this leg sends RTCP from (latched), and whether on its RTP port (RFC 5761 mux).
     rtcp_source: Option<SocketAddr>,
     rtcp_mux: bool,
+    /// RFC 4733 events this leg sends us, when its SDP negotiated telephone-event.
+    dtmf_in: Option<DtmfReceiver>,
+    /// Events taken from the receiver and not handed out yet (bounded: a caller that never
+    /// polls loses events, never memory).
+    dtmf_events: VecDeque<DtmfEvent>,
+    /// Events we send this leg (SIP INFO from the other leg, converted), with the payload
+    /// type it negotiated and the RTP timestamp of the event being sent.
+    dtmf_out: Option<DtmfOut>,
+}
+
+/// DTMF we send a leg.
+#[derive(Clone, Debug)]
+struct DtmfOut {
+    sender: DtmfSender,
+    payload_type: u8,
+    /// The event being sent: when it started, and its RTP timestamp.
+    event: Option<(Instant, u32)>,
 }
 
 impl Leg {
-    /// A leg whose SDP announced `expected`, receiving a stream with SSRC `out_ssrc` at
-    /// `clock_rate` Hz.
+    /// A leg whose SDP announced `expected`, receiving a stream at `clock_rate` Hz with the
+    /// SSRC of the first source forwarded to it, or `out_ssrc` if we report first.
     pub fn new(
         expected: Option<SocketAddr>,
         latching: Latching,
@@ -115,6 +143,8 @@ impl Leg {
             expected,
             latched: None,
             out_ssrc,
+            adopted: false,
+            reported: false,
             seq_offset: 0,
             ts_offset: 0,
             source_ssrc: None,
@@ -125,7 +155,53 @@ impl Leg {
             rtcp: None,
             rtcp_source: None,
             rtcp_mux: false,
+            dtmf_in: None,
+            dtmf_events: VecDeque::new(),
+            dtmf_out: None,
         }
+    }
+
+    /// The telephone-event payload type this leg negotiated (RFC 4733 §7.1.1), if any: its
+    /// events are reported (and still relayed), and events can be sent to it.
+    pub fn set_dtmf_payload_type(&mut self, payload_type: Option<u8>) {
+        match payload_type {
+            Some(pt) => {
+                let mut receiver = DtmfReceiver::new(pt);
+                receiver.set_clock_rate(self.clock_rate);
+                self.dtmf_in = Some(receiver);
+                self.dtmf_events = VecDeque::with_capacity(DTMF_QUEUE);
+                let mut sender = DtmfSender::new();
+                sender.set_clock_rate(self.clock_rate);
+                self.dtmf_out = Some(DtmfOut {
+                    sender,
+                    payload_type: pt,
+                    event: None,
+                });
+            }
+            None => {
+                self.dtmf_in = None;
+                self.dtmf_out = None;
+            }
+        }
+    }
+
+    /// The RTP timestamp this leg's stream has at `now` (continuing from the last packet we
+    /// sent it at the clock rate), and the next sequence number, which is taken: forwarded
+    /// packets continue after it.
+    fn take_sequence(&mut self, now: Instant) -> (u16, u32) {
+        let (seq, ts) = match self.last_sent {
+            Some((seq, ts, at)) => {
+                let elapsed = now.saturating_duration_since(at);
+                let ticks = (elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000) as u32;
+                (seq.wrapping_add(1), ts.wrapping_add(ticks))
+            }
+            None => (0, 0),
+        };
+        self.seq_offset = self.seq_offset.wrapping_add(1);
+        self.last_sent = Some((seq, ts, now));
+        // Our packets carry our SSRC: a stream forwarded later keeps it.
+        self.adopted = true;
+        (seq, ts)
     }
 
     /// Where RTCP for this leg goes: where it sends its RTCP from, else (RFC 3550 §11) the
@@ -202,6 +278,13 @@ impl Leg {
 
     /// Rewrites an incoming packet of the other leg into this leg's stream.
     fn rewrite(&mut self, now: Instant, packet: &mut [u8], header: &RtpHeader) {
+        if !self.adopted && !self.reported {
+            self.out_ssrc = header.ssrc;
+            if let Some(rtcp) = &mut self.rtcp {
+                rtcp.set_ssrc(header.ssrc);
+            }
+        }
+        self.adopted = true;
         if self.source_ssrc != Some(header.ssrc) {
             // A new source: continue our numbering from where it stopped. The timestamp jumps
             // by the wall-clock time since our last packet (at least one 20 ms frame).
@@ -338,6 +421,17 @@ impl Bridge {
         if let Some(rtcp) = &mut from.rtcp {
             rtcp.on_rtp_received(now, &header, from.clock_rate);
         }
+        if let Some(receiver) = &mut from.dtmf_in
+            && header.payload_type == receiver.payload_type()
+        {
+            let payload = &packet[header.payload_offset..][..header.payload_len];
+            // Events are queued in the receiver; `poll_dtmf` hands them out.
+            if let Some(event) = receiver.receive(now, &header, payload)
+                && from.dtmf_events.len() < DTMF_QUEUE
+            {
+                from.dtmf_events.push_back(event);
+            }
+        }
         let destination = to.destination().ok_or(Refused::NoDestination)?;
         to.rewrite(now, packet, &header);
         Ok(destination)
@@ -377,6 +471,97 @@ impl Bridge {
         Ok(())
     }
 
+    /// The next DTMF event a leg sent (RFC 4733): which leg, and the event (a key going down,
+    /// or up with its duration). Call until `None` after every packet and timeout.
+    pub fn poll_dtmf(&mut self) -> Option<(Side, DtmfEvent)> {
+        for side in [Side::A, Side::B] {
+            let leg = self.leg_mut(side);
+            if let Some(event) = leg.dtmf_events.pop_front() {
+                return Some((side, event));
+            }
+            if let Some(event) = leg.dtmf_in.as_mut().and_then(DtmfReceiver::poll_event) {
+                return Some((side, event));
+            }
+        }
+        None
+    }
+
+    /// When a DTMF receiver gives up waiting for an event's end (then call
+    /// [`Self::handle_dtmf_timeout`]).
+    pub fn dtmf_timeout(&self) -> Option<Instant> {
+        [&self.a, &self.b]
+            .into_iter()
+            .filter_map(|leg| leg.dtmf_in.as_ref()?.poll_timeout())
+            .min()
+    }
+
+    /// When the next DTMF packet for `side` is due (see [`Self::poll_dtmf_transmit`]); `None`
+    /// when nothing is being sent.
+    pub fn dtmf_send_timeout(&self, side: Side) -> Option<Instant> {
+        self.leg(side).dtmf_out.as_ref()?.sender.poll_timeout()
+    }
+
+    /// Ends DTMF events whose end packets never came (then poll `poll_dtmf`).
+    pub fn handle_dtmf_timeout(&mut self, now: Instant) {
+        for leg in [&mut self.a, &mut self.b] {
+            if let Some(receiver) = &mut leg.dtmf_in
+                && let Some(event) = receiver.handle_timeout(now)
+                && leg.dtmf_events.len() < DTMF_QUEUE
+            {
+                leg.dtmf_events.push_back(event);
+            }
+        }
+    }
+
+    /// Queues `digit` to be sent to `side` as RFC 4733 events in its stream (a SIP INFO
+    /// from the other leg, converted). Fails if the leg negotiated no telephone-event or the
+    /// queue is full.
+    pub fn send_dtmf(
+        &mut self,
+        now: Instant,
+        side: Side,
+        digit: Digit,
+        duration: Duration,
+    ) -> Result<(), DtmfError> {
+        let Some(out) = &mut self.leg_mut(side).dtmf_out else {
+            return Err(DtmfError::UnsupportedContentType);
+        };
+        out.sender.start(now, digit, duration, 10)
+    }
+
+    /// The next RFC 4733 packet due for `side`, written into `buffer`: its length and where
+    /// to send it (from `side`'s own RTP socket).
+    pub fn poll_dtmf_transmit(
+        &mut self,
+        now: Instant,
+        side: Side,
+        buffer: &mut Vec<u8>,
+    ) -> Option<(usize, SocketAddr)> {
+        let leg = self.leg_mut(side);
+        let destination = leg.destination()?;
+        let event = leg.dtmf_out.as_mut()?.sender.poll_transmit(now)?;
+        let (sequence, current) = leg.take_sequence(now);
+        let out = leg.dtmf_out.as_mut()?;
+        // Every packet of an event carries the timestamp of its start (RFC 4733 §2.2.1).
+        let start_ts = match out.event {
+            Some((at, ts)) if at == event.event_start => ts,
+            _ => {
+                out.event = Some((event.event_start, current));
+                current
+            }
+        };
+        rtp::build(
+            buffer,
+            out.payload_type,
+            event.marker,
+            sequence,
+            event.timestamp(start_ts),
+            leg.out_ssrc,
+            &event.payload,
+        );
+        Some((buffer.len(), destination))
+    }
+
     /// When the next RTCP report of either leg is due.
     pub fn rtcp_timeout(&self) -> Option<Instant> {
         [&self.a, &self.b]
@@ -402,6 +587,7 @@ impl Bridge {
             return None;
         }
         let len = rtcp.build_report(now, ntp, buffer).ok()?;
+        leg.reported = true;
         Some((len, destination, mux))
     }
 
@@ -467,8 +653,8 @@ mod tests {
         let h = RtpHeader::parse(&p).unwrap();
         assert_eq!(
             (h.ssrc, h.sequence, h.timestamp),
-            (0xB0B0_B0B0, 100, 16_000),
-            "B sees our SSRC, A's numbering"
+            (0x1111, 100, 16_000),
+            "B sees A's stream as it is"
         );
         // B's packets now go to where A really is.
         let mut reply = packet(7, 700, 0x2222);
@@ -476,7 +662,7 @@ mod tests {
             bridge.forward(now, Side::B, addr(5000), &mut reply),
             Ok(nat)
         );
-        assert_eq!(RtpHeader::parse(&reply).unwrap().ssrc, 0xA0A0_A0A0);
+        assert_eq!(RtpHeader::parse(&reply).unwrap().ssrc, 0x2222);
         // Once latched, another source for A is refused as injection.
         let mut injected = packet(101, 16_160, 0x1111);
         assert_eq!(
@@ -537,7 +723,7 @@ mod tests {
         let at = now + Duration::from_millis(60);
         bridge.forward(at, Side::A, addr(6000), &mut p).unwrap();
         let h = RtpHeader::parse(&p).unwrap();
-        assert_eq!(h.ssrc, 0xB0B0_B0B0);
+        assert_eq!(h.ssrc, 0x1111, "B keeps seeing the first source's SSRC");
         assert_eq!(h.sequence, 1003, "continues after 1002");
         assert_eq!(h.timestamp, 80_320 + 160, "one 20 ms frame after the last");
         assert!(h.marker, "marks the new talk spurt");
@@ -668,11 +854,118 @@ mod tests {
             .unwrap();
         let rtt = bridge.leg(Side::B).rtcp_stats().rtt_ms.unwrap();
         assert!((rtt - 60.0).abs() < 1.0, "{rtt}");
+        assert_eq!(
+            report.ssrc(),
+            0x1111,
+            "B's stream (and our SR) carry A's SSRC"
+        );
+        // A got our report before any stream: B's audio reaches A under our own SSRC.
+        let mut reply = packet(1, 160, 0x2222);
+        bridge
+            .forward(arrival, Side::B, addr(5000), &mut reply)
+            .unwrap();
+        assert_eq!(RtpHeader::parse(&reply).unwrap().ssrc, 0xA0A0_A0A0);
         // RTCP from elsewhere is refused.
         let stranger = SocketAddr::from(([198, 51, 100, 9], 5001));
         assert_eq!(
             bridge.handle_rtcp(arrival, ntp(arrival), Side::B, stranger, &rr[..len], false),
             Err(Refused::ForeignSource)
+        );
+    }
+
+    #[test]
+    fn dtmf_is_reported_and_can_be_sent_into_a_leg_stream() {
+        let start = Instant::now();
+        let mut bridge = bridge(start, Latching::FirstSource);
+        bridge.leg_mut(Side::A).set_dtmf_payload_type(Some(101));
+        bridge.leg_mut(Side::B).set_dtmf_payload_type(Some(101));
+        // A's audio, then a '5' from A's phone (generated by our own sender, as a phone would).
+        let mut p = packet(10, 1_600, 0x1111);
+        bridge.forward(start, Side::A, addr(4000), &mut p).unwrap();
+        let mut phone = DtmfSender::new();
+        phone
+            .start(start, Digit::Five, Duration::from_millis(120), 10)
+            .unwrap();
+        let mut seq = 11u16;
+        let mut buffer = Vec::new();
+        let mut events = Vec::new();
+        let mut now = start;
+        while let Some(at) = phone.poll_timeout() {
+            now = at;
+            while let Some(event) = phone.poll_transmit(now) {
+                rtp::build(
+                    &mut buffer,
+                    101,
+                    event.marker,
+                    seq,
+                    event.timestamp(1_760),
+                    0x1111,
+                    &event.payload,
+                );
+                seq += 1;
+                bridge
+                    .forward(now, Side::A, addr(4000), &mut buffer)
+                    .unwrap();
+                events.extend(std::iter::from_fn(|| bridge.poll_dtmf()));
+            }
+        }
+        assert!(
+            matches!(
+                events[..],
+                [
+                    (
+                        Side::A,
+                        DtmfEvent::Begin {
+                            digit: Digit::Five,
+                            ..
+                        }
+                    ),
+                    (
+                        Side::A,
+                        DtmfEvent::End {
+                            digit: Digit::Five,
+                            ..
+                        }
+                    )
+                ]
+            ),
+            "{events:?}"
+        );
+
+        // A '#' sent to B (an INFO from A, converted): RFC 4733 packets in B's stream, between
+        // A's forwarded audio, with continuous sequence numbers.
+        bridge
+            .send_dtmf(now, Side::B, Digit::Pound, Duration::from_millis(100))
+            .unwrap();
+        let mut sent = Vec::new();
+        while let Some(at) = bridge.dtmf_send_timeout(Side::B) {
+            now = now.max(at);
+            while let Some((len, to)) = bridge.poll_dtmf_transmit(now, Side::B, &mut buffer) {
+                assert_eq!(to, addr(5000));
+                sent.push(RtpHeader::parse(&buffer[..len]).unwrap());
+            }
+        }
+        assert!(sent.len() >= 4, "{sent:?}");
+        assert!(
+            sent.iter()
+                .all(|h| h.payload_type == 101 && h.ssrc == 0x1111)
+        );
+        assert!(sent[0].marker && sent[1..].iter().all(|h| !h.marker));
+        assert!(
+            sent.iter().all(|h| h.timestamp == sent[0].timestamp),
+            "one event, one timestamp"
+        );
+        for pair in sent.windows(2) {
+            assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+        }
+        let last = sent.last().unwrap().sequence;
+        let mut audio = packet(seq, 9_000, 0x1111);
+        bridge
+            .forward(now, Side::A, addr(4000), &mut audio)
+            .unwrap();
+        assert_eq!(
+            RtpHeader::parse(&audio).unwrap().sequence,
+            last.wrapping_add(1)
         );
     }
 }

@@ -1299,6 +1299,12 @@ impl RtcpSession {
         self.ssrc
     }
 
+    /// Changes our SSRC. Only for a session that has not reported yet (a relay that adopts
+    /// the SSRC of the first stream it forwards); afterwards a new SSRC would be a new source.
+    pub fn set_ssrc(&mut self, ssrc: u32) {
+        self.ssrc = ssrc;
+    }
+
     /// Our CNAME.
     pub fn cname(&self) -> &str {
         &self.cname

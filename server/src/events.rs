@@ -88,6 +88,20 @@ pub enum Event<'a> {
     /// The call came off hold.
     #[serde(rename = "call.resumed")]
     CallResumed(CallRef),
+    /// A side pressed a DTMF key (RFC 4733 in its RTP, or SIP INFO), reported when the key
+    /// goes up.
+    #[serde(rename = "call.dtmf")]
+    CallDtmf {
+        /// Which call.
+        #[serde(flatten)]
+        call: CallRef,
+        /// The key: `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: String,
+        /// `caller` or `callee`.
+        side: &'static str,
+        /// How long it was held, in milliseconds.
+        duration_ms: u32,
+    },
     /// The call ended (its record is complete).
     #[serde(rename = "call.ended")]
     CallEnded {
@@ -275,6 +289,16 @@ impl EventHub {
             CallEventKind::Answered => Event::CallAnswered(call),
             CallEventKind::Held => Event::CallHeld(call),
             CallEventKind::Resumed => Event::CallResumed(call),
+            CallEventKind::Dtmf {
+                digit,
+                from_caller,
+                duration_ms,
+            } => Event::CallDtmf {
+                call,
+                digit: digit.to_string(),
+                side: if from_caller { "caller" } else { "callee" },
+                duration_ms,
+            },
         };
         self.send(
             event.tenant_id,

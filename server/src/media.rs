@@ -3,12 +3,14 @@
 //!
 //! Each worker is an OS thread with its own single-threaded runtime (one per core by
 //! default): a session lives on one worker for its whole life, so its state needs no lock and
-//! no task ever migrates. A session has four sockets (RTP and RTCP on each side); each socket
-//! is read by a local task that drains everything readable, forwards it with no allocation
-//! (the buffer is the task's own), and sends it from the other side's socket. Sessions are
-//! assigned to workers by id. The signalling task talks to workers through bounded channels;
-//! workers report inactivity and bind failures back. Each socket is read with one `recvfrom`
-//! per packet, draining the socket per wake-up; `recvmmsg` batching is a planned refinement.
+//! no task ever migrates. A session has four sockets (RTP and RTCP on each side); each RTP
+//! socket is read by a local task with `recvmmsg` (quinn-udp: up to a batch per system call,
+//! and a partial batch ends the wake-up without an extra empty read), forwards every packet
+//! in place with no allocation (the worker's receive buffers are shared by its tasks, borrowed
+//! only between awaits), and sends it from the other side's socket (one `sendto` per packet:
+//! each goes to its own peer). RTCP is terminated per leg: the worker's sweep sends our own
+//! reports. Sessions are assigned to workers by id. The signalling task talks to workers
+//! through bounded channels; workers report inactivity, bind failures and DTMF back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,11 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::io::IoSliceMut;
+use switchboard_media::dtmf::{Digit, DtmfEvent};
 use switchboard_media::relay::{Bridge, Latching, Leg, Side};
 use switchboard_media::{rtcp, rtp};
 use switchboard_signalling::media::{MediaCommand, MediaEvent, RecordAction, SessionId};
 use switchboard_storage::Uuid;
 use switchboard_storage::batch::Write;
+
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -143,8 +149,10 @@ impl MediaPlane {
                         counters,
                         recorder,
                         records,
+                        events,
+                        batch: Batch::new(),
                     };
-                    local.block_on(&runtime, worker(shell, rx, events, shutdown));
+                    local.block_on(&runtime, worker(shell, rx, shutdown));
                 })?;
             workers.push(tx);
             threads.push(thread);
@@ -178,6 +186,8 @@ struct Session {
     tapping: Rc<Cell<Option<Uuid>>>,
     /// The session's recording, paused or not.
     recording: Option<Uuid>,
+    /// Sends queued DTMF (RFC 4733) to the legs while there is some.
+    dtmf_task: Option<JoinHandle<()>>,
 }
 
 /// What a worker's tasks share.
@@ -187,6 +197,9 @@ struct Shell {
     counters: Counters,
     recorder: Recorder,
     records: mpsc::Sender<Record>,
+    events: mpsc::Sender<MediaEvent>,
+    /// The worker's receive buffers.
+    batch: Rc<RefCell<Batch>>,
 }
 
 impl Session {
@@ -237,7 +250,7 @@ impl Session {
 
     /// Stops forwarding (and recording) and writes the media statistics to the call record.
     fn end(mut self, shell: &Shell) {
-        for task in self.tasks.drain(..) {
+        for task in self.tasks.drain(..).chain(self.dtmf_task.take()) {
             task.abort();
         }
         if let Some(recording) = self.recording {
@@ -250,6 +263,26 @@ impl Session {
         });
         if shell.records.try_send(write).is_err() {
             tracing::warn!(call = %self.call, "record writer is behind; media statistics lost");
+        }
+    }
+
+    /// Queues a DTMF key for `side` and makes sure a task sends it.
+    fn send_dtmf(&mut self, side: Side, digit: char, duration_ms: u32) {
+        let Some(digit) = Digit::from_char(digit) else {
+            return;
+        };
+        let duration = Duration::from_millis(u64::from(duration_ms));
+        let queued = self
+            .bridge
+            .borrow_mut()
+            .send_dtmf(Instant::now(), side, digit, duration);
+        if let Err(error) = queued {
+            tracing::debug!(%error, "DTMF not sent");
+            return;
+        }
+        if self.dtmf_task.as_ref().is_none_or(JoinHandle::is_finished) {
+            let (bridge, sockets) = (self.bridge.clone(), self.sockets.clone());
+            self.dtmf_task = Some(tokio::task::spawn_local(send_dtmf(bridge, sockets)));
         }
     }
 
@@ -301,6 +334,46 @@ fn media_stats(bridge: &Bridge) -> serde_json::Value {
     })
 }
 
+/// Hands the DTMF keys a leg finished pressing to call control.
+fn report_dtmf(events: &mpsc::Sender<MediaEvent>, session: SessionId, bridge: &mut Bridge) {
+    while let Some((side, event)) = bridge.poll_dtmf() {
+        if let DtmfEvent::End {
+            digit, duration, ..
+        } = event
+        {
+            let _ = events.try_send(MediaEvent::Dtmf {
+                session,
+                a_side: side == Side::A,
+                digit: digit.as_char(),
+                duration_ms: u32::try_from(duration.as_millis()).unwrap_or(u32::MAX),
+            });
+        }
+    }
+}
+
+/// Sends the RFC 4733 packets queued for either leg, each from that leg's RTP socket, until
+/// nothing is queued.
+async fn send_dtmf(bridge: Rc<RefCell<Bridge>>, sockets: [(Rc<UdpSocket>, Rc<UdpSocket>); 2]) {
+    let mut buffer = Vec::with_capacity(64);
+    loop {
+        let next = {
+            let mut bridge = bridge.borrow_mut();
+            let now = Instant::now();
+            for (side, (rtp, _)) in [Side::A, Side::B].into_iter().zip(&sockets) {
+                while let Some((len, to)) = bridge.poll_dtmf_transmit(now, side, &mut buffer) {
+                    let _ = rtp.try_send_to(&buffer[..len], to);
+                }
+            }
+            [Side::A, Side::B]
+                .into_iter()
+                .filter_map(|side| bridge.dtmf_send_timeout(side))
+                .min()
+        };
+        let Some(next) = next else { return };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
 /// The wallclock as an NTP timestamp, for RTCP sender reports.
 fn ntp_now() -> u64 {
     rtcp::ntp_from_system_time(SystemTime::now())
@@ -317,10 +390,9 @@ fn latching(mode: LatchingMode) -> Latching {
 async fn worker(
     shell: Shell,
     mut commands: mpsc::Receiver<MediaCommand>,
-    events: mpsc::Sender<MediaEvent>,
     shutdown: CancellationToken,
 ) {
-    let counters = &shell.counters;
+    let (counters, events) = (&shell.counters, &shell.events);
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut sweep = tokio::time::interval(SWEEP);
     let mut rtcp_buffer = [0u8; 1500];
@@ -331,6 +403,13 @@ async fn worker(
                 let (now, ntp) = (Instant::now(), ntp_now());
                 for (session, state) in &sessions {
                     state.report(now, ntp, counters, &mut rtcp_buffer);
+                    {
+                        let mut bridge = state.bridge.borrow_mut();
+                        if bridge.dtmf_timeout().is_some_and(|due| due <= now) {
+                            bridge.handle_dtmf_timeout(now);
+                            report_dtmf(events, *session, &mut bridge);
+                        }
+                    }
                     let event = state.bridge.borrow_mut().handle_timeout(now);
                     if event.is_some() {
                         inc(&counters.inactive);
@@ -340,8 +419,8 @@ async fn worker(
             }
             command = commands.recv() => match command {
                 None => break,
-                Some(MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, call }) => {
-                    match create(&shell, call, (a_port, b_port), a_expected, b_expected).await {
+                Some(MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, a_dtmf, call }) => {
+                    match create(&shell, (session, call), (a_port, b_port), (a_expected, a_dtmf), b_expected).await {
                         Ok(state) => {
                             sessions.insert(session, state);
                             counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
@@ -353,12 +432,20 @@ async fn worker(
                         }
                     }
                 }
-                Some(MediaCommand::Update { session, a_side, expected, hold }) => {
+                Some(MediaCommand::Update { session, a_side, expected, hold, dtmf }) => {
                     if let Some(state) = sessions.get(&session) {
                         let mut bridge = state.bridge.borrow_mut();
                         let side = if a_side { Side::A } else { Side::B };
-                        bridge.leg_mut(side).update_expected(expected);
+                        let leg = bridge.leg_mut(side);
+                        leg.update_expected(expected);
+                        leg.set_dtmf_payload_type(dtmf);
                         bridge.set_hold(Instant::now(), hold);
+                    }
+                }
+                Some(MediaCommand::SendDtmf { session, a_side, digit, duration_ms }) => {
+                    if let Some(state) = sessions.get_mut(&session) {
+                        let side = if a_side { Side::A } else { Side::B };
+                        state.send_dtmf(side, digit, duration_ms);
                     }
                 }
                 Some(MediaCommand::Destroy { session }) => {
@@ -388,9 +475,9 @@ async fn bind(config: &MediaConfig, port: u16) -> std::io::Result<Rc<UdpSocket>>
 
 async fn create(
     shell: &Shell,
-    call: Uuid,
+    (session, call): (SessionId, Uuid),
     (a_port, b_port): (u16, u16),
-    a_expected: Option<SocketAddr>,
+    (a_expected, a_dtmf): (Option<SocketAddr>, Option<u8>),
     b_expected: Option<SocketAddr>,
 ) -> std::io::Result<Session> {
     let config = &shell.config;
@@ -398,15 +485,18 @@ async fn create(
     let (b_rtp, b_rtcp) = (bind(config, b_port).await?, bind(config, b_port + 1).await?);
     let mode = latching(config.latching);
     let ssrc = |port: u16| 0x5B00_0000 | u32::from(port);
+    let mut caller = Leg::new(a_expected, mode, ssrc(a_port), 8000);
+    caller.set_dtmf_payload_type(a_dtmf);
     let bridge = Rc::new(RefCell::new(Bridge::new(
         Instant::now(),
-        Leg::new(a_expected, mode, ssrc(a_port), 8000),
+        caller,
         Leg::new(b_expected, mode, ssrc(b_port), 8000),
         config.inactivity_timeout,
     )));
     let tapping = Rc::new(Cell::new(None));
     let counters = &shell.counters;
     let rtp = |side, from, to| Forward {
+        session,
         shell: shell.clone(),
         bridge: bridge.clone(),
         tapping: tapping.clone(),
@@ -438,11 +528,40 @@ async fn create(
         sockets,
         tapping,
         recording: None,
+        dtmf_task: None,
     })
+}
+
+/// Datagrams received per system call.
+const BATCH: usize = quinn_udp::BATCH_SIZE;
+/// Receive buffer per datagram: the largest UDP payload, since the kernel may coalesce a
+/// burst from one source into one buffer (GRO; split again by `stride`).
+const DATAGRAM: usize = 65_535;
+
+/// A worker's receive buffers, shared by its sockets' tasks: a task borrows them only while it
+/// reads and forwards (never across an await), so one set serves every socket of the worker.
+struct Batch {
+    buffers: Box<[[u8; DATAGRAM]; BATCH]>,
+    meta: [quinn_udp::RecvMeta; BATCH],
+}
+
+impl Batch {
+    fn new() -> Rc<RefCell<Self>> {
+        let buffers: Box<[[u8; DATAGRAM]; BATCH]> = vec![[0u8; DATAGRAM]; BATCH]
+            .into_boxed_slice()
+            .try_into()
+            // The vector has exactly BATCH elements.
+            .unwrap_or_else(|_| unreachable!());
+        Rc::new(RefCell::new(Self {
+            buffers,
+            meta: [quinn_udp::RecvMeta::default(); BATCH],
+        }))
+    }
 }
 
 /// One direction of a session's RTP.
 struct Forward {
+    session: SessionId,
     shell: Shell,
     bridge: Rc<RefCell<Bridge>>,
     tapping: Rc<Cell<Option<Uuid>>>,
@@ -454,6 +573,7 @@ struct Forward {
 /// Reads RTP arriving on `side`'s socket and sends it out of the other side's socket.
 async fn forward_rtp(forward: Forward) {
     let Forward {
+        session,
         shell,
         bridge,
         tapping,
@@ -461,54 +581,78 @@ async fn forward_rtp(forward: Forward) {
         from,
         to,
     } = forward;
-    let counters = &shell.counters;
-    let mut buffer = [0u8; 2048];
+    let Ok(state) = quinn_udp::UdpSocketState::new((&*from).into()) else {
+        tracing::error!("could not set up batched receive on an RTP socket");
+        return;
+    };
     loop {
         if from.readable().await.is_err() {
             return;
         }
-        // Drain everything queued: one wake-up for a burst of packets.
-        loop {
-            let (len, source) = match from.try_recv_from(&mut buffer) {
-                Ok(received) => received,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
+        // One `recvmmsg` takes whatever is queued (up to a batch). Fewer than a batch means the
+        // socket is drained: saying so (WouldBlock) clears its readiness without a second,
+        // empty system call (tokio keeps it set if a packet arrived in between).
+        let _ = from.try_io(Interest::READABLE, || {
+            let mut batch = shell.batch.borrow_mut();
+            let Batch { buffers, meta } = &mut *batch;
+            let count = {
+                let mut slices = buffers.each_mut().map(|b| IoSliceMut::new(b));
+                state.recv((&*from).into(), &mut slices, meta)?
             };
-            let packet = &mut buffer[..len];
-            if rtp::is_rtcp(packet) {
-                // RTCP multiplexed on the RTP port (RFC 5761): ours to consume.
-                let received = bridge.borrow_mut().handle_rtcp(
-                    Instant::now(),
-                    ntp_now(),
-                    side,
-                    source,
-                    packet,
-                    true,
-                );
-                inc(match received {
-                    Ok(()) => &counters.rtcp_received,
-                    Err(_) => &counters.rtp_dropped,
-                });
-                continue;
-            }
-            let now = Instant::now();
-            let forwarded = bridge.borrow_mut().forward(now, side, source, packet);
-            match forwarded {
-                Ok(destination) => {
-                    inc(match side {
-                        Side::A => &counters.rtp_to_callee,
-                        Side::B => &counters.rtp_to_caller,
-                    });
-                    // A full socket buffer drops the packet: RTP tolerates loss, it never waits.
-                    let _ = to.try_send_to(packet, destination);
-                    if let Some(recording) = tapping.get() {
-                        shell.recorder.tap(recording, side, now, packet);
-                    }
+            for (meta, buffer) in meta.iter().zip(buffers.iter_mut()).take(count) {
+                let stride = meta.stride.max(1);
+                for packet in buffer[..meta.len].chunks_mut(stride) {
+                    let context = (session, side, &*bridge, &*tapping);
+                    handle_rtp(&shell, context, &to, meta.addr, packet);
                 }
-                Err(_) => inc(&counters.rtp_dropped),
+            }
+            if count < BATCH {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+    }
+}
+
+/// One datagram that arrived on `side`'s RTP socket from `source`: RTCP (multiplexed) is
+/// consumed, RTP forwarded out of `to` (the other side's socket) and copied to a recording.
+fn handle_rtp(
+    shell: &Shell,
+    (session, side, bridge, tapping): (SessionId, Side, &RefCell<Bridge>, &Cell<Option<Uuid>>),
+    to: &UdpSocket,
+    source: SocketAddr,
+    packet: &mut [u8],
+) {
+    let counters = &shell.counters;
+    let now = Instant::now();
+    if rtp::is_rtcp(packet) {
+        // RTCP multiplexed on the RTP port (RFC 5761): ours to consume.
+        let received = bridge
+            .borrow_mut()
+            .handle_rtcp(now, ntp_now(), side, source, packet, true);
+        inc(match received {
+            Ok(()) => &counters.rtcp_received,
+            Err(_) => &counters.rtp_dropped,
+        });
+        return;
+    }
+    let forwarded = bridge.borrow_mut().forward(now, side, source, packet);
+    match forwarded {
+        Ok(destination) => {
+            inc(match side {
+                Side::A => &counters.rtp_to_callee,
+                Side::B => &counters.rtp_to_caller,
+            });
+            // A full socket buffer drops the packet: RTP tolerates loss, it never waits.
+            let _ = to.try_send_to(packet, destination);
+            if let Some(recording) = tapping.get() {
+                shell.recorder.tap(recording, side, now, packet);
             }
         }
+        Err(_) => inc(&counters.rtp_dropped),
     }
+    report_dtmf(&shell.events, session, &mut bridge.borrow_mut());
 }
 
 /// Reads the RTCP a leg sends to its RTCP port (RTP port + 1): its reports on our stream

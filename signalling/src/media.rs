@@ -26,6 +26,8 @@ pub enum MediaCommand {
         a_expected: Option<SocketAddr>,
         /// Where the callee said to send media (known once it answers).
         b_expected: Option<SocketAddr>,
+        /// The telephone-event payload type of the caller's offer (RFC 4733), if any.
+        a_dtmf: Option<u8>,
         /// The call's record id: the media plane reports the session's statistics under it.
         call: Uuid,
     },
@@ -39,6 +41,19 @@ pub enum MediaCommand {
         expected: Option<SocketAddr>,
         /// Whether the call is now on hold (no inactivity timeout while held).
         hold: bool,
+        /// The leg's telephone-event payload type (RFC 4733), if its SDP has one.
+        dtmf: Option<u8>,
+    },
+    /// Send a DTMF key to a leg as RFC 4733 events in its RTP stream.
+    SendDtmf {
+        /// Session.
+        session: SessionId,
+        /// True to send to the caller's leg.
+        a_side: bool,
+        /// The key: `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: char,
+        /// How long the key is held, in milliseconds.
+        duration_ms: u32,
     },
     /// Stop forwarding and release the ports (a recording in progress is closed).
     Destroy {
@@ -61,7 +76,8 @@ impl MediaCommand {
             Self::Create { session, .. }
             | Self::Update { session, .. }
             | Self::Destroy { session }
-            | Self::Record { session, .. } => *session,
+            | Self::Record { session, .. }
+            | Self::SendDtmf { session, .. } => *session,
         }
     }
 }
@@ -100,6 +116,17 @@ pub enum MediaEvent {
     Failed {
         /// Session.
         session: SessionId,
+    },
+    /// A leg sent a DTMF key as RFC 4733 events (reported when the key goes up).
+    Dtmf {
+        /// Session.
+        session: SessionId,
+        /// True if the caller pressed it.
+        a_side: bool,
+        /// The key.
+        digit: char,
+        /// How long it was held, in milliseconds.
+        duration_ms: u32,
     },
 }
 
@@ -160,6 +187,16 @@ pub fn audio_address(sdp: &Sdp) -> Option<SocketAddr> {
     let ip = sdp.connection(index)?;
     // Port 0 rejects the stream (RFC 3264 §6); an unspecified address means hold in RFC 2543.
     (port != 0 && !ip.is_unspecified()).then_some(SocketAddr::new(ip, port))
+}
+
+/// The telephone-event payload type (RFC 4733 §7.1.1) of an SDP's first audio stream.
+pub fn telephone_event(sdp: &Sdp) -> Option<u8> {
+    let audio = sdp.media.iter().find(|m| m.kind == "audio")?;
+    audio
+        .rtpmaps()
+        .into_iter()
+        .find(|map| map.encoding.eq_ignore_ascii_case("telephone-event"))
+        .map(|map| map.payload_type)
 }
 
 /// Whether an SDP puts the call on hold (RFC 3264 §8.4: sendonly or inactive, or RFC 2543's

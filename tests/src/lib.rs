@@ -40,12 +40,23 @@ const RTP_BLOCK: u16 = 200;
 
 /// A block of RTP ports for the next server of this test process: servers running at the same
 /// time never share ports, and every block lies below the kernel's ephemeral range (32768+),
-/// where SIPp and the tests' own sockets get their ports.
+/// where SIPp and the tests' own sockets get their ports. A block another program uses right
+/// now (say, a benchmark on the same machine) is skipped.
 fn rtp_ports() -> (u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let blocks = (32_000 - 20_000) / RTP_BLOCK;
-    let block = NEXT.fetch_add(1, Ordering::Relaxed) % blocks;
-    let first = 20_000 + block * RTP_BLOCK;
+    let free = |first: u16| {
+        (first..first + RTP_BLOCK)
+            .all(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+    };
+    let mut first = 0;
+    for _ in 0..blocks {
+        let block = NEXT.fetch_add(1, Ordering::Relaxed) % blocks;
+        first = 20_000 + block * RTP_BLOCK;
+        if free(first) {
+            break;
+        }
+    }
     (first, first + RTP_BLOCK - 1)
 }
 

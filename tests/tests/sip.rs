@@ -1241,3 +1241,50 @@ async fn a_kill_mid_recording_leaves_a_playable_file_and_a_closed_record() {
     assert_eq!(call["recording_id"], id.as_str(), "{call}");
     assert!(server.terminate().success());
 }
+
+#[tokio::test]
+async fn dtmf_from_rtp_and_info_reaches_the_event_stream_and_is_converted() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    if sipp().is_none() {
+        return;
+    }
+    let mut bench = CallBench::start(&[]).await;
+    let url = format!("ws://{}/api/v1/events", bench.server.http);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let hello = json!({"token": bench.api.token}).to_string();
+    socket.send(Message::Text(hello.into())).await.unwrap();
+    expect_events(&mut socket, &["events.ready"]).await;
+
+    // The caller presses 1 as RFC 4733 events, then 5 as a SIP INFO. Both sides negotiated
+    // telephone-event, so the INFO is answered by Switchboard and sent on to the callee as
+    // RFC 4733 events; the callee (SIPp with -rtp_echo) echoes every packet back, so both
+    // keys come back from the callee's side too.
+    bench.run("dtmf_uac.xml", Some("dtmf_uas.xml"), "5002");
+    let mut keys = Vec::new();
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .expect("events until the call ends")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        match event["type"].as_str() {
+            Some("call.dtmf") => keys.push(format!(
+                "{}:{}",
+                event["side"].as_str().unwrap(),
+                event["digit"].as_str().unwrap()
+            )),
+            Some("call.ended") => break,
+            _ => {}
+        }
+    }
+    keys.sort();
+    assert_eq!(keys, ["callee:1", "callee:5", "caller:1", "caller:5"]);
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "caller");
+    assert!(bench.server.terminate().success());
+}

@@ -292,19 +292,7 @@ fn answer(world: &mut World) -> String {
     let invite = world.requests(bob).pop().expect("INVITE to Bob");
     world.answer_from(bob, &invite, 180, None);
     world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
-    let to_alice: Vec<Response> = world.responses(world.alice);
-    let ok = to_alice
-        .iter()
-        .find(|r| r.status == 200)
-        .expect("200 to Alice");
-    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
-        .unwrap()
-        .tag()
-        .unwrap()
-        .to_owned();
-    let ack = world.alice_in_dialog("ACK", 2, &tag, "");
-    world.send(world.alice, &ack);
-    tag
+    alice_acks(world)
 }
 
 #[test]
@@ -900,4 +888,114 @@ fn recording_follows_policy_and_the_control_plane() {
         recordings(&world)[..],
         [RecordAction::Start { .. }]
     ));
+}
+
+#[test]
+fn dtmf_from_info_and_rtp_reaches_call_control_and_converts_to_rfc4733() {
+    let dtmf_events = |world: &World| -> Vec<CallEventKind> {
+        world
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::CallEvent(event) if matches!(event.kind, CallEventKind::Dtmf { .. }) => {
+                    Some(event.kind)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let info = |world: &World, tag: &str, cseq: u32, body: &str| {
+        let text = world.alice_in_dialog("INFO", cseq, tag, "");
+        let text = text.replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(text.contains("dtmf-relay"));
+        text
+    };
+    // Bob's answer has telephone-event: Alice's INFO is answered here and becomes RFC 4733
+    // events in Bob's stream.
+    let mut world = World::new(1, CoreConfig::default());
+    let tag = answered_call(&mut world);
+    world.outputs.clear();
+    let text = info(&world, &tag, 3, "Signal=5\r\nDuration=160\r\n");
+    world.send(world.alice, &text);
+    assert_eq!(world.statuses(world.alice), [200]);
+    assert!(world.requests(world.bob[0]).is_empty(), "not relayed");
+    assert!(world.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::SendDtmf {
+            a_side: false,
+            digit: '5',
+            duration_ms: 160,
+            ..
+        }
+    )));
+    assert_eq!(
+        dtmf_events(&world),
+        [CallEventKind::Dtmf {
+            digit: '5',
+            from_caller: true,
+            duration_ms: 160
+        }]
+    );
+    // RFC 4733 from Bob's RTP, reported by the media plane.
+    world.outputs.clear();
+    let session = world.core.calls.any_session().unwrap();
+    world.core.handle_media_event(
+        world.now,
+        WALL,
+        MediaEvent::Dtmf {
+            session,
+            a_side: false,
+            digit: '#',
+            duration_ms: 100,
+        },
+    );
+    world.drain();
+    assert_eq!(
+        dtmf_events(&world),
+        [CallEventKind::Dtmf {
+            digit: '#',
+            from_caller: false,
+            duration_ms: 100
+        }]
+    );
+
+    // Bob has no telephone-event: the INFO goes to him as it is (and is still reported).
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().unwrap();
+    let plain = "v=0\r\no=- 1 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    world.answer_from(bob, &invite, 200, Some(plain.to_owned()));
+    let tag = alice_acks(&mut world);
+    world.outputs.clear();
+    let text = info(&world, &tag, 3, "Signal=7\r\nDuration=100\r\n");
+    world.send(world.alice, &text);
+    let relayed = world.requests(bob);
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(relayed[0].method, Method::Info);
+    assert_eq!(&relayed[0].body[..], b"Signal=7\r\nDuration=100\r\n");
+    assert_eq!(dtmf_events(&world).len(), 1);
+}
+
+/// Alice takes the 200 and ACKs it; returns its To tag.
+fn alice_acks(world: &mut World) -> String {
+    let ok = world
+        .responses(world.alice)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200 to Alice");
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let ack = world.alice_in_dialog("ACK", 2, &tag, "");
+    world.send(world.alice, &ack);
+    tag
 }

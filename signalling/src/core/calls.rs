@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngExt as _;
+use switchboard_media::dtmf::DtmfInfo;
 use switchboard_media::sdp::Sdp;
 use switchboard_sip::dialog::{Dialog, DialogId, DialogState};
 use switchboard_sip::header::{CSeq, Via};
@@ -109,6 +110,15 @@ pub enum CallEventKind {
     Held,
     /// The call came off hold.
     Resumed,
+    /// A side pressed a DTMF key (RFC 4733 in its RTP, or SIP INFO).
+    Dtmf {
+        /// The key: `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: char,
+        /// True if the caller pressed it.
+        from_caller: bool,
+        /// How long it was held, in milliseconds.
+        duration_ms: u32,
+    },
 }
 
 /// The end of a call record.
@@ -341,6 +351,9 @@ struct Call {
     record_policy: bool,
     /// The recording and its state.
     recording: Option<(Uuid, RecordingState)>,
+    /// The telephone-event payload type each leg's SDP negotiated (RFC 4733), if any.
+    a_dtmf: Option<u8>,
+    b_dtmf: Option<u8>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -594,6 +607,7 @@ impl Core {
             b_port,
             a_expected: media::audio_address(&offer),
             b_expected: None,
+            a_dtmf: media::telephone_event(&offer),
             call: record.id,
         }));
         SipStats::inc(&self.stats.calls);
@@ -685,6 +699,8 @@ impl Core {
                 held: false,
                 record_policy: tenant_records || caller.record_calls || callee.record_calls,
                 recording: None,
+                a_dtmf: media::telephone_event(&offer),
+                b_dtmf: None,
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -785,12 +801,7 @@ impl Core {
                 _ => None,
             };
             if let Some(sdp) = &sdp {
-                self.outputs.push_back(Output::Media(MediaCommand::Update {
-                    session,
-                    a_side: false,
-                    expected: media::audio_address(sdp),
-                    hold: false,
-                }));
+                self.media_update(session, Side::B, sdp, false);
             }
             let relayed = if sdp.is_some() { 183 } else { 180 };
             self.respond_to_caller(now, session, relayed, sdp.as_ref());
@@ -916,12 +927,7 @@ impl Core {
             .insert(dialog.id.clone(), (session, Side::B));
         self.cancel_forks(now, session, Some(index));
         self.call_event(session, CallEventKind::Answered);
-        self.outputs.push_back(Output::Media(MediaCommand::Update {
-            session,
-            a_side: false,
-            expected: media::audio_address(&answer),
-            hold: media::is_hold(&answer),
-        }));
+        self.media_update(session, Side::B, &answer, media::is_hold(&answer));
         let Some(call) = self.calls.calls.get_mut(&session) else {
             return;
         };
@@ -944,6 +950,75 @@ impl Core {
         {
             let _ = self.start_recording(wall_ms, session);
         }
+    }
+
+    /// An INFO carrying a DTMF key (`application/dtmf-relay` as SIP.js, JsSIP and desk phones
+    /// send it, or `application/dtmf`): reported as a call event; when the other leg
+    /// negotiated RFC 4733 telephone-event, answered here and converted into RTP events for it
+    /// (returns true); otherwise relayed as it is (returns false).
+    fn dtmf_info(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        side: Side,
+        key: &ServerKey,
+        request: &Request,
+    ) -> bool {
+        let content_type = request
+            .headers
+            .get(&HeaderName::ContentType)
+            .unwrap_or_default();
+        let Ok(info) = DtmfInfo::parse(content_type, &request.body) else {
+            return false;
+        };
+        let digit = info.digit.as_char();
+        let duration_ms = u32::try_from(info.duration.as_millis()).unwrap_or(u32::MAX);
+        self.call_event(
+            session,
+            CallEventKind::Dtmf {
+                digit,
+                from_caller: side == Side::A,
+                duration_ms,
+            },
+        );
+        let Some(call) = self.calls.calls.get(&session) else {
+            return false;
+        };
+        let other_has_rfc4733 = match side.other() {
+            Side::A => call.a_dtmf.is_some(),
+            Side::B => call.b_dtmf.is_some(),
+        };
+        if !other_has_rfc4733 {
+            return false;
+        }
+        self.respond(now, key, request, 200, "OK", |_| {});
+        self.outputs
+            .push_back(Output::Media(MediaCommand::SendDtmf {
+                session,
+                a_side: side.other() == Side::A,
+                digit,
+                duration_ms,
+            }));
+        true
+    }
+
+    /// A leg's SDP changed: tells the media plane where it now wants media, whether the call
+    /// is held, and its telephone-event payload type.
+    fn media_update(&mut self, session: SessionId, side: Side, sdp: &Sdp, hold: bool) {
+        let dtmf = media::telephone_event(sdp);
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            match side {
+                Side::A => call.a_dtmf = dtmf,
+                Side::B => call.b_dtmf = dtmf,
+            }
+        }
+        self.outputs.push_back(Output::Media(MediaCommand::Update {
+            session,
+            a_side: side == Side::A,
+            expected: media::audio_address(sdp),
+            hold,
+            dtmf,
+        }));
     }
 
     /// Starts recording an answered call.
@@ -1367,6 +1442,11 @@ impl Core {
                         true
                     };
                 }
+                if request.method == Method::Info
+                    && self.dtmf_info(now, session, side, &key, &request)
+                {
+                    return true;
+                }
                 self.relay_request(now, session, side, key, request);
             }
             _ => self.respond(now, &key, &request, 501, "Not Implemented", |r| {
@@ -1426,7 +1506,6 @@ impl Core {
         };
         let (body, content_type, hold) = match sdp_of(&request.body, &request.headers) {
             Some(Ok(sdp)) => {
-                let expected = media::audio_address(&sdp);
                 let hold = media::is_hold(&sdp);
                 if call.held != hold {
                     call.held = hold;
@@ -1437,12 +1516,7 @@ impl Core {
                     };
                     self.call_event(session, kind);
                 }
-                self.outputs.push_back(Output::Media(MediaCommand::Update {
-                    session,
-                    a_side: side == Side::A,
-                    expected,
-                    hold,
-                }));
+                self.media_update(session, side, &sdp, hold);
                 (
                     Bytes::from(media::anchor(&sdp, self.advertised, port).to_string()),
                     Some("application/sdp".to_owned()),
@@ -1567,12 +1641,7 @@ impl Core {
             format!("<{}>", self.our_contact(our_peer)),
         );
         if let Some(Ok(sdp)) = sdp_of(&response.body, &response.headers) {
-            self.outputs.push_back(Output::Media(MediaCommand::Update {
-                session,
-                a_side: side == Side::B,
-                expected: media::audio_address(&sdp),
-                hold: media::is_hold(&sdp),
-            }));
+            self.media_update(session, side.other(), &sdp, media::is_hold(&sdp));
             relayed
                 .headers
                 .push(HeaderName::ContentType, "application/sdp");
@@ -1657,6 +1726,22 @@ impl Core {
         let (session, cause) = match event {
             MediaEvent::Inactive { session } => (session, "media_timeout"),
             MediaEvent::Failed { session } => (session, "media_failure"),
+            MediaEvent::Dtmf {
+                session,
+                a_side,
+                digit,
+                duration_ms,
+            } => {
+                if self.calls.calls.contains_key(&session) {
+                    let kind = CallEventKind::Dtmf {
+                        digit,
+                        from_caller: a_side,
+                        duration_ms,
+                    };
+                    self.call_event(session, kind);
+                }
+                return;
+            }
         };
         let Some(call) = self.calls.calls.get(&session) else {
             return;
