@@ -3,18 +3,23 @@
 //! Nothing here touches a socket or a clock: packets and the current time come in as
 //! arguments; packets to send, events and the next deadline come out.
 //!
-//! What exists so far: [`g711`], the G.711 µ-law and A-law codecs; [`sdp`], session
-//! descriptions for offer/answer; [`rtp`], RTP headers read and rewritten in place; [`relay`],
+//! What exists so far: [`codec`], the codec interface (negotiated codecs, decoders and
+//! encoders, ready for G.722 and Opus); [`g711`], the G.711 µ-law and A-law codecs; [`g722`],
+//! the G.722 64 kbit/s sub-band ADPCM wideband codec; [`sdp`], session descriptions for
+//! offer/answer; [`rtp`], RTP headers read and rewritten in place; [`relay`],
 //! the forwarding core of a bridged call (latching, SSRC/sequence/timestamp continuity);
 //! [`dtmf`], RFC 4733 telephone-events sent and received, and SIP INFO DTMF bodies;
 //! [`rtcp`], RTCP reports, reception statistics and round-trip time; [`quality`], E-model
 //! (G.107) MOS estimates from those statistics; [`jitter`], the adaptive jitter buffer
-//! (reordering, loss concealment, talk spurts, clock skew).
+//! (reordering, loss concealment, talk spurts, clock skew); [`recording`], the stereo
+//! timeline of a recorded call.
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod dtmf;
 pub mod g711;
+pub mod g722;
 pub mod jitter;
 pub mod quality;
 pub mod recording;

@@ -5,10 +5,12 @@
 //! comfort noise, are written as silence) and placed on a common timeline by the playout time
 //! the jitter buffer gives it, so the two channels stay aligned by RTP timestamps within a
 //! talk spurt and by arrival time across spurts. Whatever has no audio (before the first
-//! packet, gaps, hold, a side that never speaks) is silence; a lost packet is concealed by
-//! repeating the previous frame, fainter for a second loss and silent from the third on (a
-//! simple packet-loss concealment in the spirit of ITU-T G.711 Appendix I, which also fades
-//! to silence within 60 ms): the end of a stream, which looks like loss, is not stretched.
+//! packet, gaps, hold, a side that never speaks) is silence; a lost packet is concealed by the
+//! decoder ([`Decoder::conceal`]: for G.711, the previous frame fainter, then silence, so the
+//! end of a stream, which looks like loss, is not stretched).
+//!
+//! The timeline runs at 8 kHz, or 16 kHz when a leg is wideband (G.722): narrowband audio is
+//! then interpolated up, so each channel keeps its own bandwidth.
 //!
 //! [`StereoTimeline::advance`] hands out interleaved 16-bit samples up to `now`: the file
 //! grows with wall time, so its length is the recorded time. Pausing leaves the paused time
@@ -19,49 +21,50 @@
 
 use std::time::{Duration, Instant};
 
-use crate::g711::Law;
+use crate::codec::{self, Codec, Decoder};
 use crate::jitter::{self, JitterBuffer, Output};
 use crate::relay::Side;
 
-/// How far ahead of the committed audio a side may hold samples (frames placed ahead of
-/// `now` by their playout time, up to the longest packet).
-const AHEAD: usize = 8_000;
-/// A frame whose playout falls within this many samples of where the previous frame ended
-/// continues it seamlessly (absorbs rounding and small playout adjustments).
-const SNAP: u64 = 40;
+/// A frame whose playout falls within this many milliseconds of where the previous frame
+/// ended continues it seamlessly (absorbs rounding and small playout adjustments).
+const SNAP_MS: u64 = 5;
+/// Longest frame handled (60 ms at 48 kHz).
+const MAX_FRAME: usize = 2_880;
 
 /// One side's decoder state and the samples not yet handed out.
 struct Channel {
     jitter: JitterBuffer,
-    /// Samples from timeline index `base` on (a ring: index `i` lives at `i % AHEAD`).
+    /// Samples ahead of what is handed out (a ring: timeline index `i` lives at
+    /// `i % pending.len()`; one second).
     pending: Box<[i16]>,
     /// Where the last placed frame ended (timeline index), if a spurt is going on.
     cursor: Option<u64>,
-    /// The last decoded frame, for concealment.
-    last: Box<[i16]>,
-    last_len: usize,
-    /// Consecutive concealed frames (each fainter).
-    concealed: u32,
-    scratch: Box<[i16]>,
+    /// The decoder of the codec the side sends (replaced only when the codec changes).
+    decoder: Option<Box<dyn Decoder + Send>>,
+    /// A frame as decoded, and as resampled to the timeline's rate.
+    decoded: Box<[i16]>,
+    frame: Box<[i16]>,
 }
 
 impl Channel {
-    fn new(config: jitter::Config) -> Self {
+    fn new(config: jitter::Config, sample_rate: u32) -> Self {
         Self {
             jitter: JitterBuffer::new(config),
-            pending: vec![0; AHEAD].into_boxed_slice(),
+            pending: vec![0; sample_rate as usize].into_boxed_slice(),
             cursor: None,
-            last: vec![0; 1920].into_boxed_slice(),
-            last_len: 0,
-            concealed: 0,
-            scratch: vec![0; 1920].into_boxed_slice(),
+            decoder: None,
+            decoded: vec![0; MAX_FRAME].into_boxed_slice(),
+            frame: vec![0; MAX_FRAME].into_boxed_slice(),
         }
     }
 }
 
 /// The stereo timeline of one recording.
 pub struct StereoTimeline {
+    /// RTP clock rate of the streams (8000 for G.711 and G.722).
     clock_rate: u32,
+    /// Rate of the recording.
+    sample_rate: u32,
     /// Timeline index 0 (moves later by every pause).
     origin: Instant,
     paused_at: Option<Instant>,
@@ -77,9 +80,39 @@ fn index(side: Side) -> usize {
     }
 }
 
+/// The timeline index (at `rate`) of instant `at`.
+fn position(origin: Instant, at: Instant, rate: u32) -> u64 {
+    let elapsed = at.saturating_duration_since(origin);
+    (elapsed.as_micros() * u128::from(rate) / 1_000_000)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// Linear interpolation of `input` onto `output`'s length (both one frame of audio).
+fn resample(input: &[i16], output: &mut [i16]) {
+    if input.len() == output.len() || input.is_empty() {
+        let n = input.len().min(output.len());
+        output[..n].copy_from_slice(&input[..n]);
+        output[n..].fill(0);
+        return;
+    }
+    let (from, to) = (input.len() as u64, output.len() as u64);
+    for (j, out) in output.iter_mut().enumerate() {
+        // Position in the input, in 1/65536 of a sample.
+        let position = j as u64 * from * 65_536 / to;
+        let i = (position >> 16) as usize;
+        let fraction = (position & 0xffff) as i64;
+        let a = i64::from(input[i]);
+        let b = i64::from(input[(i + 1).min(input.len() - 1)]);
+        // Between two i16 samples: fits i16.
+        *out = (a + (b - a) * fraction / 65_536) as i16;
+    }
+}
+
 impl StereoTimeline {
-    /// A timeline starting at `now`, at `clock_rate` Hz (8000 for G.711).
-    pub fn new(now: Instant, clock_rate: u32) -> Self {
+    /// A timeline starting at `now` for streams with RTP clock `clock_rate` (8000 for G.711
+    /// and G.722), written at `sample_rate` Hz (8000, or 16000 when a leg is wideband).
+    pub fn new(now: Instant, clock_rate: u32, sample_rate: u32) -> Self {
         // A recording is not listened to live: trade delay for completeness.
         let config = jitter::Config {
             clock_rate,
@@ -87,13 +120,23 @@ impl StereoTimeline {
             max_delay: Duration::from_millis(400),
             ..jitter::Config::default()
         };
+        let sample_rate = sample_rate.clamp(8_000, 48_000);
         Self {
-            clock_rate,
+            clock_rate: clock_rate.max(1),
+            sample_rate,
             origin: now,
             paused_at: None,
             committed: 0,
-            sides: [Channel::new(config), Channel::new(config)],
+            sides: [
+                Channel::new(config, sample_rate),
+                Channel::new(config, sample_rate),
+            ],
         }
+    }
+
+    /// The rate the timeline is written at.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
     }
 
     /// Samples per channel handed out so far.
@@ -103,7 +146,7 @@ impl StereoTimeline {
 
     /// The recorded length so far.
     pub fn duration(&self) -> Duration {
-        Duration::from_micros(self.committed * 1_000_000 / u64::from(self.clock_rate))
+        Duration::from_micros(self.committed * 1_000_000 / u64::from(self.sample_rate))
     }
 
     /// Whether the recording is paused.
@@ -138,27 +181,20 @@ impl StereoTimeline {
         }
     }
 
-    fn position(&self, at: Instant) -> u64 {
-        let elapsed = at.saturating_duration_since(self.origin);
-        (elapsed.as_micros() * u128::from(self.clock_rate) / 1_000_000)
-            .try_into()
-            .unwrap_or(u64::MAX)
-    }
-
     /// Appends the interleaved samples (left, right) of everything up to `now` to `out`.
     pub fn advance(&mut self, now: Instant, out: &mut Vec<i16>) {
         let now = self.paused_at.map_or(now, |paused| paused.min(now));
-        let horizon = self.position(now);
+        let horizon = position(self.origin, now, self.sample_rate);
         let committed = self.committed;
-        let origin = self.origin;
-        let rate = self.clock_rate;
+        let rates = (self.clock_rate, self.sample_rate);
         for channel in &mut self.sides {
-            place_due(channel, now, origin, rate, committed);
+            place_due(channel, now, self.origin, rates, committed);
         }
-        let end = horizon.min(committed + AHEAD as u64);
+        let ahead = self.sides[0].pending.len() as u64;
+        let end = horizon.min(committed + ahead);
         out.reserve(2 * usize::try_from(end.saturating_sub(committed)).unwrap_or(0));
         for i in committed..end {
-            let slot = (i % AHEAD as u64) as usize;
+            let slot = (i % ahead) as usize;
             for channel in &mut self.sides {
                 out.push(channel.pending[slot]);
                 channel.pending[slot] = 0;
@@ -168,13 +204,21 @@ impl StereoTimeline {
     }
 }
 
-/// Pops every frame due at `now` from the channel's jitter buffer and writes it at its place.
-fn place_due(channel: &mut Channel, now: Instant, origin: Instant, rate: u32, committed: u64) {
-    let position = |at: Instant| -> u64 {
-        let elapsed = at.saturating_duration_since(origin);
-        (elapsed.as_micros() * u128::from(rate) / 1_000_000)
-            .try_into()
-            .unwrap_or(u64::MAX)
+/// Pops every frame due at `now` from the channel's jitter buffer, decodes (or conceals) it,
+/// brings it to the timeline's rate and writes it at its place.
+fn place_due(
+    channel: &mut Channel,
+    now: Instant,
+    origin: Instant,
+    (clock_rate, rate): (u32, u32),
+    committed: u64,
+) {
+    let ahead = channel.pending.len() as u64;
+    // Frame lengths: `samples` RTP clock units are this many samples at `to` Hz.
+    let length = |samples: u32, to: u32| {
+        usize::try_from(u64::from(samples) * u64::from(to) / u64::from(clock_rate))
+            .unwrap_or(usize::MAX)
+            .min(MAX_FRAME)
     };
     loop {
         let (playout, len) = match channel.jitter.pop(now) {
@@ -186,51 +230,47 @@ fn place_due(channel: &mut Channel, now: Instant, origin: Instant, rate: u32, co
                 playout,
                 ..
             }) => {
-                let want = usize::try_from(samples)
-                    .unwrap_or(0)
-                    .min(channel.scratch.len());
-                let law = match payload_type {
-                    0 => Some(Law::Ulaw),
-                    8 => Some(Law::Alaw),
+                let codec = Codec::from_static_payload_type(payload_type);
+                if codec.is_some_and(|c| channel.decoder.as_ref().is_none_or(|d| d.codec() != c)) {
+                    channel.decoder = codec.and_then(codec::decoder);
+                }
+                let decoded = match (codec, &mut channel.decoder) {
+                    (Some(codec), Some(decoder)) => {
+                        // The frame's length by its timestamps; a payload that says otherwise
+                        // is cut or padded with silence to it.
+                        let n = length(samples, codec.sample_rate());
+                        let got = decoder.decode(payload, &mut channel.decoded).unwrap_or(0);
+                        channel.decoded[got.min(n)..n].fill(0);
+                        Some(n)
+                    }
+                    // Anything not decodable (telephone-event, comfort noise) is silence.
                     _ => None,
                 };
-                let decoded = law.map_or(0, |law| {
-                    law.decode(&payload[..payload.len().min(want)], &mut channel.scratch)
-                });
-                // Anything not decodable (telephone-event, comfort noise) is silence.
-                channel.scratch[decoded..want].fill(0);
-                channel.last[..want].copy_from_slice(&channel.scratch[..want]);
-                channel.last_len = want;
-                channel.concealed = 0;
-                (playout, want)
+                let len = length(samples, rate);
+                match decoded {
+                    Some(n) => resample(&channel.decoded[..n], &mut channel.frame[..len]),
+                    None => channel.frame[..len].fill(0),
+                }
+                (playout, len)
             }
             Some(Output::Conceal {
                 samples, playout, ..
             }) => {
-                let want = usize::try_from(samples)
-                    .unwrap_or(0)
-                    .min(channel.scratch.len());
-                // Repeat the last frame at 3/4, then 1/4; silence after that.
-                channel.concealed += 1;
-                let (num, den) = match channel.concealed {
-                    1 => (3, 4),
-                    2 => (1, 4),
-                    _ => (0, 1),
-                };
-                for i in 0..want {
-                    let source = if channel.last_len == 0 {
-                        0
-                    } else {
-                        channel.last[i % channel.last_len]
-                    };
-                    channel.scratch[i] = (i32::from(source) * num / den) as i16;
+                let len = length(samples, rate);
+                match &mut channel.decoder {
+                    Some(decoder) => {
+                        let n = length(samples, decoder.codec().sample_rate());
+                        let n = decoder.conceal(&mut channel.decoded[..n]);
+                        resample(&channel.decoded[..n], &mut channel.frame[..len]);
+                    }
+                    None => channel.frame[..len].fill(0),
                 }
-                (playout, want)
+                (playout, len)
             }
         };
-        let mut at = position(playout);
+        let mut at = position(origin, playout, rate);
         if let Some(cursor) = channel.cursor
-            && at.abs_diff(cursor) <= SNAP
+            && at.abs_diff(cursor) <= SNAP_MS * u64::from(rate) / 1_000
         {
             at = cursor;
         }
@@ -238,12 +278,12 @@ fn place_due(channel: &mut Channel, now: Instant, origin: Instant, rate: u32, co
         let skip = committed.saturating_sub(at);
         let at = at.max(committed);
         let first = usize::try_from(skip).unwrap_or(usize::MAX).min(len);
-        for (offset, &sample) in channel.scratch[first..len].iter().enumerate() {
+        for (offset, &sample) in channel.frame[first..len].iter().enumerate() {
             let i = at + offset as u64;
-            if i >= committed + AHEAD as u64 {
+            if i >= committed + ahead {
                 break;
             }
-            channel.pending[(i % AHEAD as u64) as usize] = sample;
+            channel.pending[(i % ahead) as usize] = sample;
         }
         channel.cursor = Some(at + (len - first) as u64);
     }
@@ -255,6 +295,7 @@ mod tests {
     #![allow(clippy::disallowed_methods)]
 
     use super::*;
+    use crate::g711::Law;
     use crate::rtp;
 
     /// One 20 ms PCMU packet of a `frequency` Hz tone, the `n`th of its stream.
@@ -272,7 +313,12 @@ mod tests {
 
     /// The Goertzel power of `frequency` in `samples` relative to their total power.
     fn tone_share(samples: &[i16], frequency: f64) -> f64 {
-        let k = 2.0 * (2.0 * std::f64::consts::PI * frequency / 8000.0).cos();
+        tone_share_at(samples, frequency, 8000.0)
+    }
+
+    /// The same at `rate` Hz.
+    fn tone_share_at(samples: &[i16], frequency: f64, rate: f64) -> f64 {
+        let k = 2.0 * (2.0 * std::f64::consts::PI * frequency / rate).cos();
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         let mut total = 0.0;
         for &x in samples {
@@ -293,7 +339,7 @@ mod tests {
     #[test]
     fn two_tones_land_on_their_channels_aligned_and_without_gaps() {
         let start = Instant::now();
-        let mut timeline = StereoTimeline::new(start, 8000);
+        let mut timeline = StereoTimeline::new(start, 8000, 8000);
         let mut out = Vec::new();
         let mut packet = Vec::new();
         // The callee starts 100 ms later than the caller; both send 2 s; then 500 ms of
@@ -358,7 +404,7 @@ mod tests {
     #[test]
     fn pauses_are_left_out() {
         let start = Instant::now();
-        let mut timeline = StereoTimeline::new(start, 8000);
+        let mut timeline = StereoTimeline::new(start, 8000, 8000);
         let mut out = Vec::new();
         timeline.advance(start + Duration::from_secs(1), &mut out);
         timeline.pause(start + Duration::from_secs(1));
@@ -369,5 +415,50 @@ mod tests {
         assert_eq!(timeline.samples(), 16_000);
         assert_eq!(timeline.duration(), Duration::from_secs(2));
         assert!(out.iter().all(|&s| s == 0), "silence without packets");
+    }
+
+    #[test]
+    fn a_wideband_leg_is_recorded_at_16_khz_beside_a_narrowband_one() {
+        use crate::g722::G722Encoder;
+        let start = Instant::now();
+        let mut timeline = StereoTimeline::new(start, 8000, 16_000);
+        assert_eq!(timeline.sample_rate(), 16_000);
+        let (mut out, mut packet) = (Vec::new(), Vec::new());
+        let mut encoder = G722Encoder::new();
+        // The caller sends G.711 at 1 kHz, the callee G.722 at 5 kHz (a tone only wideband
+        // audio carries), 1 s each, 20 ms packets (G.722: 320 samples in 160 bytes, and 160
+        // timestamp units of its 8 kHz clock).
+        for n in 0..50u32 {
+            let now = start + Duration::from_millis(u64::from(n) * 20);
+            tone_packet(&mut packet, 1000.0, n, 1);
+            timeline.push(now, Side::A, &packet);
+            let wide: Vec<i16> = (0..320u32)
+                .map(|i| {
+                    let t = f64::from(n * 320 + i) / 16_000.0;
+                    ((2.0 * std::f64::consts::PI * 5000.0 * t).sin() * 8_000.0) as i16
+                })
+                .collect();
+            let mut payload = [0u8; 160];
+            assert_eq!(encoder.encode(&wide, &mut payload), 160);
+            rtp::build(&mut packet, 9, n == 0, n as u16, n * 160, 2, &payload);
+            timeline.push(now, Side::B, &packet);
+            timeline.advance(now, &mut out);
+        }
+        timeline.advance(start + Duration::from_millis(1_300), &mut out);
+        assert_eq!(timeline.duration(), Duration::from_millis(1_300));
+        assert_eq!(out.len(), 2 * 16_000 * 13 / 10);
+        let left: Vec<i16> = out.iter().step_by(2).copied().collect();
+        let right: Vec<i16> = out.iter().skip(1).step_by(2).copied().collect();
+        // 20 ms windows at 16 kHz: the middle of each stream carries its tone.
+        let windows = |channel: &[i16], frequency: f64| {
+            channel
+                .chunks(320)
+                .filter(|w| tone_share_at(w, frequency, 16_000.0) > 0.5)
+                .count()
+        };
+        let (narrow, wide) = (windows(&left, 1000.0), windows(&right, 5000.0));
+        assert!((47..=52).contains(&narrow), "1 kHz in {narrow} windows");
+        assert!((47..=52).contains(&wide), "5 kHz in {wide} windows");
+        assert_eq!(windows(&left, 5000.0), 0);
     }
 }

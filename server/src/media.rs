@@ -213,6 +213,7 @@ impl Session {
                     tenant,
                     call,
                     wall_ms,
+                    wideband,
                 },
                 None,
             ) => {
@@ -221,6 +222,7 @@ impl Session {
                     tenant,
                     call,
                     wall_ms,
+                    wideband,
                     at,
                 });
                 self.recording = Some(recording);

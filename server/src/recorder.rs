@@ -1,6 +1,8 @@
 //! The recording writer: one thread that turns the RTP of recorded calls into stereo WAV files
 //! (caller left, callee right, 16-bit, 8 kHz) through hound, off the forwarding path.
 //!
+//! (16 kHz when a leg negotiated a wideband codec such as G.722).
+//!
 //! Media workers copy each forwarded packet of a recorded session into a fixed-size [`Tap`]
 //! and hand it over a bounded channel without waiting: no allocation, no lock, and a full
 //! channel drops the copy (counted), never the forwarded packet. Control messages (start,
@@ -39,8 +41,10 @@ const TAP_QUEUE: usize = 16_384;
 const TICK: Duration = Duration::from_millis(20);
 /// How often headers are brought up to date on disk.
 const CHECKPOINT: Duration = Duration::from_secs(1);
-/// Sample rate of the files (G.711 legs).
+/// RTP clock of the recorded codecs (G.711 and G.722), and the rate of narrowband files.
 const RATE: u32 = 8_000;
+/// Rate of files with a wideband leg.
+const WIDEBAND_RATE: u32 = 16_000;
 
 /// A copy of one forwarded RTP packet of a recorded session.
 pub(crate) struct Tap {
@@ -60,6 +64,8 @@ pub(crate) enum Control {
         tenant: Uuid,
         call: Uuid,
         wall_ms: u64,
+        /// A leg is wideband: write 16 kHz.
+        wideband: bool,
         at: Instant,
     },
     /// Leave out what follows.
@@ -176,11 +182,11 @@ struct Writer {
     out: Vec<i16>,
 }
 
-/// The spec of every call recording.
-fn spec() -> hound::WavSpec {
+/// The spec of a call recording at `sample_rate`.
+fn spec(sample_rate: u32) -> hound::WavSpec {
     hound::WavSpec {
         channels: 2,
-        sample_rate: RATE,
+        sample_rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     }
@@ -249,8 +255,12 @@ impl Writer {
                     tenant,
                     call,
                     wall_ms,
+                    wideband,
                     at,
-                } => self.open(recording, tenant, call, wall_ms, at),
+                } => {
+                    let rate = if wideband { WIDEBAND_RATE } else { RATE };
+                    self.open(recording, (tenant, call), wall_ms, rate, at);
+                }
                 Control::Pause { recording, at } => {
                     self.append_one(recording, at);
                     if let Some(active) = self.active.get_mut(&recording) {
@@ -276,14 +286,21 @@ impl Writer {
         }
     }
 
-    fn open(&mut self, recording: Uuid, tenant: Uuid, call: Uuid, wall_ms: u64, at: Instant) {
+    fn open(
+        &mut self,
+        recording: Uuid,
+        (tenant, call): (Uuid, Uuid),
+        wall_ms: u64,
+        rate: u32,
+        at: Instant,
+    ) {
         let relative = relative_path(tenant, recording);
         let path = self.dir.join(&relative);
         let created = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .map_err(hound::Error::from)
-            .and_then(|()| hound::WavWriter::create(&path, spec()))
+            .and_then(|()| hound::WavWriter::create(&path, spec(rate)))
             // Write the header at once: even an empty recording is a valid file.
             .and_then(|mut file| file.flush().map(|()| file));
         let file = match created {
@@ -305,7 +322,7 @@ impl Writer {
             path: relative,
             duration_ms: 0,
             channels: 2,
-            sample_rate: i32::try_from(RATE).unwrap_or(i32::MAX),
+            sample_rate: i32::try_from(rate).unwrap_or(i32::MAX),
             size_bytes: 0,
             created_at,
             completed_at: None,
@@ -317,7 +334,7 @@ impl Writer {
             Active {
                 file,
                 path,
-                timeline: StereoTimeline::new(at, RATE),
+                timeline: StereoTimeline::new(at, RATE, rate),
                 checkpoint: at,
                 stopped: false,
             },
@@ -345,8 +362,14 @@ impl Writer {
         self.out.clear();
         active.timeline.advance(now, &mut self.out);
         let mut result = Ok(());
-        for &sample in &self.out {
-            result = active.file.write_sample(sample);
+        // Whole stereo frames through hound's buffered 16-bit writer: one write per batch.
+        for chunk in self.out.chunks(2 * RATE as usize) {
+            // A chunk is at most 16000 samples: it fits u32.
+            let mut writer = active.file.get_i16_writer(chunk.len() as u32);
+            for &sample in chunk {
+                writer.write_sample(sample);
+            }
+            result = writer.flush();
             if result.is_err() {
                 break;
             }
@@ -396,7 +419,7 @@ pub(crate) fn repair(path: &Path) -> std::io::Result<(Duration, u64)> {
     let readable = len >= 44 && file.read_exact(&mut header).is_ok();
     if !readable || &header[..4] != b"RIFF" || &header[8..] != b"WAVE" {
         drop(file);
-        hound::WavWriter::create(path, spec())
+        hound::WavWriter::create(path, spec(RATE))
             .and_then(hound::WavWriter::finalize)
             .map_err(std::io::Error::other)?;
         return Ok((Duration::ZERO, std::fs::metadata(path)?.len()));
@@ -483,7 +506,7 @@ mod tests {
     fn a_file_cut_off_mid_write_is_repaired_to_what_it_holds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.wav");
-        let mut writer = hound::WavWriter::create(&path, spec()).unwrap();
+        let mut writer = hound::WavWriter::create(&path, spec(RATE)).unwrap();
         for i in 0..8_000i16 {
             writer.write_sample(i).unwrap();
             writer.write_sample(-i).unwrap();
@@ -503,7 +526,7 @@ mod tests {
         assert_eq!(duration, Duration::from_millis(1_500));
         assert_eq!(size, 44 + 12_000 * 4);
         let reader = hound::WavReader::open(&path).unwrap();
-        assert_eq!(reader.spec(), spec());
+        assert_eq!(reader.spec(), spec(RATE));
         assert_eq!(reader.duration(), 12_000);
         let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
         assert_eq!(samples[2 * 11_999..], [3_999, -3_999]);

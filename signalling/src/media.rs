@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use switchboard_media::codec::Codec;
 use switchboard_media::sdp::{Direction, Sdp};
 use uuid::Uuid;
 
@@ -95,6 +96,8 @@ pub enum RecordAction {
         call: Uuid,
         /// Wall time of the start, milliseconds since the Unix epoch.
         wall_ms: u64,
+        /// Whether a leg negotiated a wideband codec (G.722, Opus): the file is then 16 kHz.
+        wideband: bool,
     },
     /// Stop writing audio until resumed; the paused time is left out of the file.
     Pause,
@@ -199,6 +202,16 @@ pub fn telephone_event(sdp: &Sdp) -> Option<u8> {
         .map(|map| map.payload_type)
 }
 
+/// Whether an SDP's preferred audio codec (its first payload type) is wideband.
+pub fn is_wideband(sdp: &Sdp) -> bool {
+    sdp.media
+        .iter()
+        .find(|m| m.kind == "audio")
+        .and_then(|audio| audio.rtpmaps().into_iter().next())
+        .and_then(|map| Codec::from_rtpmap(&map))
+        .is_some_and(Codec::is_wideband)
+}
+
 /// Whether an SDP puts the call on hold (RFC 3264 §8.4: sendonly or inactive, or RFC 2543's
 /// 0.0.0.0).
 pub fn is_hold(sdp: &Sdp) -> bool {
@@ -287,6 +300,19 @@ mod tests {
         );
         assert!(text.contains("m=video 0 RTP/AVP 96"), "other media refused");
         assert!(text.contains("a=rtpmap:101 telephone-event/8000"));
+    }
+
+    #[test]
+    fn codec_properties_from_sdp() {
+        let sdp = |formats: &str, maps: &str| {
+            Sdp::parse(format!("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP {formats}\r\n{maps}").as_bytes()).unwrap()
+        };
+        let wide = sdp("9 0 101", "a=rtpmap:101 telephone-event/8000\r\n");
+        assert!(is_wideband(&wide));
+        assert_eq!(telephone_event(&wide), Some(101));
+        let narrow = sdp("0 9", "");
+        assert!(!is_wideband(&narrow));
+        assert_eq!(telephone_event(&narrow), None);
     }
 
     #[test]

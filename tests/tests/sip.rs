@@ -985,6 +985,30 @@ fn tone_span(channel: &[i16], frequency: f64) -> (usize, usize, bool) {
     (first, last, active[first..=last].iter().all(|&a| a))
 }
 
+impl CallBench {
+    /// A bench whose callee's extension records its calls, with the tones the recording
+    /// scenarios stream: 2 s of 1 kHz from the caller, 2 s of 440 Hz from the callee.
+    async fn recorded() -> Self {
+        let bench = Self::start(&[]).await;
+        tone_wav(&bench.dir.path().join("tone-caller.wav"), 1000.0, 2);
+        tone_wav(&bench.dir.path().join("tone-callee.wav"), 440.0, 2);
+        let (status, body) = bench
+            .api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/extensions/{}", bench.callee),
+                Some(json!({"record_calls": true})),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["record_calls"]),
+            (200, &json!(true)),
+            "{body}"
+        );
+        bench
+    }
+}
+
 impl Api {
     /// Waits (bounded) until recording `id` has `status`, and returns it.
     async fn wait_for_recording(&self, id: &str, status: &str) -> Value {
@@ -1027,23 +1051,7 @@ async fn recorded_calls_are_stereo_wavs_with_each_side_on_its_channel() {
     if sipp().is_none() {
         return;
     }
-    let mut bench = CallBench::start(&[]).await;
-    tone_wav(&bench.dir.path().join("tone-caller.wav"), 1000.0, 2);
-    tone_wav(&bench.dir.path().join("tone-callee.wav"), 440.0, 2);
-    // The callee's extension records its calls.
-    let (status, body) = bench
-        .api
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/extensions/{}", bench.callee),
-            Some(json!({"record_calls": true})),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["record_calls"]),
-        (200, &json!(true)),
-        "{body}"
-    );
+    let mut bench = CallBench::recorded().await;
 
     // The caller streams 2 s of 1 kHz and hangs up 3 s after its ACK; the callee answers
     // with 2 s of 440 Hz.
@@ -1165,18 +1173,7 @@ async fn a_kill_mid_recording_leaves_a_playable_file_and_a_closed_record() {
     if sipp().is_none() {
         return;
     }
-    let bench = CallBench::start(&[]).await;
-    tone_wav(&bench.dir.path().join("tone-caller.wav"), 1000.0, 2);
-    tone_wav(&bench.dir.path().join("tone-callee.wav"), 440.0, 2);
-    let (status, _) = bench
-        .api
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/extensions/{}", bench.callee),
-            Some(json!({"record_calls": true})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let bench = CallBench::recorded().await;
     // A long call, in the background.
     let mut callee = sipp_command(
         &bench.server,

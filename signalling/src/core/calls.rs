@@ -354,6 +354,8 @@ struct Call {
     /// The telephone-event payload type each leg's SDP negotiated (RFC 4733), if any.
     a_dtmf: Option<u8>,
     b_dtmf: Option<u8>,
+    /// Whether each leg's SDP prefers a wideband codec.
+    wideband: [bool; 2],
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -701,6 +703,7 @@ impl Core {
                 recording: None,
                 a_dtmf: media::telephone_event(&offer),
                 b_dtmf: None,
+                wideband: [media::is_wideband(&offer), false],
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -1011,6 +1014,7 @@ impl Core {
                 Side::A => call.a_dtmf = dtmf,
                 Side::B => call.b_dtmf = dtmf,
             }
+            call.wideband[usize::from(side == Side::B)] = media::is_wideband(sdp);
         }
         self.outputs.push_back(Output::Media(MediaCommand::Update {
             session,
@@ -1045,6 +1049,7 @@ impl Core {
             tenant: call.tenant.id,
             call: call.record.id,
             wall_ms,
+            wideband: call.wideband.contains(&true),
         };
         self.outputs
             .push_back(Output::Media(MediaCommand::Record { session, action }));
