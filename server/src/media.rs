@@ -7,8 +7,9 @@
 //! socket is read by a local task with `recvmmsg` (quinn-udp: up to a batch per system call,
 //! and a partial batch ends the wake-up without an extra empty read), forwards every packet
 //! in place with no allocation (the worker's receive buffers are shared by its tasks, borrowed
-//! only between awaits), and sends it from the other side's socket (one `sendto` per packet:
-//! each goes to its own peer). RTCP is terminated per leg: the worker's sweep sends our own
+//! only between awaits), and sends it from the other side's socket: one `sendto` per packet,
+//! except that a burst the kernel coalesced on receive (GRO) leaves as one segmented send (GSO)
+//! when it all goes to one peer. RTCP is terminated per leg: the worker's sweep sends our own
 //! reports. Sessions are assigned to workers by id. The signalling task talks to workers
 //! through bounded channels; workers report inactivity, bind failures and DTMF back.
 
@@ -536,6 +537,8 @@ async fn create(
 
 /// Datagrams received per system call.
 const BATCH: usize = quinn_udp::BATCH_SIZE;
+/// Most datagrams the kernel coalesces into one receive (Linux UDP GRO).
+const MAX_SEGMENTS: usize = 64;
 /// Receive buffer per datagram: the largest UDP payload, since the kernel may coalesce a
 /// burst from one source into one buffer (GRO; split again by `stride`).
 const DATAGRAM: usize = 65_535;
@@ -583,10 +586,14 @@ async fn forward_rtp(forward: Forward) {
         from,
         to,
     } = forward;
-    let Ok(state) = quinn_udp::UdpSocketState::new((&*from).into()) else {
-        tracing::error!("could not set up batched receive on an RTP socket");
+    let (Ok(state), Ok(out)) = (
+        quinn_udp::UdpSocketState::new((&*from).into()),
+        quinn_udp::UdpSocketState::new((&*to).into()),
+    ) else {
+        tracing::error!("could not set up batched I/O on an RTP socket");
         return;
     };
+    let gso = out.max_gso_segments() > 1;
     loop {
         if from.readable().await.is_err() {
             return;
@@ -603,9 +610,38 @@ async fn forward_rtp(forward: Forward) {
             };
             for (meta, buffer) in meta.iter().zip(buffers.iter_mut()).take(count) {
                 let stride = meta.stride.max(1);
-                for packet in buffer[..meta.len].chunks_mut(stride) {
+                let data = &mut buffer[..meta.len];
+                // Forward every datagram in place. A burst the kernel coalesced (GRO) that all
+                // goes to one destination leaves again as one segmented send (GSO), still
+                // without a copy; otherwise each datagram is sent on its own.
+                let mut destinations = [None; MAX_SEGMENTS];
+                for (packet, destination) in data.chunks_mut(stride).zip(&mut destinations) {
                     let context = (session, side, &*bridge, &*tapping);
-                    handle_rtp(&shell, context, &to, meta.addr, packet);
+                    *destination = handle_rtp(&shell, context, meta.addr, packet);
+                }
+                let segments = meta.len.div_ceil(stride).min(MAX_SEGMENTS);
+                let first = destinations[0];
+                let together =
+                    segments > 1 && gso && destinations[1..segments].iter().all(|d| *d == first);
+                // A full socket buffer drops: RTP tolerates loss, it never waits.
+                match first {
+                    Some(destination) if together => {
+                        let transmit = quinn_udp::Transmit {
+                            destination,
+                            ecn: None,
+                            contents: &data[..],
+                            segment_size: Some(stride),
+                            src_ip: None,
+                        };
+                        let _ = out.try_send((&*to).into(), &transmit);
+                    }
+                    _ => {
+                        for (packet, destination) in data.chunks(stride).zip(destinations) {
+                            if let Some(destination) = destination {
+                                let _ = to.try_send_to(packet, destination);
+                            }
+                        }
+                    }
                 }
             }
             if count < BATCH {
@@ -618,14 +654,14 @@ async fn forward_rtp(forward: Forward) {
 }
 
 /// One datagram that arrived on `side`'s RTP socket from `source`: RTCP (multiplexed) is
-/// consumed, RTP forwarded out of `to` (the other side's socket) and copied to a recording.
+/// consumed; RTP is rewritten in place for the other side (returned: where to send it) and
+/// copied to a recording.
 fn handle_rtp(
     shell: &Shell,
     (session, side, bridge, tapping): (SessionId, Side, &RefCell<Bridge>, &Cell<Option<Uuid>>),
-    to: &UdpSocket,
     source: SocketAddr,
     packet: &mut [u8],
-) {
+) -> Option<SocketAddr> {
     let counters = &shell.counters;
     let now = Instant::now();
     if rtp::is_rtcp(packet) {
@@ -637,24 +673,27 @@ fn handle_rtp(
             Ok(()) => &counters.rtcp_received,
             Err(_) => &counters.rtp_dropped,
         });
-        return;
+        return None;
     }
     let forwarded = bridge.borrow_mut().forward(now, side, source, packet);
-    match forwarded {
+    let destination = match forwarded {
         Ok(destination) => {
             inc(match side {
                 Side::A => &counters.rtp_to_callee,
                 Side::B => &counters.rtp_to_caller,
             });
-            // A full socket buffer drops the packet: RTP tolerates loss, it never waits.
-            let _ = to.try_send_to(packet, destination);
             if let Some(recording) = tapping.get() {
                 shell.recorder.tap(recording, side, now, packet);
             }
+            Some(destination)
         }
-        Err(_) => inc(&counters.rtp_dropped),
-    }
+        Err(_) => {
+            inc(&counters.rtp_dropped);
+            None
+        }
+    };
     report_dtmf(&shell.events, session, &mut bridge.borrow_mut());
+    destination
 }
 
 /// Reads the RTCP a leg sends to its RTCP port (RTP port + 1): its reports on our stream

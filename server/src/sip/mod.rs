@@ -40,6 +40,8 @@ const INBOX: usize = 4096;
 /// Records (registration changes, call starts and ends) queued for the writer before new
 /// ones are dropped.
 const RECORD_QUEUE: usize = 10_000;
+/// How long the control plane waits for the signalling task to take a directory change.
+const DIRECTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Media events queued for the signalling task.
 const MEDIA_EVENTS: usize = 4096;
 
@@ -55,8 +57,11 @@ pub(crate) enum Command {
     },
     /// A stream connection closed.
     Disconnected { conn: u64 },
-    /// The directory changed.
-    Directory(Update),
+    /// The directory changed; `applied` is told once the core has it.
+    Directory {
+        update: Update,
+        applied: oneshot::Sender<()>,
+    },
     /// The control plane asks for a change to a live call's recording.
     Recording {
         call: Uuid,
@@ -87,16 +92,26 @@ impl SipHandle {
         self.media_stats.clone()
     }
 
-    fn send(&self, update: Update) {
-        if let Err(error) = self.inbox.try_send(Command::Directory(update)) {
+    /// Hands a directory change to the core and waits (bounded) until it is applied: a phone
+    /// that registers right after the control plane answered is judged by the new directory.
+    async fn send(&self, update: Update) {
+        let (applied, done) = oneshot::channel();
+        let sent = self
+            .inbox
+            .send_timeout(Command::Directory { update, applied }, DIRECTORY_WAIT);
+        if let Err(error) = sent.await {
             tracing::warn!(%error, "signalling task busy: directory update dropped");
+            return;
+        }
+        if tokio::time::timeout(DIRECTORY_WAIT, done).await.is_err() {
+            tracing::warn!("signalling task slow to apply a directory update");
         }
     }
 
     /// Re-reads an extension (after the control plane changed or deleted it) into the core.
     pub async fn sync_extension(&self, id: Uuid) {
         match directory::extension(&self.db, &self.secret_box, id).await {
-            Ok(update) => self.send(update),
+            Ok(update) => self.send(update).await,
             Err(error) => tracing::warn!(%error, %id, "could not sync extension to signalling"),
         }
     }
@@ -128,7 +143,7 @@ impl SipHandle {
     /// Re-reads a tenant into the core.
     pub async fn sync_tenant(&self, id: Uuid) {
         match directory::tenant(&self.db, id).await {
-            Ok(update) => self.send(update),
+            Ok(update) => self.send(update).await,
             Err(error) => tracing::warn!(%error, %id, "could not sync tenant to signalling"),
         }
     }

@@ -109,7 +109,10 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                 Some(Command::Disconnected { conn }) => {
                     connections.remove(&conn);
                 }
-                Some(Command::Directory(update)) => core.apply(update),
+                Some(Command::Directory { update, applied }) => {
+                    core.apply(update);
+                    let _ = applied.send(());
+                }
                 Some(Command::Recording { call, request, reply }) => {
                     let _ = reply.send(core.control_recording(wall_ms(), call, request));
                 }
