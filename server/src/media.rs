@@ -10,7 +10,10 @@
 //! only between awaits), and sends it from the other side's socket: one `sendto` per packet,
 //! except that a burst the kernel coalesced on receive (GRO) leaves as one segmented send (GSO)
 //! when it all goes to one peer. RTCP is terminated per leg: the worker's sweep sends our own
-//! reports. Sessions are assigned to workers by id. The signalling task talks to workers
+//! reports. Sessions are assigned to workers by id; their four sockets are bound by the
+//! signalling task's [`MediaPlane::send`] before the SDP naming them goes out (so media sent
+//! right after an answer never meets a closed port) and registered with the worker's reactor
+//! when the worker takes the session. The signalling task talks to workers
 //! through bounded channels; workers report inactivity, bind failures and DTMF back.
 
 use std::cell::{Cell, RefCell};
@@ -103,8 +106,36 @@ impl std::ops::Deref for Counters {
 /// The signalling task's handle on the workers.
 #[derive(Clone)]
 pub struct MediaPlane {
-    workers: Vec<mpsc::Sender<MediaCommand>>,
+    workers: Vec<mpsc::Sender<Job>>,
     stats: Arc<MediaStats>,
+    bind_ip: std::net::IpAddr,
+    events: mpsc::Sender<MediaEvent>,
+}
+
+/// A command for a worker; a new session comes with its four sockets, bound by the caller.
+struct Job {
+    command: MediaCommand,
+    sockets: Option<[std::net::UdpSocket; 4]>,
+}
+
+/// Binds a session's RTP and RTCP sockets on both sides, non-blocking: (A RTP, A RTCP, B RTP,
+/// B RTCP).
+fn bind_session(
+    ip: std::net::IpAddr,
+    a_port: u16,
+    b_port: u16,
+) -> std::io::Result<[std::net::UdpSocket; 4]> {
+    let bind = |port: u16| {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        socket.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(socket)
+    };
+    Ok([
+        bind(a_port)?,
+        bind(a_port + 1)?,
+        bind(b_port)?,
+        bind(b_port + 1)?,
+    ])
 }
 
 impl MediaPlane {
@@ -158,7 +189,16 @@ impl MediaPlane {
             workers.push(tx);
             threads.push(thread);
         }
-        Ok((Self { workers, stats }, threads))
+        let (bind_ip, events) = (config.bind_ip, events);
+        Ok((
+            Self {
+                workers,
+                stats,
+                bind_ip,
+                events,
+            },
+            threads,
+        ))
     }
 
     /// The workers' counters.
@@ -167,10 +207,28 @@ impl MediaPlane {
     }
 
     /// Sends a command to the session's worker without waiting.
+    ///
+    /// A new session's ports are bound here, before the caller goes on to send SDP naming
+    /// them: media that arrives right after the answer finds its sockets open, whatever the
+    /// worker is busy with.
     pub fn send(&self, command: MediaCommand) {
         let session = command.session();
-        let worker = &self.workers[(session as usize) % self.workers.len()];
-        if let Err(error) = worker.try_send(command) {
+        let index = (session as usize) % self.workers.len();
+        let sockets = match &command {
+            MediaCommand::Create { a_port, b_port, .. } => {
+                match bind_session(self.bind_ip, *a_port, *b_port) {
+                    Ok(sockets) => Some(sockets),
+                    Err(error) => {
+                        inc(&self.stats.workers[index].bind_failures);
+                        tracing::warn!(%error, session, a_port, b_port, "could not bind RTP ports");
+                        let _ = self.events.try_send(MediaEvent::Failed { session });
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Err(error) = self.workers[index].try_send(Job { command, sockets }) {
             tracing::warn!(%error, session, "media worker queue full; command dropped");
         }
     }
@@ -390,11 +448,7 @@ fn latching(mode: LatchingMode) -> Latching {
     }
 }
 
-async fn worker(
-    shell: Shell,
-    mut commands: mpsc::Receiver<MediaCommand>,
-    shutdown: CancellationToken,
-) {
+async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: CancellationToken) {
     let (counters, events) = (&shell.counters, &shell.events);
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut sweep = tokio::time::interval(SWEEP);
@@ -420,22 +474,23 @@ async fn worker(
                     }
                 }
             }
-            command = commands.recv() => match command {
+            job = commands.recv() => match job.map(|job| (job.command, job.sockets)) {
                 None => break,
-                Some(MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, a_dtmf, call }) => {
-                    match create(&shell, (session, call), (a_port, b_port), (a_expected, a_dtmf), b_expected).await {
+                Some((MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, a_dtmf, call }, Some(sockets))) => {
+                    match create(&shell, (session, call), (a_port, b_port), (a_expected, a_dtmf), b_expected, sockets) {
                         Ok(state) => {
                             sessions.insert(session, state);
                             counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
                         }
                         Err(error) => {
                             inc(&counters.bind_failures);
-                            tracing::warn!(%error, session, a_port, b_port, "could not bind RTP ports");
+                            tracing::warn!(%error, session, a_port, b_port, "could not register RTP sockets");
                             let _ = events.try_send(MediaEvent::Failed { session });
                         }
                     }
                 }
-                Some(MediaCommand::Update { session, a_side, expected, hold, dtmf }) => {
+                Some((MediaCommand::Create { .. }, None)) => {}
+                Some((MediaCommand::Update { session, a_side, expected, hold, dtmf }, _)) => {
                     if let Some(state) = sessions.get(&session) {
                         let mut bridge = state.bridge.borrow_mut();
                         let side = if a_side { Side::A } else { Side::B };
@@ -445,19 +500,19 @@ async fn worker(
                         bridge.set_hold(Instant::now(), hold);
                     }
                 }
-                Some(MediaCommand::SendDtmf { session, a_side, digit, duration_ms }) => {
+                Some((MediaCommand::SendDtmf { session, a_side, digit, duration_ms }, _)) => {
                     if let Some(state) = sessions.get_mut(&session) {
                         let side = if a_side { Side::A } else { Side::B };
                         state.send_dtmf(side, digit, duration_ms);
                     }
                 }
-                Some(MediaCommand::Destroy { session }) => {
+                Some((MediaCommand::Destroy { session }, _)) => {
                     if let Some(state) = sessions.remove(&session) {
                         counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
                         state.end(&shell);
                     }
                 }
-                Some(MediaCommand::Record { session, action }) => {
+                Some((MediaCommand::Record { session, action }, _)) => {
                     if let Some(state) = sessions.get_mut(&session) {
                         state.record(&shell.recorder, action);
                     }
@@ -470,22 +525,19 @@ async fn worker(
     }
 }
 
-async fn bind(config: &MediaConfig, port: u16) -> std::io::Result<Rc<UdpSocket>> {
-    Ok(Rc::new(
-        UdpSocket::bind(SocketAddr::new(config.bind_ip, port)).await?,
-    ))
-}
-
-async fn create(
+fn create(
     shell: &Shell,
     (session, call): (SessionId, Uuid),
     (a_port, b_port): (u16, u16),
     (a_expected, a_dtmf): (Option<SocketAddr>, Option<u8>),
     b_expected: Option<SocketAddr>,
+    sockets: [std::net::UdpSocket; 4],
 ) -> std::io::Result<Session> {
     let config = &shell.config;
-    let (a_rtp, a_rtcp) = (bind(config, a_port).await?, bind(config, a_port + 1).await?);
-    let (b_rtp, b_rtcp) = (bind(config, b_port).await?, bind(config, b_port + 1).await?);
+    let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
+    let register = |socket| UdpSocket::from_std(socket).map(Rc::new);
+    let (a_rtp, a_rtcp) = (register(a_rtp)?, register(a_rtcp)?);
+    let (b_rtp, b_rtcp) = (register(b_rtp)?, register(b_rtcp)?);
     let mode = latching(config.latching);
     let ssrc = |port: u16| 0x5B00_0000 | u32::from(port);
     let mut caller = Leg::new(a_expected, mode, ssrc(a_port), 8000);
