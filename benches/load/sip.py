@@ -92,6 +92,21 @@ class Server:
         sys.exit("switchboard did not start: " + open(os.path.join(work, "server.err")).read())
 
     def stop(self):
+        try:
+            print(f"server: {len(os.listdir(f'/proc/{self.proc.pid}/fd'))} open files at the end", file=sys.stderr)
+        except OSError:
+            pass
+        # The server's warnings say what went wrong in a failing step (the work dir is removed).
+        warnings = [line for line in open(os.path.join(self.work, "server.err"))
+                    if ("WARN" in line or "ERROR" in line) and "self-signed" not in line]
+        if warnings:
+            kinds = {}
+            for line in warnings:
+                text = line.split("switchboard_", 1)[-1][:90]
+                kinds[text] = kinds.get(text, 0) + 1
+            print(f"server: {len(warnings)} warnings/errors", file=sys.stderr)
+            for text, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:5]:
+                print(f"  {count} x {text}", file=sys.stderr)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

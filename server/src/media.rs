@@ -125,10 +125,16 @@ fn bind_session(
     a_port: u16,
     b_port: u16,
 ) -> std::io::Result<[std::net::UdpSocket; 4]> {
+    // Created non-blocking (SOCK_NONBLOCK): two system calls a socket, on the signalling task.
     let bind = |port: u16| {
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-        socket.set_nonblocking(true)?;
-        Ok::<_, std::io::Error>(socket)
+        let address = SocketAddr::new(ip, port);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::DGRAM.nonblocking(),
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.bind(&address.into())?;
+        Ok::<_, std::io::Error>(std::net::UdpSocket::from(socket))
     };
     Ok([
         bind(a_port)?,
@@ -453,6 +459,7 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let mut sweep = tokio::time::interval(SWEEP);
     let mut rtcp_buffer = [0u8; 1500];
+    let mut inactive = Vec::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -471,8 +478,17 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                     if event.is_some() {
                         inc(&counters.inactive);
                         let _ = events.try_send(MediaEvent::Inactive { session: *session });
+                        inactive.push(*session);
                     }
                 }
+                // Call control ends the call on the event (its Destroy then finds nothing); a
+                // session whose Destroy was lost (a full queue) goes here, never leaks.
+                for session in inactive.drain(..) {
+                    if let Some(state) = sessions.remove(&session) {
+                        state.end(&shell);
+                    }
+                }
+                counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
             }
             job = commands.recv() => match job.map(|job| (job.command, job.sockets)) {
                 None => break,
@@ -638,14 +654,13 @@ async fn forward_rtp(forward: Forward) {
         from,
         to,
     } = forward;
-    let (Ok(state), Ok(out)) = (
-        quinn_udp::UdpSocketState::new((&*from).into()),
-        quinn_udp::UdpSocketState::new((&*to).into()),
-    ) else {
-        tracing::error!("could not set up batched I/O on an RTP socket");
+    let Ok(state) = quinn_udp::UdpSocketState::new((&*from).into()) else {
+        tracing::error!("could not set up batched receive on an RTP socket");
         return;
     };
-    let gso = out.max_gso_segments() > 1;
+    // Segmented sends need the sending socket's own state: set up (a few system calls) only
+    // when the first coalesced burst comes, which most calls never see.
+    let mut out: Option<Option<quinn_udp::UdpSocketState>> = None;
     loop {
         if from.readable().await.is_err() {
             return;
@@ -674,10 +689,20 @@ async fn forward_rtp(forward: Forward) {
                 let segments = meta.len.div_ceil(stride).min(MAX_SEGMENTS);
                 let first = destinations[0];
                 let together =
-                    segments > 1 && gso && destinations[1..segments].iter().all(|d| *d == first);
+                    segments > 1 && destinations[1..segments].iter().all(|d| *d == first);
+                let gso = if together {
+                    out.get_or_insert_with(|| {
+                        quinn_udp::UdpSocketState::new((&*to).into())
+                            .ok()
+                            .filter(|s| s.max_gso_segments() > 1)
+                    })
+                    .as_ref()
+                } else {
+                    None
+                };
                 // A full socket buffer drops: RTP tolerates loss, it never waits.
-                match first {
-                    Some(destination) if together => {
+                match (first, gso) {
+                    (Some(destination), Some(out)) => {
                         let transmit = quinn_udp::Transmit {
                             destination,
                             ecn: None,
