@@ -154,25 +154,30 @@ impl Decoder for G711Decoder {
     }
 
     fn conceal(&mut self, pcm: &mut [i16]) -> usize {
-        // The last frame at 3/4, then 1/4, then silence: a stream that ended (which looks like
-        // loss) is not stretched, and a single loss is bridged.
-        self.concealed += 1;
-        let (num, den) = match self.concealed {
-            1 => (3, 4),
-            2 => (1, 4),
-            _ => (0, 1),
-        };
-        for (i, out) in pcm.iter_mut().enumerate() {
-            let source = if self.last_len == 0 {
-                0
-            } else {
-                self.last[i % self.last_len]
-            };
-            // |source * 3 / 4| never exceeds |source|: the cast cannot overflow.
-            *out = (i32::from(source) * num / den) as i16;
-        }
-        pcm.len()
+        self.concealed = self.concealed.saturating_add(1);
+        fade_last_frame(&self.last[..self.last_len], self.concealed, pcm)
     }
+}
+
+/// Concealment for codecs without their own: the last frame at 3/4 for the first lost frame,
+/// then 1/4, then silence (the `nth` loss in a row, from 1). A stream that ended (which looks
+/// like loss) is not stretched, and a single loss is bridged. Fills `pcm`; returns its length.
+pub(crate) fn fade_last_frame(last: &[i16], nth: u32, pcm: &mut [i16]) -> usize {
+    let (num, den) = match nth {
+        1 => (3, 4),
+        2 => (1, 4),
+        _ => (0, 1),
+    };
+    for (i, out) in pcm.iter_mut().enumerate() {
+        let source = if last.is_empty() {
+            0
+        } else {
+            last[i % last.len()]
+        };
+        // |source * 3 / 4| never exceeds |source|: the cast cannot overflow.
+        *out = (i32::from(source) * num / den) as i16;
+    }
+    pcm.len()
 }
 
 /// G.711 encoding.

@@ -466,21 +466,7 @@ impl crate::codec::Decoder for G722Decoder {
     /// the encoder's within a few milliseconds.
     fn conceal(&mut self, pcm: &mut [i16]) -> usize {
         self.concealed = self.concealed.saturating_add(1);
-        let (num, den) = match self.concealed {
-            1 => (3, 4),
-            2 => (1, 4),
-            _ => (0, 1),
-        };
-        for (i, out) in pcm.iter_mut().enumerate() {
-            let source = if self.last_len == 0 {
-                0
-            } else {
-                self.last[i % self.last_len]
-            };
-            // |source × 3/4| never exceeds |source|: the cast cannot overflow.
-            *out = (i32::from(source) * num / den) as i16;
-        }
-        pcm.len()
+        crate::codec::fade_last_frame(&self.last[..self.last_len], self.concealed, pcm)
     }
 }
 
