@@ -3,8 +3,10 @@
 #   1. formatting and clippy (warnings are errors);
 #   2. every Rust test of the workspace, storage tests on SQLite *and* on a throwaway
 #      PostgreSQL started here (Debian's `postgresql` is installed if missing);
-#   3. end-to-end tests of the binary, with SIPp (Debian's `sip-tester`) and `openssl s_client`
-#      as third-party peers, installed if missing;
+#   3. end-to-end tests of the binary, with third-party peers installed if missing: SIPp
+#      (Debian's `sip-tester`), `openssl s_client`, coturn's `turnutils_uclient` and
+#      `turnutils_peer` (Debian's `coturn`; its server is not started), and headless Chromium
+#      (Debian's `chromium`) driven by playwright-core from npm (tests/browser, `npm ci`);
 #   4. the OpenAPI document checked by a third-party validator (openapi-spec-validator, PyPI).
 # Everything binds to loopback on free ports and cleans up after itself.
 set -euo pipefail
@@ -27,6 +29,13 @@ pg_start
 step "third-party test peers"
 command -v sipp >/dev/null || { echo "==> installing SIPp (Debian package sip-tester)"; apt_install sip-tester; }
 command -v openssl >/dev/null || { echo "==> installing openssl (the TLS client of the SIP over TLS test)"; apt_install openssl; }
+command -v turnutils_uclient >/dev/null || { echo "==> installing coturn (turnutils_uclient and turnutils_peer drive the TURN tests)"; apt_install coturn; }
+command -v chromium >/dev/null || { echo "==> installing Chromium (the WebRTC tests' browser)"; apt_install chromium; }
+command -v npm >/dev/null || { echo "==> installing Node.js and npm (they drive Chromium)"; apt_install nodejs npm; }
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "==> npm ci in tests/browser (playwright-core)"
+  (cd tests/browser && npm ci --silent --no-audit --no-fund)
+fi
 export SWITCHBOARD_TEST_REQUIRE_PEERS=1
 
 step "build"

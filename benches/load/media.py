@@ -288,6 +288,8 @@ class Server:
             "SWITCHBOARD_MEDIA__MAX_CALLS_PER_SECOND": "0",
             "SWITCHBOARD_MEDIA__MAX_CALLS_PER_SECOND_PER_TENANT": "0",
             "SWITCHBOARD_MEDIA__INACTIVITY_TIMEOUT": "3600s",
+            # This benchmark measures calls; TURN (port 3478) stays off.
+            "SWITCHBOARD_TURN__ENABLED": "false",
             "SWITCHBOARD_LOG__LEVEL": "warn",
         })
         self.out_path = os.path.join(work, "server.out")

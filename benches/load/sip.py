@@ -74,6 +74,8 @@ class Server:
             "SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS": "127.0.0.1",
             "SWITCHBOARD_MEDIA__BIND_IP": "127.0.0.1",
             "SWITCHBOARD_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            # This benchmark measures calls; TURN (port 3478) stays off.
+            "SWITCHBOARD_TURN__ENABLED": "false",
             "SWITCHBOARD_LOG__LEVEL": "warn",
         })
         full.update(env)

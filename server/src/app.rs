@@ -18,6 +18,7 @@ use crate::auth::password;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::secrets;
+use switchboard_storage::crypto::SecretBox;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -44,7 +45,7 @@ pub async fn serve(
         .with_context(|| format!("opening database {}", redact_url(&url)))?;
     tracing::info!(engine = ?db.engine(), "database ready");
     let jwt_secret = secrets::jwt_secret(&config, &db, &secret_box).await?;
-    bootstrap(&db, &config, admin_password).await?;
+    bootstrap(&db, &config, &secret_box, admin_password).await?;
 
     // What SDP and SIP headers carry: the configured address, else the media bind address if
     // it is a specific one, else the address of the default route.
@@ -64,10 +65,16 @@ pub async fn serve(
         shutdown.clone(),
     )
     .await?;
-    let state = AppState::new(db.clone(), config.clone(), &jwt_secret, secret_box)
+    let turn = crate::turn::start(&config, &db, &secret_box, advertised, shutdown.clone()).await?;
+    let mut state = AppState::new(db.clone(), config.clone(), &jwt_secret, secret_box)
         .with_sip(sip.handle.clone())
         .with_events(events);
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut turn_threads = Vec::new();
+    if let Some((handle, threads)) = turn {
+        state = state.with_turn(handle);
+        turn_threads = threads;
+    }
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let listener = tokio::net::TcpListener::bind(config.http.bind)
         .await
         .with_context(|| {
@@ -95,6 +102,17 @@ pub async fn serve(
     if let Some(tls) = sip.tls {
         println!("  SIP: TLS listening on {tls}");
     }
+    if let Some(turn) = &state.turn {
+        if let Some(udp) = turn.udp {
+            println!("  TURN: UDP listening on {udp}");
+        }
+        if let Some(tcp) = turn.tcp {
+            println!("  TURN: TCP listening on {tcp}");
+        }
+        for tls in &turn.tls {
+            println!("  TURN: TLS listening on {tls}");
+        }
+    }
     tracing::info!(%bound, %advertised, sip_udp = ?sip.udp, sip_tcp = ?sip.tcp, sip_tls = ?sip.tls, "listening");
 
     let maintenance = tokio::spawn(maintain(db.clone(), shutdown.clone()));
@@ -118,6 +136,9 @@ pub async fn serve(
     maintenance.abort();
     shutdown.cancel();
     sip.stopped().await;
+    for thread in turn_threads {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     db.close().await;
     result.context("HTTP server task")?.context("HTTP server")?;
     tracing::info!("stopped");
@@ -129,6 +150,7 @@ pub async fn serve(
 pub async fn bootstrap(
     db: &Db,
     config: &Config,
+    secret_box: &SecretBox,
     admin_password: Option<String>,
 ) -> anyhow::Result<()> {
     if users::any_superadmin(db).await? {
@@ -166,6 +188,15 @@ pub async fn bootstrap(
     )
     .await
     .context("creating the bootstrap superadmin (config key bootstrap.admin_email)")?;
+    crate::turn::store_user_key(
+        db,
+        secret_box,
+        &config.turn.realm,
+        user.id,
+        &user.email,
+        &password,
+    )
+    .await?;
     audit::record(
         db,
         audit::NewEntry {
@@ -293,11 +324,22 @@ mod tests {
         .await
         .unwrap();
         let config = Config::default();
-        assert!(bootstrap(&db, &config, Some("short".into())).await.is_err());
-        bootstrap(&db, &config, Some("a long enough password".into()))
-            .await
-            .unwrap();
-        bootstrap(&db, &config, None).await.unwrap();
+        let secret_box = SecretBox::new(&SecretBox::generate_key());
+        assert!(
+            bootstrap(&db, &config, &secret_box, Some("short".into()))
+                .await
+                .is_err()
+        );
+        bootstrap(
+            &db,
+            &config,
+            &secret_box,
+            Some("a long enough password".into()),
+        )
+        .await
+        .unwrap();
+        bootstrap(&db, &config, &secret_box, None).await.unwrap();
+        assert_eq!(users::turn_keys(&db).await.unwrap().len(), 1);
         let auth = users::get_auth_by_email(&db, "admin@localhost")
             .await
             .unwrap()

@@ -39,6 +39,8 @@ pub struct Config {
     pub sip: SipConfig,
     /// The media plane: RTP ports, workers, latching, timeouts; call limits.
     pub media: MediaConfig,
+    /// The TURN server: listeners, relay ports, credentials, quotas, peer policy.
+    pub turn: TurnConfig,
     /// The database.
     pub database: DatabaseConfig,
     /// Logins and tokens.
@@ -58,6 +60,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sip: SipConfig::default(),
             media: MediaConfig::default(),
+            turn: TurnConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -286,6 +289,104 @@ impl Default for MediaConfig {
             max_calls_per_tenant: 10_000,
             max_calls_per_second: 1_000,
             max_calls_per_second_per_tenant: 200,
+        }
+    }
+}
+
+/// `[turn]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// Run the TURN server.
+    pub enabled: bool,
+    /// Listen for TURN over UDP.
+    pub udp: bool,
+    /// UDP address and port (port 0 picks a free one).
+    pub udp_bind: SocketAddr,
+    /// Listen for TURN over TCP.
+    pub tcp: bool,
+    /// TCP address and port (port 0 picks a free one).
+    pub tcp_bind: SocketAddr,
+    /// Listen for TURN over TLS (with the SIP TLS certificate).
+    pub tls: bool,
+    /// TLS address and port (port 0 picks a free one).
+    pub tls_bind: SocketAddr,
+    /// A second TLS listener, typically on port 443 for clients behind strict firewalls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_extra_bind: Option<SocketAddr>,
+    /// The REALM of long-term credentials. Changing it invalidates users' TURN keys until
+    /// they next log in or set their password.
+    pub realm: String,
+    /// Address relay sockets bind to. Unspecified (0.0.0.0): relays bind every interface
+    /// and clients are told the advertised address.
+    pub relay_ip: IpAddr,
+    /// Lowest relay port.
+    pub relay_port_min: u16,
+    /// Highest relay port.
+    pub relay_port_max: u16,
+    /// Worker threads, each owning its clients' allocations; 0 means one per CPU.
+    pub workers: usize,
+    /// Shared secret of coturn-compatible REST credentials (`use-auth-secret`). Unset:
+    /// generated on first start and kept (encrypted) in the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_secret: Option<String>,
+    /// Lifetime of the credentials `GET /api/v1/ice-servers` hands out.
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
+    /// Allocation lifetime when a client asks for none or less (RFC 8656: 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub default_lifetime: Duration,
+    /// Longest allocation lifetime granted.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Allocations at most, server-wide (beyond: 508); 0 means no limit.
+    pub max_allocations: u32,
+    /// Allocations at most per user (beyond: 486); 0 means no limit.
+    pub max_allocations_per_user: u32,
+    /// Bytes a second one allocation may relay; 0 means no limit.
+    pub max_bandwidth_per_allocation: u64,
+    /// Permissions (peer addresses) per allocation at most.
+    pub max_permissions_per_allocation: usize,
+    /// Channels per allocation at most.
+    pub max_channels_per_allocation: usize,
+    /// Peer ranges relays may reach even though they are special-purpose (loopback, private,
+    /// link-local...), e.g. `["10.0.0.0/8"]`.
+    pub allow_peers: Vec<String>,
+    /// Peer ranges relays may never reach, on top of the special-purpose ones; wins over
+    /// `allow_peers`.
+    pub deny_peers: Vec<String>,
+    /// Open TCP and TLS connections at most.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp: true,
+            udp_bind: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            tcp: true,
+            tcp_bind: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            tls: true,
+            tls_bind: SocketAddr::from(([0, 0, 0, 0], 5349)),
+            tls_extra_bind: None,
+            realm: "switchboard".into(),
+            relay_ip: IpAddr::from([0, 0, 0, 0]),
+            relay_port_min: 40_000,
+            relay_port_max: 49_999,
+            workers: 0,
+            shared_secret: None,
+            credential_ttl: Duration::from_secs(24 * 3600),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 10_000,
+            max_allocations_per_user: 10,
+            max_bandwidth_per_allocation: 1_000_000,
+            max_permissions_per_allocation: 64,
+            max_channels_per_allocation: 64,
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            max_tcp_connections: 10_000,
         }
     }
 }
@@ -541,6 +642,49 @@ impl Config {
         if media.max_calls == 0 || media.max_calls_per_tenant == 0 {
             return fail("media.max_calls", "call limits must be at least 1");
         }
+        let turn = &self.turn;
+        if turn.relay_port_min < 1024 || turn.relay_port_max < turn.relay_port_min {
+            return fail(
+                "turn.relay_port_max",
+                "the relay range must be above 1023 and not empty",
+            );
+        }
+        if turn.realm.is_empty() || turn.realm.len() > 127 {
+            return fail("turn.realm", "must be 1 to 127 characters");
+        }
+        if turn.default_lifetime < Duration::from_secs(60)
+            || turn.max_lifetime < turn.default_lifetime
+        {
+            return fail(
+                "turn.max_lifetime",
+                "must satisfy 60s <= default_lifetime <= max_lifetime",
+            );
+        }
+        if turn.credential_ttl < Duration::from_secs(60) {
+            return fail("turn.credential_ttl", "must be at least 60s");
+        }
+        if turn.max_permissions_per_allocation == 0 || turn.max_channels_per_allocation == 0 {
+            return fail(
+                "turn.max_permissions_per_allocation",
+                "permission and channel limits must be at least 1",
+            );
+        }
+        if turn.max_tcp_connections == 0 {
+            return fail("turn.max_tcp_connections", "must be at least 1");
+        }
+        if turn.shared_secret.as_ref().is_some_and(|s| s.len() < 8) {
+            return fail("turn.shared_secret", "must be at least 8 bytes");
+        }
+        for (key, ranges) in [
+            ("turn.allow_peers", &turn.allow_peers),
+            ("turn.deny_peers", &turn.deny_peers),
+        ] {
+            for range in ranges {
+                if let Err(error) = range.parse::<switchboard_turn::policy::Cidr>() {
+                    return fail(key, &error.to_string());
+                }
+            }
+        }
         if self.database.max_connections == 0 {
             return fail("database.max_connections", "must be at least 1");
         }
@@ -712,7 +856,14 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(parsed, Config::default());
         // ...and every optional key is documented as a commented-out line.
-        for key in ["advertised_address", "url", "jwt_secret", "secret_key"] {
+        for key in [
+            "advertised_address",
+            "url",
+            "jwt_secret",
+            "secret_key",
+            "tls_extra_bind",
+            "shared_secret",
+        ] {
             assert!(
                 DEFAULT_TOML.contains(&format!("# {key} = ")),
                 "{key} undocumented"

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod recorder;
 pub mod secrets;
 pub mod sip;
+pub mod turn;

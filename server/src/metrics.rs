@@ -178,6 +178,12 @@ impl Metrics {
             .register_collector(Box::new(MediaCollector(stats)));
     }
 
+    /// Exports the TURN server's counters.
+    pub fn register_turn(&mut self, stats: crate::turn::TurnStats) {
+        self.registry
+            .register_collector(Box::new(TurnCollector(stats)));
+    }
+
     /// Exports the recording writer's counters.
     pub fn register_recorder(&mut self, stats: Arc<RecorderStats>) {
         self.registry
@@ -406,6 +412,140 @@ impl Collector for RecorderCollector {
             None,
             gauge.metric_type(),
         )?)?;
+        Ok(())
+    }
+}
+
+/// Sums the TURN workers' counters (each published at its one-second sweep) at scrape time.
+struct TurnCollector(crate::turn::TurnStats);
+
+impl std::fmt::Debug for TurnCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnCollector")
+    }
+}
+
+impl Collector for TurnCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.sum();
+        let counters = [
+            (
+                "switchboard_turn_allocations_created",
+                "TURN allocations created",
+                s.allocations_created,
+            ),
+            (
+                "switchboard_turn_allocations_expired",
+                "TURN allocations that ran out of lifetime",
+                s.allocations_expired,
+            ),
+            (
+                "switchboard_turn_allocations_deleted",
+                "TURN allocations deleted by their client or its connection closing",
+                s.allocations_deleted,
+            ),
+            (
+                "switchboard_turn_permissions_created",
+                "TURN permissions installed",
+                s.permissions_created,
+            ),
+            (
+                "switchboard_turn_channels_bound",
+                "TURN channels bound",
+                s.channels_bound,
+            ),
+            (
+                "switchboard_turn_auth_failures",
+                "TURN requests refused for credentials (unknown user, wrong password, expired)",
+                s.auth_failures,
+            ),
+            (
+                "switchboard_turn_stale_nonces",
+                "TURN requests answered 438 (stale or forged nonce)",
+                s.stale_nonces,
+            ),
+            (
+                "switchboard_turn_quota_denials",
+                "TURN allocations refused by a quota (486 or 508)",
+                s.quota_denials,
+            ),
+            (
+                "switchboard_turn_policy_denials",
+                "TURN permissions or channels refused by the peer policy (403)",
+                s.policy_denials,
+            ),
+            (
+                "switchboard_turn_no_permission_drops",
+                "Packets dropped because their peer had no permission",
+                s.no_permission_drops,
+            ),
+            (
+                "switchboard_turn_bandwidth_drops",
+                "Packets dropped by the per-allocation bandwidth limit",
+                s.bandwidth_drops,
+            ),
+            (
+                "switchboard_turn_malformed",
+                "Packets that were not TURN, did not decode or had no allocation",
+                s.malformed,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let relayed = [
+            (
+                "switchboard_turn_relayed_packets",
+                "Packets relayed, by direction",
+                s.packets_to_peers,
+                s.packets_to_clients,
+            ),
+            (
+                "switchboard_turn_relayed_bytes",
+                "Application bytes relayed, by direction",
+                s.bytes_to_peers,
+                s.bytes_to_clients,
+            ),
+        ];
+        for (name, help, to_peer, to_client) in relayed {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            ConstCounter::new(to_peer)
+                .encode(family.encode_family(&[("direction", "to_peer")])?)?;
+            ConstCounter::new(to_client)
+                .encode(family.encode_family(&[("direction", "to_client")])?)?;
+        }
+        let gauges = [
+            (
+                "switchboard_turn_allocations",
+                "TURN allocations now",
+                s.allocations,
+            ),
+            (
+                "switchboard_turn_permissions",
+                "TURN permissions now",
+                s.permissions,
+            ),
+            (
+                "switchboard_turn_channels",
+                "TURN channel bindings now",
+                s.channels,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
         Ok(())
     }
 }

@@ -70,6 +70,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/recordings/{id}"),
     ("DELETE", "/api/v1/recordings/{id}"),
     ("GET", "/api/v1/recordings/{id}/download"),
+    ("GET", "/api/v1/ice-servers"),
     ("GET", "/api/v1/registrations"),
     ("GET", "/api/v1/ring-groups"),
     ("POST", "/api/v1/ring-groups"),
@@ -180,11 +181,11 @@ impl TestApp {
             ..Config::default()
         };
         adjust(&mut config);
-        switchboard_server::app::bootstrap(&db, &config, Some(ADMIN_PASSWORD.into()))
+        let secret_box = SecretBox::new(&SecretBox::generate_key());
+        switchboard_server::app::bootstrap(&db, &config, &secret_box, Some(ADMIN_PASSWORD.into()))
             .await
             .unwrap();
         let config = Arc::new(config);
-        let secret_box = SecretBox::new(&SecretBox::generate_key());
         let state = AppState::new(db.clone(), config.clone(), JWT_SECRET, secret_box);
         Self {
             router: router(state),
@@ -645,6 +646,22 @@ async fn protected_routes_need_a_valid_bearer_token() {
 // ---------------------------------------------------------------------------------------------
 // 2. Refresh tokens and logout
 // ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ice_servers_are_empty_without_a_turn_server() {
+    let app = TestApp::new().await;
+    let token = app.superadmin().await;
+    let body = expect(app.get("/api/v1/ice-servers", &token).await, StatusCode::OK);
+    assert_eq!(body["iceServers"], json!([]));
+    assert_eq!(body["ttl"], 86_400);
+    // The bootstrap superadmin's TURN key was derived from the password it was created with,
+    // and the login refreshed it.
+    let keys = switchboard_storage::users::turn_keys(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].email, ADMIN_EMAIL);
+}
 
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {

@@ -352,6 +352,42 @@ pub async fn delete(db: &Db, scope: Scope, id: Uuid) -> Result<(), Error> {
     Ok(())
 }
 
+/// The context string for a user's sealed TURN key.
+pub fn turn_key_context(id: Uuid) -> String {
+    format!("users/{id}/turn_key")
+}
+
+/// A user's sealed TURN long-term key, as [`turn_keys`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct TurnKey {
+    /// User id (the sealing context is [`turn_key_context`]).
+    pub id: Uuid,
+    /// Login email: the TURN username.
+    pub email: String,
+    /// The realm the key was derived for.
+    pub realm: String,
+    /// The sealed key.
+    pub sealed: Vec<u8>,
+}
+
+/// Stores a user's sealed TURN key, derived for `realm`.
+pub async fn set_turn_key(db: &Db, id: Uuid, realm: &str, sealed: Vec<u8>) -> Result<(), Error> {
+    const SQL: &str = "UPDATE users SET turn_key = $2, turn_realm = $3 \
+                       WHERE id = $1 AND deleted_at IS NULL";
+    one_row(exec!(db, |pool| sqlx::query(SQL)
+        .bind(id)
+        .bind(sealed.clone())
+        .bind(realm))?)
+}
+
+/// The TURN keys of every active, undeleted user that has one.
+pub async fn turn_keys(db: &Db) -> Result<Vec<TurnKey>, Error> {
+    const SQL: &str = "SELECT id, email, turn_realm AS realm, turn_key AS sealed FROM users \
+                       WHERE deleted_at IS NULL AND status = 'active' AND turn_key IS NOT NULL \
+                       AND turn_realm IS NOT NULL";
+    Ok(run!(db, |pool| sqlx::query_as(SQL).fetch_all(pool).await)?)
+}
+
 /// Whether any live superadmin exists (bootstrap creates one when not).
 pub async fn any_superadmin(db: &Db) -> Result<bool, Error> {
     const SQL: &str = "SELECT COUNT(*) FROM users WHERE role = 'superadmin' AND deleted_at IS NULL";
@@ -445,6 +481,53 @@ mod tests {
             create(&db, new_user(b.id, "alice@example.com", Role::User))
                 .await
                 .unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn turn_keys_of_active_users_are_listed() {
+        each_db(|db| async move {
+            let a = tenants::create(&db, "A", "a.example").await.unwrap();
+            let alice = create(&db, new_user(a.id, "alice@example.com", Role::User))
+                .await
+                .unwrap();
+            let bob = create(&db, new_user(a.id, "bob@example.com", Role::User))
+                .await
+                .unwrap();
+            let carol = create(&db, new_user(a.id, "carol@example.com", Role::User))
+                .await
+                .unwrap();
+            assert_eq!(turn_keys(&db).await.unwrap(), []);
+            for user in [&alice, &bob, &carol] {
+                set_turn_key(&db, user.id, "realm", user.email.as_bytes().to_vec())
+                    .await
+                    .unwrap();
+            }
+            update(
+                &db,
+                &User {
+                    status: UserStatus::Disabled,
+                    ..bob.clone()
+                },
+            )
+            .await
+            .unwrap();
+            delete(&db, Scope::All, carol.id).await.unwrap();
+            let keys = turn_keys(&db).await.unwrap();
+            assert_eq!(
+                keys,
+                [TurnKey {
+                    id: alice.id,
+                    email: alice.email.clone(),
+                    realm: "realm".into(),
+                    sealed: b"alice@example.com".to_vec(),
+                }]
+            );
+            assert!(matches!(
+                set_turn_key(&db, carol.id, "realm", vec![1]).await,
+                Err(Error::NotFound)
+            ));
         })
         .await;
     }

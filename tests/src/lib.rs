@@ -74,6 +74,19 @@ pub struct Server {
     pub sip_tcp: SocketAddr,
     /// Where SIP over TLS listens.
     pub sip_tls: SocketAddr,
+    /// Where TURN listens over UDP, TCP and TLS (unset when `turn.enabled` is false).
+    pub turn: Option<TurnAddresses>,
+}
+
+/// The TURN listeners of a [`Server`].
+#[derive(Clone, Copy, Debug)]
+pub struct TurnAddresses {
+    /// UDP.
+    pub udp: SocketAddr,
+    /// TCP.
+    pub tcp: SocketAddr,
+    /// TLS.
+    pub tls: SocketAddr,
 }
 
 impl Server {
@@ -95,9 +108,20 @@ impl Server {
         command.env("SWITCHBOARD_SIP__TLS_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS", "127.0.0.1");
         command.env("SWITCHBOARD_MEDIA__BIND_IP", "127.0.0.1");
+        // The block's lower half carries RTP, its upper half TURN relays.
         let (first, last) = rtp_ports();
+        let middle = first + RTP_BLOCK / 2;
         command.env("SWITCHBOARD_MEDIA__RTP_PORT_MIN", first.to_string());
-        command.env("SWITCHBOARD_MEDIA__RTP_PORT_MAX", last.to_string());
+        command.env("SWITCHBOARD_MEDIA__RTP_PORT_MAX", (middle - 1).to_string());
+        command.env("SWITCHBOARD_TURN__UDP_BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_TURN__TCP_BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_TURN__TLS_BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_TURN__RELAY_IP", "127.0.0.1");
+        command.env("SWITCHBOARD_TURN__RELAY_PORT_MIN", middle.to_string());
+        command.env("SWITCHBOARD_TURN__RELAY_PORT_MAX", last.to_string());
+        let turn_enabled = !env
+            .iter()
+            .any(|(name, value)| *name == "SWITCHBOARD_TURN__ENABLED" && *value == "false");
         let log_level = std::env::var("SWITCHBOARD_TEST_SERVER_LOGS").ok();
         if let Some(level) = &log_level {
             command.env("SWITCHBOARD_LOG__LEVEL", level);
@@ -130,11 +154,19 @@ impl Server {
             sip_udp: unset,
             sip_tcp: unset,
             sip_tls: unset,
+            turn: None,
         };
         server.http = server.address_after("HTTP listening on ");
         server.sip_udp = server.address_after("SIP: UDP listening on ");
         server.sip_tcp = server.address_after("SIP: TCP listening on ");
         server.sip_tls = server.address_after("SIP: TLS listening on ");
+        if turn_enabled {
+            server.turn = Some(TurnAddresses {
+                udp: server.address_after("TURN: UDP listening on "),
+                tcp: server.address_after("TURN: TCP listening on "),
+                tls: server.address_after("TURN: TLS listening on "),
+            });
+        }
         server
     }
 
@@ -244,4 +276,28 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) 
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Whether a third-party peer program is installed. The README test command installs them
+/// and sets `SWITCHBOARD_TEST_REQUIRE_PEERS=1`, which turns a missing one into a failure.
+pub fn peer(program: &str, version_arg: &str, package: &str) -> bool {
+    let found = Command::new(program).arg(version_arg).output().is_ok();
+    assert!(
+        found || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
+        "{program} ({package}) is required"
+    );
+    found
+}
+
+/// The value of a metric, `name` with its labels as exposed (`x_total{a="b"}`).
+pub async fn metric(server: &Server, name: &str) -> u64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard_media::g711::Law;
 use switchboard_sip::digest::{Algorithm, Challenge};
 use switchboard_sip::message::{HeaderName, Limits, Message, Response, frame_len};
-use switchboard_tests::{Server, TIMEOUT};
+use switchboard_tests::{Server, TIMEOUT, metric, peer};
 
 const ADMIN_PASSWORD: &str = "an-admin-password";
 
@@ -379,7 +379,7 @@ async fn phones_register_over_tcp_with_keepalives() {
 
 #[tokio::test]
 async fn phones_register_over_tls_with_the_generated_certificate() {
-    if !peer("openssl", "version", "openssl") {
+    if !peer("openssl", "version", "Debian package openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -454,20 +454,9 @@ async fn the_directory_follows_the_control_plane() {
     assert!(server.terminate().success());
 }
 
-/// Whether a third-party peer program is installed. The README test command installs them
-/// and sets `SWITCHBOARD_TEST_REQUIRE_PEERS=1`, which turns a missing one into a failure.
-fn peer(program: &str, version_arg: &str, package: &str) -> bool {
-    let found = Command::new(program).arg(version_arg).output().is_ok();
-    assert!(
-        found || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
-        "{program} (Debian package {package}) is required"
-    );
-    found
-}
-
 /// SIPp, if installed.
 fn sipp() -> Option<&'static str> {
-    peer("sipp", "-v", "sip-tester").then_some("sipp")
+    peer("sipp", "-v", "Debian package sip-tester").then_some("sipp")
 }
 
 /// A free UDP port on loopback (released at once; SIPp binds it next).
@@ -601,19 +590,6 @@ fn tone_wav(path: &std::path::Path, frequency: f64, seconds: u32) {
     wav.extend_from_slice(&data_len.to_le_bytes());
     wav.extend_from_slice(&samples);
     std::fs::write(path, wav).unwrap();
-}
-
-/// The value of a metric, `name` with its labels as exposed (`x_total{a="b"}`).
-async fn metric(server: &Server, name: &str) -> u64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
 /// A server with two extensions, 5001 (the SIPp caller) and 5002 (a SIPp callee registered

@@ -159,6 +159,23 @@ const fn decode_type(message_type: u16) -> (Method, Class) {
     (Method(m), Class::from_bits(c))
 }
 
+/// The method, class and transaction id of bytes that start like a STUN message (leading
+/// zero bits and the magic cookie), even when the rest does not decode: enough to answer a
+/// malformed request with 400 (RFC 8489 §6.3).
+pub fn peek_header(bytes: &[u8]) -> Option<(Method, Class, TransactionId)> {
+    let header = bytes.first_chunk::<HEADER_LEN>()?;
+    let message_type = u16::from_be_bytes([header[0], header[1]]);
+    if message_type & 0xC000 != 0
+        || u32::from_be_bytes([header[4], header[5], header[6], header[7]]) != MAGIC_COOKIE
+    {
+        return None;
+    }
+    let (method, class) = decode_type(message_type);
+    let mut id = [0; 12];
+    id.copy_from_slice(&header[8..]);
+    Some((method, class, TransactionId(id)))
+}
+
 /// The 96-bit transaction id (RFC 8489 §5). Requests need a fresh random one: draw it from the
 /// injected RNG, this crate never reads a global one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1075,6 +1092,20 @@ impl LongTermKey {
     pub fn as_bytes(&self) -> &[u8] {
         // `len` is 16 or 32, set by `long_term_key`.
         &self.bytes[..self.len]
+    }
+
+    /// A key kept from an earlier [`long_term_key`] (16 bytes for MD5, 32 for SHA-256);
+    /// `None` for any other length.
+    pub fn from_bytes(key: &[u8]) -> Option<Self> {
+        if key.len() != 16 && key.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0; 32];
+        bytes[..key.len()].copy_from_slice(key);
+        Some(Self {
+            bytes,
+            len: key.len(),
+        })
     }
 }
 

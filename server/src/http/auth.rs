@@ -199,6 +199,7 @@ async fn login(
         state.metrics.login("locked");
         return Err(locked(until, wall));
     }
+    let password = request.password.clone();
     if !password::verify(request.password, auth.password_hash.clone()).await {
         state.metrics.login("invalid_credentials");
         return Err(fail_login(&state, user_id, invalid_credentials()).await);
@@ -225,6 +226,12 @@ async fn login(
         }
     }
     users::record_login_success(&state.db, user_id).await?;
+    // Logins written before TURN keys existed, or with another realm, get theirs now.
+    if state.turn.is_some() {
+        state
+            .set_turn_password(user_id, &auth.user.email, &password)
+            .await?;
+    }
     let principal = Principal {
         id: user_id,
         tenant_id: auth.user.tenant_id,
@@ -350,9 +357,12 @@ async fn change_password(
     users::set_password_hash(
         &state.db,
         who.id,
-        &password::hash(request.new_password).await?,
+        &password::hash(request.new_password.clone()).await?,
     )
     .await?;
+    state
+        .set_turn_password(who.id, &auth.user.email, &request.new_password)
+        .await?;
     tokens::revoke_user(&state.db, who.id, Timestamp::now()).await?;
     users::bump_token_version(&state.db, who.id).await?;
     state

@@ -10,6 +10,7 @@ pub mod error;
 mod events;
 mod extensions;
 mod extract;
+mod ice_servers;
 mod ivr_flows;
 mod numbers;
 mod ops;
@@ -74,6 +75,8 @@ pub struct Inner {
     pub sip: Option<crate::sip::SipHandle>,
     /// Live events for `GET /api/v1/events`.
     pub events: crate::events::EventHub,
+    /// The TURN server, when running.
+    pub turn: Option<crate::turn::TurnHandle>,
 }
 
 impl Deref for AppState {
@@ -93,6 +96,7 @@ impl AppState {
             metrics: Metrics::new(),
             recordings_dir: config.data_dir.join("recordings"),
             sip: None,
+            turn: None,
             events: crate::events::EventHub::new(),
             secret_box,
             config,
@@ -111,6 +115,37 @@ impl AppState {
         inner.metrics.register_recorder(sip.recorder_stats());
         inner.sip = Some(sip);
         self
+    }
+
+    /// Connects the control plane to the TURN server: `GET /ice-servers` hands out its
+    /// credentials, user changes reload its keys, its counters are exported.
+    pub fn with_turn(mut self, turn: crate::turn::TurnHandle) -> Self {
+        let inner =
+            Arc::get_mut(&mut self.0).expect("with_turn is called before the state is cloned");
+        inner.metrics.register_turn(turn.stats());
+        inner.turn = Some(turn);
+        self
+    }
+
+    /// Derives and stores a user's TURN long-term key from a password just set or checked,
+    /// and has the TURN server pick it up.
+    pub async fn set_turn_password(
+        &self,
+        id: switchboard_storage::Uuid,
+        email: &str,
+        password: &str,
+    ) -> Result<(), switchboard_storage::Error> {
+        let realm = &self.config.turn.realm;
+        crate::turn::store_user_key(&self.db, &self.secret_box, realm, id, email, password).await?;
+        self.turn_users_changed();
+        Ok(())
+    }
+
+    /// A user was disabled, deleted or changed: the TURN server reloads its users' keys.
+    pub fn turn_users_changed(&self) {
+        if let Some(turn) = &self.turn {
+            turn.users_changed();
+        }
     }
 
     /// Uses `events` (the hub the signalling task publishes to) for `GET /api/v1/events`.
@@ -211,6 +246,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(registrations::routes())
         .merge(events::routes())
         .merge(audit_log::routes())
+        .merge(ice_servers::routes())
         .merge(ops::openapi_route())
 }
 

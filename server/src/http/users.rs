@@ -107,7 +107,7 @@ async fn create_user(
         &body.password,
         state.config.auth.min_password_length,
     )?;
-    let password_hash = password::hash(body.password).await?;
+    let password_hash = password::hash(body.password.clone()).await?;
     let user = users::create(
         &state.db,
         NewUser {
@@ -119,6 +119,9 @@ async fn create_user(
         },
     )
     .await?;
+    state
+        .set_turn_password(user.id, &user.email, &body.password)
+        .await?;
     state
         .audit(
             &who,
@@ -188,8 +191,13 @@ async fn update_user(
     let password_changed = body.password.is_some();
     let ends_sessions = password_changed || user.status == UserStatus::Disabled;
     if let Some(new_password) = body.password {
-        users::set_password_hash(&state.db, id, &password::hash(new_password).await?).await?;
+        users::set_password_hash(&state.db, id, &password::hash(new_password.clone()).await?)
+            .await?;
+        state
+            .set_turn_password(id, &user.email, &new_password)
+            .await?;
     }
+    state.turn_users_changed();
     if ends_sessions {
         tokens::revoke_user(&state.db, id, Timestamp::now()).await?;
         users::bump_token_version(&state.db, id).await?;
@@ -225,6 +233,7 @@ async fn delete_user(
         return Err(ApiError::conflict("in_use", "you cannot delete yourself"));
     }
     users::delete(&state.db, who.scope(), id).await?;
+    state.turn_users_changed();
     state
         .audit(
             &who,

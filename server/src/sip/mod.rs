@@ -6,7 +6,7 @@ mod directory;
 pub(crate) mod persist;
 mod task;
 mod tcp;
-mod tls;
+pub(crate) mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
