@@ -213,21 +213,36 @@ fn reuseport_sockets(
     kind: socket2::Type,
     key: &str,
 ) -> anyhow::Result<Vec<socket2::Socket>> {
-    let mut sockets = Vec::with_capacity(count);
-    let mut address = address;
-    for _ in 0..count {
-        let protocol = if kind == socket2::Type::STREAM {
-            socket2::Protocol::TCP
-        } else {
-            socket2::Protocol::UDP
-        };
+    let protocol = if kind == socket2::Type::STREAM {
+        socket2::Protocol::TCP
+    } else {
+        socket2::Protocol::UDP
+    };
+    let new_socket = |address: SocketAddr| {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(address),
             kind.nonblocking(),
             Some(protocol),
         )?;
+        // For TCP, so a restart does not wait for TIME_WAIT; never for UDP, where it would
+        // let another socket share the port.
+        if kind == socket2::Type::STREAM {
+            socket.set_reuse_address(true)?;
+        }
+        Ok::<_, std::io::Error>(socket)
+    };
+    // SO_REUSEPORT would let this group share the port with another process holding it
+    // (an old instance, coturn): bind it once alone first, so that is an error instead.
+    if address.port() != 0 {
+        new_socket(address)?
+            .bind(&address.into())
+            .with_context(|| format!("binding {address} (config key {key})"))?;
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut address = address;
+    for _ in 0..count {
+        let socket = new_socket(address)?;
         socket.set_reuse_port(true)?;
-        socket.set_reuse_address(true)?;
         if kind == socket2::Type::DGRAM {
             // Room for bursts from many clients; the kernel caps it at rmem_max.
             let _ = socket.set_recv_buffer_size(4 << 20);
@@ -823,8 +838,14 @@ async fn accept(
         return;
     };
     loop {
-        let Ok((stream, client)) = listener.accept().await else {
-            continue;
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!(%error, "TURN accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let shared = worker.host.borrow().shared.clone();
         if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.max_connections {

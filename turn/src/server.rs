@@ -1040,9 +1040,9 @@ impl Server {
             return Some((five, frame));
         }
         self.indications += 1;
+        // Indications get no answer: a counter is as good a transaction id as any.
         let mut id = [0; 12];
         id[..8].copy_from_slice(&self.indications.to_be_bytes());
-        id[8..].copy_from_slice(&self.config.nonce_secret[..4]);
         let data = buf.get(PEER_HEADROOM..PEER_HEADROOM + len)?;
         let mut builder = MessageBuilder::new(
             &mut self.scratch,
