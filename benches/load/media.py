@@ -95,6 +95,7 @@ RTPENGINE_PIDFILE = os.path.join(PEERS, "rtpengine", "run", "rtpengine.pid")
 sys.dont_write_bytecode = True   # nothing written into the peers' tree
 sys.path.insert(0, os.path.join(PEERS, "rtpengine"))
 from ng import NG, media_port, sdp as make_sdp  # noqa: E402  (the peers' ng client and SDP)
+from loadlib import compiles_running, cpu_times, log, rss_kib  # noqa: E402
 
 ADMIN_PASSWORD = "bench-admin-password"
 CALLER, CALLEE = "7001", "7002"
@@ -108,10 +109,6 @@ OTHER_BUSY_PCT = 15        # CPU % of other processes that flags a step as distu
 REPRIME = 0.1              # s after the answer: the second priming packet of each stream
 
 
-def log(*args):
-    print(*args, flush=True)
-
-
 def free_port(kind=socket.SOCK_DGRAM):
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -120,31 +117,6 @@ def free_port(kind=socket.SOCK_DGRAM):
 
 def gen_ports(i):
     return GEN_BASE + 4 * i, GEN_BASE + 4 * i + 2
-
-
-def rss_kib(pid, field="VmRSS"):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_times():
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]
-    return sum(v[:8]) - idle, sum(v[:8])
-
-
-def compiles_running():
-    """PIDs of Rust builds or test runs (rustc, cargo) on the machine."""
-    r = subprocess.run(["pgrep", "-f", r"(^|/)(rustc|cargo)( |$)"], stdout=subprocess.PIPE, text=True)
-    return [p for p in r.stdout.split() if int(p) != os.getpid()]
 
 
 def proc_ticks(pid):

@@ -87,6 +87,8 @@ import time
 import zlib
 
 sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loadlib import compiles_running, cpu_times, log, rss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.join(ROOT, "benches", "load")
@@ -109,10 +111,6 @@ LOSS_OK = 0.1
 OTHER_BUSY_PCT = 15
 TICK = os.sysconf("SC_CLK_TCK")
 COOKIE = 0x2112A442
-
-
-def log(*args):
-    print(*args, flush=True)
 
 
 class StepError(Exception):
@@ -148,17 +146,6 @@ def pick_port(start, taken, span=2, tcp=True):
     raise StepError("no free port for the server or the peer")
 
 
-def rss_kib(pid, field="VmRSS"):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def proc_ticks(pid):
     """User + system CPU ticks of a process (all its threads)."""
     try:
@@ -167,20 +154,6 @@ def proc_ticks(pid):
         return int(fields[11]) + int(fields[12])
     except OSError:
         return 0
-
-
-def cpu_times():
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]
-    return sum(v[:8]) - idle, sum(v[:8])
-
-
-def compiles_running():
-    """PIDs of Rust builds or test runs (rustc, cargo) on the machine."""
-    r = subprocess.run(["pgrep", "-f", r"(^|/)(rustc|cargo)( |$)"], stdout=subprocess.PIPE, text=True)
-    return [p for p in r.stdout.split() if int(p) != os.getpid()]
 
 
 def machine_busy_pct(secs=1.0):

@@ -12,3 +12,4 @@ pub mod recorder;
 pub mod secrets;
 pub mod sip;
 pub mod turn;
+mod worker;

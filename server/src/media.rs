@@ -168,30 +168,17 @@ impl MediaPlane {
             let (config, events, shutdown) = (config.clone(), events.clone(), shutdown.clone());
             let counters = Counters(stats.clone(), index);
             let (recorder, records) = (recorder.clone(), records.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("media-{index}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(error) => {
-                            tracing::error!(%error, "media worker could not start");
-                            return;
-                        }
-                    };
-                    let local = tokio::task::LocalSet::new();
-                    let shell = Shell {
-                        config,
-                        counters,
-                        recorder,
-                        records,
-                        events,
-                        batch: Batch::new(),
-                    };
-                    local.block_on(&runtime, worker(shell, rx, shutdown));
-                })?;
+            let thread = crate::worker::spawn(format!("media-{index}"), "media", move || {
+                let shell = Shell {
+                    config,
+                    counters,
+                    recorder,
+                    records,
+                    events,
+                    batch: Batch::new(),
+                };
+                worker(shell, rx, shutdown)
+            })?;
             workers.push(tx);
             threads.push(thread);
         }

@@ -377,25 +377,9 @@ pub(crate) async fn start(
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let (shared, shutdown, acceptor) = (shared.clone(), shutdown.clone(), acceptor.clone());
         let core_config = core_config.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("turn-{index}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, "TURN worker could not start");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(
-                    &runtime,
-                    run_worker(index, shared, core_config, sockets, acceptor, shutdown),
-                );
-            })?;
+        let thread = crate::worker::spawn(format!("turn-{index}"), "TURN", move || {
+            run_worker(index, shared, core_config, sockets, acceptor, shutdown)
+        })?;
         threads.push(thread);
     }
     let handle = TurnHandle {
