@@ -51,7 +51,10 @@ const STREAM_IDLE: Duration = Duration::from_secs(600);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes waiting to be written to one TCP or TLS client at most; beyond, relayed data drops.
-const STREAM_OUT_MAX: usize = 1 << 20;
+const STREAM_OUT_MAX: usize = 256 << 10;
+/// A connection's read buffer starts this small and grows only when a frame needs it, so
+/// idle or unauthenticated connections hold little memory.
+const STREAM_READ_START: usize = 4096;
 /// Datagrams received per system call.
 const BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Receive buffer per datagram (GRO may coalesce several into one).
@@ -879,12 +882,18 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + 'static>(
     let out = Rc::new(StreamOut::default());
     worker.streams.borrow_mut().insert(five, out.clone());
     let writing = tokio::task::spawn_local(write_stream(writer, out.clone()));
-    let mut buf = vec![0u8; 2 * (core::MAX_FRAME + 4)];
+    // Twice the longest frame: after compaction a partial frame always has room.
+    let max = 2 * (core::MAX_FRAME + 4);
+    let mut buf = vec![0u8; STREAM_READ_START];
     let (mut start, mut end) = (0, 0);
     'read: loop {
         if end == buf.len() {
-            buf.copy_within(start..end, 0);
-            (start, end) = (0, end - start);
+            if start > 0 {
+                buf.copy_within(start..end, 0);
+                (start, end) = (0, end - start);
+            } else {
+                buf.resize((buf.len() * 2).min(max), 0);
+            }
         }
         let read = tokio::time::timeout(STREAM_IDLE, reader.read(&mut buf[end..])).await;
         match read {
@@ -939,6 +948,8 @@ where
             break;
         }
         pending.clear();
+        // A burst does not pin its buffer for the rest of the connection.
+        pending.shrink_to(STREAM_READ_START);
     }
     let _ = writer.shutdown().await;
 }

@@ -96,7 +96,8 @@ impl fmt::Display for Cidr {
 /// The special-purpose ranges refused by default (IANA special-purpose registries, RFC 6890):
 /// "this network", loopback, RFC 1918 private, shared CGNAT space, link-local (which holds
 /// the cloud metadata endpoints), benchmarking, reserved, multicast and broadcast, and their
-/// IPv6 counterparts including unique-local addresses (where `fd00:ec2::254` lives).
+/// IPv6 counterparts including unique-local addresses (where `fd00:ec2::254` lives) and the
+/// NAT64 prefixes (which would reach IPv4 private ranges through a translator).
 pub const DEFAULT_DENIED: &[&str] = &[
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -111,6 +112,7 @@ pub const DEFAULT_DENIED: &[&str] = &[
     "240.0.0.0/4",
     "::/128",
     "::1/128",
+    "64:ff9b::/96",
     "64:ff9b:1::/48",
     "fc00::/7",
     "fe80::/10",
@@ -215,6 +217,7 @@ mod tests {
             "fd00:ec2::254",
             "ff02::1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
         ] {
             assert!(!policy.permits(ip(denied)), "{denied}");
         }

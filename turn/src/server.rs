@@ -750,6 +750,7 @@ impl Server {
         {
             return Err(bad());
         }
+        let requested_lifetime = message.lifetime().map_err(|_| bad())?;
         let family = requested.unwrap_or(AddressFamily::IPV4);
         if family != AddressFamily::IPV4 && family != AddressFamily::IPV6 {
             return Err(Refusal::new(
@@ -780,7 +781,6 @@ impl Server {
                 Refusal::new(error_code::INSUFFICIENT_CAPACITY, "Insufficient Capacity")
             });
         };
-        let requested_lifetime = message.lifetime().map_err(|_| bad())?;
         let lifetime = self
             .lifetime(requested_lifetime)
             .max(self.default_lifetime());
@@ -832,7 +832,11 @@ impl Server {
     ) -> Result<Success, Refusal> {
         let bad = Refusal::new(error_code::BAD_REQUEST, "Bad Request");
         let requested = message.lifetime().map_err(|_| bad)?;
-        let lifetime = self.lifetime(requested);
+        // RFC 8656 §7.3: a non-zero lifetime is never shorter than the default.
+        let lifetime = match self.lifetime(requested) {
+            0 => 0,
+            granted => granted.max(self.default_lifetime()),
+        };
         let Some(allocation) = self.allocations.get_mut(five) else {
             return Err(Refusal::new(
                 error_code::ALLOCATION_MISMATCH,
@@ -942,24 +946,23 @@ impl Server {
         };
         let max = self.config.max_channels;
         let allocation = self.allocations.get_mut(five).ok_or_else(mismatch)?;
+        // Bindings past their guard are gone, whether or not the sweep has run yet.
+        allocation
+            .channels
+            .retain(|c| c.expires + REBIND_GUARD > now);
         // The number and the peer must either be unbound or bound to each other, counting
         // bindings that expired less than REBIND_GUARD ago.
         let conflict = allocation
             .channels
             .iter()
-            .any(|c| c.expires + REBIND_GUARD > now && ((c.number == number) != (c.peer == peer)));
+            .any(|c| (c.number == number) != (c.peer == peer));
         if conflict {
             return Err(bad());
         }
         match allocation.channels.iter_mut().find(|c| c.number == number) {
             Some(channel) => channel.expires = now + CHANNEL_LIFETIME,
             None => {
-                let live = allocation
-                    .channels
-                    .iter()
-                    .filter(|c| c.expires + REBIND_GUARD > now)
-                    .count();
-                if live >= max {
+                if allocation.channels.len() >= max {
                     return Err(Refusal::new(
                         error_code::INSUFFICIENT_CAPACITY,
                         "Too many channels",
@@ -1653,6 +1656,18 @@ mod tests {
             code(&h.request(&mut client, Method::ALLOCATE, &v6)),
             Some(440)
         );
+        let bad_lifetime = |b: &mut MessageBuilder<'_>| {
+            udp(b)?;
+            b.add_raw(attr::LIFETIME, &[0; 8])
+        };
+        assert_eq!(
+            code(&h.request(&mut client, Method::ALLOCATE, &bad_lifetime)),
+            Some(400)
+        );
+        assert_eq!(
+            h.host.next_port, 50_000,
+            "no relay bound for a refused Allocate"
+        );
         let unknown = |b: &mut MessageBuilder<'_>| {
             udp(b)?;
             b.add_raw(0x7F00, &[1, 2, 3, 4])
@@ -1906,13 +1921,20 @@ mod tests {
         let relay = allocate(&mut h, &mut client);
         assert!(h.server.poll_timeout().is_some());
         h.advance(Duration::from_secs(599));
-        let refresh = |b: &mut MessageBuilder<'_>| b.add_lifetime(60);
+        // Asked for less than the default, a refresh still gets the default (RFC 8656 §7.3).
+        let short = |b: &mut MessageBuilder<'_>| b.add_lifetime(60);
+        let reply = h.request(&mut client, Method::REFRESH, &short);
+        assert_eq!(
+            Message::decode(&reply).unwrap().lifetime().unwrap(),
+            Some(600)
+        );
+        let refresh = |b: &mut MessageBuilder<'_>| b.add_lifetime(900);
         let reply = h.request(&mut client, Method::REFRESH, &refresh);
         assert_eq!(
             Message::decode(&reply).unwrap().lifetime().unwrap(),
-            Some(60)
+            Some(900)
         );
-        h.advance(Duration::from_secs(59));
+        h.advance(Duration::from_secs(899));
         assert_eq!(h.server.stats().allocations, 1);
         h.advance(Duration::from_secs(1));
         assert_eq!(h.server.stats().allocations, 0);
