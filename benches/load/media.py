@@ -95,7 +95,7 @@ RTPENGINE_PIDFILE = os.path.join(PEERS, "rtpengine", "run", "rtpengine.pid")
 sys.dont_write_bytecode = True   # nothing written into the peers' tree
 sys.path.insert(0, os.path.join(PEERS, "rtpengine"))
 from ng import NG, media_port, sdp as make_sdp  # noqa: E402  (the peers' ng client and SDP)
-from loadlib import compiles_running, cpu_times, log, rss_kib  # noqa: E402
+from loadlib import cpu_times, log, rss_kib, wait_quiet  # noqa: E402
 
 ADMIN_PASSWORD = "bench-admin-password"
 CALLER, CALLEE = "7001", "7002"
@@ -117,46 +117,6 @@ def free_port(kind=socket.SOCK_DGRAM):
 
 def gen_ports(i):
     return GEN_BASE + 4 * i, GEN_BASE + 4 * i + 2
-
-
-def proc_ticks(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except OSError:
-        return 0
-
-
-def machine_busy_pct(secs=1.0, exclude=()):
-    """CPU % (100 = one core) used on the machine over `secs`, minus the `exclude` PIDs'."""
-    busy0, total0 = cpu_times()
-    own0 = sum(proc_ticks(p) for p in exclude)
-    time.sleep(secs)
-    busy1, total1 = cpu_times()
-    own1 = sum(proc_ticks(p) for p in exclude)
-    machine = 100 * (busy1 - busy0) / max(1, total1 - total0) * os.cpu_count()
-    return machine - 100 * (own1 - own0) / os.sysconf("SC_CLK_TCK") / secs
-
-
-def wait_quiet(limit, exclude=(), idle_pct=15):
-    """Waits (at most `limit` s) until no cargo/rustc runs and the rest of the machine is idle
-    (under `idle_pct` % of a core over 1 s, the `exclude` PIDs not counted); returns whether
-    it still was not."""
-    deadline, said = time.time() + limit, False
-    while True:
-        builds = compiles_running()
-        busy = machine_busy_pct(exclude=exclude)
-        if not builds and busy < idle_pct:
-            return False
-        if time.time() > deadline:
-            log(f"  machine still busy after {limit:.0f} s (cargo/rustc: {len(builds)}, {busy:.0f} % CPU): "
-                "measuring anyway (flagged)")
-            return True
-        if not said:
-            log(f"  waiting for the machine to be quiet (cargo/rustc processes: {len(builds)}, {busy:.0f} % CPU)")
-            said = True
-        time.sleep(4)
 
 
 def generator_ports_free(calls):

@@ -88,7 +88,7 @@ import zlib
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loadlib import compiles_running, cpu_times, log, rss_kib  # noqa: E402
+from loadlib import compiles_running, cpu_times, log, proc_ticks, rss_kib, wait_quiet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.join(ROOT, "benches", "load")
@@ -144,42 +144,6 @@ def pick_port(start, taken, span=2, tcp=True):
             taken.update(range(p, p + span))
             return p
     raise StepError("no free port for the server or the peer")
-
-
-def proc_ticks(pid):
-    """User + system CPU ticks of a process (all its threads)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except OSError:
-        return 0
-
-
-def machine_busy_pct(secs=1.0):
-    busy0, total0 = cpu_times()
-    time.sleep(secs)
-    busy1, total1 = cpu_times()
-    return 100 * (busy1 - busy0) / max(1, total1 - total0) * os.cpu_count()
-
-
-def wait_quiet(limit, idle_pct=15):
-    """Waits (at most `limit` s) until no cargo/rustc runs and the machine is idle; returns
-    whether it still was not."""
-    deadline, said = time.time() + limit, False
-    while True:
-        builds = compiles_running()
-        busy = machine_busy_pct()
-        if not builds and busy < idle_pct:
-            return False
-        if time.time() > deadline:
-            log(f"  machine still busy after {limit:.0f} s (cargo/rustc: {len(builds)}, {busy:.0f} % CPU): "
-                "measuring anyway (flagged)")
-            return True
-        if not said:
-            log(f"  waiting for the machine to be quiet (cargo/rustc processes: {len(builds)}, {busy:.0f} % CPU)")
-            said = True
-        time.sleep(4)
 
 
 def stop_process(proc, timeout=15):

@@ -34,8 +34,17 @@ fn turn(server: &Server) -> TurnAddresses {
     server.turn.expect("TURN is enabled")
 }
 
-fn coturn_tools() -> bool {
-    peer("turnutils_uclient", "-h", "Debian package coturn")
+/// A started server, its TURN addresses and an echo peer on 127.0.0.1, when coturn's tools
+/// are installed.
+fn with_coturn_tools() -> Option<(tempfile::TempDir, Server, TurnAddresses, EchoPeer)> {
+    if !peer("turnutils_uclient", "-h", "Debian package coturn") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let addresses = turn(&server);
+    let echo = EchoPeer::start("127.0.0.1");
+    Some((dir, server, addresses, echo))
 }
 
 /// `turnutils_peer`, a UDP echo, killed when dropped.
@@ -119,13 +128,9 @@ async fn wait_for_metric(server: &Server, name: &str, at_least: u64) -> u64 {
 
 #[tokio::test]
 async fn turnutils_uclient_relays_both_ways_over_udp_tcp_and_tls() {
-    if !coturn_tools() {
+    let Some((_dir, server, addresses, echo)) = with_coturn_tools() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let addresses = turn(&server);
-    let echo = EchoPeer::start("127.0.0.1");
+    };
     let long_term = ["-u", ADMIN, "-w", ADMIN_PASSWORD];
     // uclient mints `<expiry>:bench` and its HMAC itself from the shared secret.
     let rest = ["-u", "bench", "-W", SECRET];
@@ -166,13 +171,9 @@ async fn turnutils_uclient_relays_both_ways_over_udp_tcp_and_tls() {
 
 #[tokio::test]
 async fn wrong_credentials_and_denied_peers_are_refused() {
-    if !coturn_tools() {
+    let Some((_dir, server, addresses, echo)) = with_coturn_tools() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let addresses = turn(&server);
-    let echo = EchoPeer::start("127.0.0.1");
+    };
     for credentials in [
         ["-u", ADMIN, "-w", "not-the-password"],
         ["-u", "bench", "-W", "not-the-secret"],
