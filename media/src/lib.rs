@@ -12,7 +12,8 @@
 //! [`rtcp`], RTCP reports, reception statistics and round-trip time; [`quality`], E-model
 //! (G.107) MOS estimates from those statistics; [`jitter`], the adaptive jitter buffer
 //! (reordering, loss concealment, talk spurts, clock skew); [`recording`], the stereo
-//! timeline of a recorded call.
+//! timeline of a recorded call; [`prompt`], uploaded WAV prompts read and converted to 8 kHz
+//! mono.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod dtmf;
 pub mod g711;
 pub mod g722;
 pub mod jitter;
+pub mod prompt;
 pub mod quality;
 pub mod recording;
 pub mod relay;

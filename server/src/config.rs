@@ -117,6 +117,8 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Largest audio upload accepted (`/prompts`), in bytes.
+    pub max_upload_bytes: usize,
     /// Longest a request may take before it is answered 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -129,6 +131,7 @@ impl Default for HttpConfig {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body_bytes: 1024 * 1024,
+            max_upload_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_event_connections: 1000,
         }
@@ -562,6 +565,9 @@ impl Config {
         let fail = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
         if self.http.max_body_bytes < 1024 {
             return fail("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.http.max_upload_bytes < 1024 {
+            return fail("http.max_upload_bytes", "must be at least 1024");
         }
         if self.http.request_timeout < Duration::from_secs(1) {
             return fail("http.request_timeout", "must be at least 1s");

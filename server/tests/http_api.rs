@@ -66,6 +66,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/numbers/{id}"),
     ("PATCH", "/api/v1/numbers/{id}"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/prompts"),
+    ("POST", "/api/v1/prompts"),
+    ("GET", "/api/v1/prompts/{id}"),
+    ("DELETE", "/api/v1/prompts/{id}"),
+    ("PATCH", "/api/v1/prompts/{id}"),
+    ("GET", "/api/v1/prompts/{id}/audio"),
+    ("PUT", "/api/v1/prompts/{id}/audio"),
     ("GET", "/api/v1/recordings"),
     ("GET", "/api/v1/recordings/{id}"),
     ("DELETE", "/api/v1/recordings/{id}"),
@@ -1950,10 +1957,15 @@ async fn ivr_flows_drafts_publish_and_versions() {
         json!({"entry": "welcome", "nodes": {"welcome": {"verb": "answer", "next": "nowhere"}}});
     let missing_entry = json!({"entry": "start", "nodes": {"bye": {"verb": "hangup"}}});
     let unknown_verb = json!({"entry": "a", "nodes": {"a": {"verb": "explode"}}});
+    let bad_timezone =
+        json!({"entry": "a", "nodes": {"a": {"verb": "schedule", "timezone": "Mars/Olympus"}}});
+    let misspelt = json!({"entry": "a", "nodes": {"a": {"verb": "gather", "max_digit": 2}}});
     for graph in [
         missing_target,
         missing_entry,
         unknown_verb,
+        bad_timezone,
+        misspelt,
         json!("not a graph"),
     ] {
         expect_invalid(add(graph).await, "graph");
@@ -2788,6 +2800,178 @@ async fn call_history_filters() {
     expect_error(
         app.get(&format!("/api/v1/calls/{}", Uuid::now_v7()), &root)
             .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+/// A WAV file of a 440 Hz tone.
+fn tone_wav(rate: u32, channels: u16, millis: u32) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut out, spec).unwrap();
+    for i in 0..rate * millis / 1000 {
+        let v = (f64::from(i) * 440.0 * std::f64::consts::TAU / f64::from(rate)).sin();
+        for _ in 0..channels {
+            writer.write_sample((v * 10_000.0) as i16).unwrap();
+        }
+    }
+    writer.finalize().unwrap();
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn prompts_are_converted_stored_and_served() {
+    let app = TestApp::with_config(|c| c.http.max_upload_bytes = 64 * 1024).await;
+    let root = app.superadmin().await;
+    let upload = |method: Method, path: String, body: Vec<u8>| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {root}"))
+            .header(header::CONTENT_TYPE, "audio/wav")
+            .body(Body::from(body))
+            .unwrap();
+        async { app.send(request).await.status_json() }
+    };
+
+    // Half a second of 16 kHz stereo becomes half a second of 8 kHz mono.
+    let created = expect(
+        upload(
+            Method::POST,
+            "/api/v1/prompts?name=main-menu&description=Welcome".into(),
+            tone_wav(16_000, 2, 500),
+        )
+        .await,
+        StatusCode::CREATED,
+    );
+    assert_eq!(created["name"], "main-menu");
+    assert_eq!(created["description"], "Welcome");
+    assert_eq!(created["source"], "pcm16 16000 Hz stereo");
+    assert_eq!(created["duration_ms"], 500);
+    let path = format!("/api/v1/prompts/{}", id(&created));
+    assert_eq!(expect(app.get(&path, &root).await, StatusCode::OK), created);
+    let list = expect(app.get("/api/v1/prompts", &root).await, StatusCode::OK);
+    assert_eq!(list["items"], json!([created]));
+
+    let download = app
+        .send(
+            Request::builder()
+                .uri(format!("{path}/audio"))
+                .header(header::AUTHORIZATION, format!("Bearer {root}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert_eq!(download.header(header::CONTENT_TYPE), Some("audio/wav"));
+    let reader = hound::WavReader::new(std::io::Cursor::new(download.body)).unwrap();
+    assert_eq!(
+        (
+            reader.spec().sample_rate,
+            reader.spec().channels,
+            reader.spec().bits_per_sample
+        ),
+        (8000, 1, 16)
+    );
+    let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
+    assert_eq!(samples.len(), 4000);
+    let peak = samples[100..3900]
+        .iter()
+        .map(|s| s.unsigned_abs())
+        .max()
+        .unwrap();
+    assert!(
+        (9_500..=10_500).contains(&peak),
+        "the tone keeps its level: {peak}"
+    );
+
+    // Refusals name what is wrong.
+    expect_error(
+        upload(
+            Method::POST,
+            "/api/v1/prompts?name=main-menu".into(),
+            tone_wav(8000, 1, 100),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    expect_invalid(
+        upload(
+            Method::POST,
+            "/api/v1/prompts?name=has%20space".into(),
+            tone_wav(8000, 1, 100),
+        )
+        .await,
+        "name",
+    );
+    let message = expect_error(
+        upload(
+            Method::POST,
+            "/api/v1/prompts?name=mp3".into(),
+            b"ID3\x04 not a wav".to_vec(),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_audio",
+    );
+    assert!(message.contains("not a WAV"), "{message}");
+    let message = expect_error(
+        upload(
+            Method::POST,
+            "/api/v1/prompts?name=long".into(),
+            tone_wav(48_000, 2, 1000),
+        )
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert!(message.contains("http.max_upload_bytes"), "{message}");
+
+    // Rename, replace the audio, then delete.
+    let renamed = expect(
+        app.patch(&path, &root, json!({"name": "menu"})).await,
+        StatusCode::OK,
+    );
+    assert_eq!(renamed["name"], "menu");
+    let replaced = expect(
+        upload(
+            Method::PUT,
+            format!("{path}/audio"),
+            tone_wav(8000, 1, 1000),
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(
+        (
+            &replaced["name"],
+            &replaced["duration_ms"],
+            &replaced["source"]
+        ),
+        (&json!("menu"), &json!(1000), &json!("pcm16 8000 Hz mono"))
+    );
+
+    // Users other than admins see nothing of it.
+    let tenant = app.tenant_of(&root).await;
+    app.create_user(&root, "plain@example.com", "user", Some(tenant))
+        .await;
+    let user = app.login("plain@example.com", PASSWORD).await.access;
+    expect_error(
+        app.get(&path, &user).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    assert_eq!(app.delete(&path, &root).await.0, StatusCode::NO_CONTENT);
+    expect_error(
+        app.get(&path, &root).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );

@@ -23,12 +23,27 @@
 //! `next` is where a node goes when it completes; `transitions` name the outcomes a verb can
 //! have (see [`Verb::transitions`]). Keys other than `verb`, `next` and `transitions` are the
 //! verb's parameters. A node with nowhere to go ends the call. [`Graph::parse`] checks the
-//! structure: an entry node that exists, known verbs, outcomes the verb can produce, and
-//! transitions that name existing nodes.
+//! whole document: an entry node that exists, known verbs, outcomes the verb can produce,
+//! transitions that name existing nodes, and every parameter (see `docs/ivr.md`).
+//!
+//! [`Flow`] is the compiled form that [`FlowRun`] runs, one per call (see [`engine`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub mod engine;
+mod step;
+#[cfg(test)]
+mod tests;
+
+pub use engine::{
+    Action, CallInfo, DialFailure, DialTarget, EndReason, Event, Flow, FlowRun, HttpRequest,
+    RecordRequest,
+};
+/// The wall-clock type [`FlowRun::start`] takes (re-exported from `jiff`).
+pub use jiff::Timestamp;
+pub use step::Method;
 
 /// Most nodes a flow may have.
 pub const MAX_NODES: usize = 500;
@@ -115,9 +130,9 @@ impl Verb {
 fn valid_suffix(suffix: &str) -> bool {
     !suffix.is_empty()
         && suffix.len() <= MAX_NAME_LEN
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'#' | b'_' | b'-'))
+        && suffix.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'*' | b'#' | b'_' | b'-' | b'+' | b'.')
+        })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -199,6 +214,16 @@ pub enum Error {
     /// A `goto` without a target.
     #[error("node `{0}`: a goto node needs `next`")]
     GotoWithoutNext(String),
+    /// A verb parameter that is missing, unknown or out of range.
+    #[error("node `{node}`: `{field}` {message}")]
+    Param {
+        /// Node holding the parameter.
+        node: String,
+        /// The parameter.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl Graph {
@@ -209,8 +234,13 @@ impl Graph {
         Ok(graph)
     }
 
-    /// Checks the structure of the graph (see the module docs).
+    /// Checks the whole graph (see the module docs).
     pub fn validate(&self) -> Result<(), Error> {
+        Flow::compile(self).map(drop)
+    }
+
+    /// Checks names, the entry and the transitions, not the verbs' parameters.
+    fn validate_structure(&self) -> Result<(), Error> {
         if self.nodes.is_empty() {
             return Err(Error::Empty);
         }
@@ -254,7 +284,7 @@ impl Graph {
 }
 
 #[cfg(test)]
-mod tests {
+mod graph_tests {
     use serde_json::json;
 
     use super::*;

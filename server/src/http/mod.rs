@@ -14,6 +14,7 @@ mod ice_servers;
 mod ivr_flows;
 mod numbers;
 mod ops;
+mod prompts;
 mod recordings;
 mod registrations;
 mod ring_groups;
@@ -241,6 +242,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(numbers::routes())
         .merge(ring_groups::routes())
         .merge(ivr_flows::routes())
+        .merge(prompts::routes())
         .merge(calls::routes())
         .merge(recordings::routes())
         .merge(registrations::routes())
