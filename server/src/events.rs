@@ -67,14 +67,17 @@ pub enum Event<'a> {
         call_id: Uuid,
         /// Tenant.
         tenant_id: Uuid,
-        /// Caller extension.
-        from_extension_id: Uuid,
+        /// Caller extension (null for a call from a trunk).
+        from_extension_id: Option<Uuid>,
         /// Caller number.
         from_number: &'a str,
         /// Called extension, if the number is one.
         to_extension_id: Option<Uuid>,
         /// Dialled number.
         to_number: &'a str,
+        /// The number (DID) a call from a trunk was for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        did: Option<&'a str>,
     },
     /// The callee's phone rings.
     #[serde(rename = "call.ringing")]
@@ -126,14 +129,14 @@ pub struct CallRef {
     pub call_id: Uuid,
     /// Tenant.
     pub tenant_id: Uuid,
-    /// Caller extension.
-    pub from_extension_id: Uuid,
+    /// Caller extension (null for a call from a trunk).
+    pub from_extension_id: Option<Uuid>,
     /// Called extension.
     pub to_extension_id: Option<Uuid>,
 }
 
 impl CallRef {
-    fn new(id: Uuid, tenant_id: Uuid, from: Uuid, to: Option<Uuid>) -> Self {
+    fn new(id: Uuid, tenant_id: Uuid, from: Option<Uuid>, to: Option<Uuid>) -> Self {
         Self {
             at: Timestamp::now().to_rfc3339(),
             call_id: id,
@@ -260,7 +263,7 @@ impl EventHub {
         }
         self.send(
             start.tenant_id,
-            [Some(start.from_extension), start.to_extension],
+            [start.from_extension, start.to_extension],
             &Event::CallStarted {
                 at: Timestamp::now().to_rfc3339(),
                 call_id: start.id,
@@ -269,6 +272,7 @@ impl EventHub {
                 from_number: &start.from_number,
                 to_extension_id: start.to_extension,
                 to_number: &start.to_number,
+                did: start.did.as_deref(),
             },
         );
     }
@@ -302,7 +306,7 @@ impl EventHub {
         };
         self.send(
             event.tenant_id,
-            [Some(event.from_extension), event.to_extension],
+            [event.from_extension, event.to_extension],
             &event_out,
         );
     }
@@ -315,7 +319,7 @@ impl EventHub {
         let start = &end.start;
         self.send(
             start.tenant_id,
-            [Some(start.from_extension), start.to_extension],
+            [start.from_extension, start.to_extension],
             &Event::CallEnded {
                 call: CallRef::new(
                     start.id,
@@ -344,7 +348,7 @@ mod tests {
         let event = CallEvent {
             id: Uuid::new_v4(),
             tenant_id: tenant,
-            from_extension: caller,
+            from_extension: Some(caller),
             to_extension: Some(callee),
             kind: CallEventKind::Held,
         };

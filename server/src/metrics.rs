@@ -268,6 +268,16 @@ impl Collector for SipCollector {
                 "New calls refused (503) by a calls-per-second limit",
                 &s.rate_limited,
             ),
+            (
+                "switchboard_trunk_calls",
+                "INVITEs accepted from a trunk's source address",
+                &s.trunk_calls,
+            ),
+            (
+                "switchboard_trunk_refused",
+                "INVITEs for one of our numbers refused (403): no credentials, not from a trunk",
+                &s.trunk_refused,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(SipStats::get(value));

@@ -37,6 +37,7 @@ use switchboard_sip::transaction::{
 use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
+use self::calls::Caller;
 pub use self::calls::{
     CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide, RecordingError,
     RecordingRequest, RecordingState,
@@ -456,9 +457,22 @@ impl Core {
                     // §16.3 step 4's loop check, by the branch we created it with.
                     return self.respond(now, &key, &request, 482, "Loop Detected", |_| {});
                 }
+                // An INVITE with credentials is an extension's; one without, from a trunk's
+                // source, is the carrier's. A number of ours from anywhere else is refused.
+                let has_credentials = request.headers.get(&HeaderName::Authorization).is_some();
+                if !has_credentials
+                    && let Some(trunk) = self.directory.trunk_for_source(from.addr.ip()).cloned()
+                {
+                    return self.trunk_call(now, wall_ms, key, request, from, &trunk);
+                }
+                if !has_credentials && self.dialled_number(&request).is_some() {
+                    SipStats::inc(&self.stats.trunk_refused);
+                    return self.respond(now, &key, &request, 403, "Forbidden", |_| {});
+                }
                 if let Some((tenant, caller)) =
                     self.authenticate(now, wall_ms, &key, &request, from)
                 {
+                    let caller = Caller::Extension(caller);
                     self.start_call(now, wall_ms, key, request, from, (tenant, caller));
                 }
             }
@@ -482,6 +496,53 @@ impl Core {
                 r.headers.push(HeaderName::Allow, ALLOWED);
             }),
         }
+    }
+
+    /// The number of ours (DID) a request's URI names, in any of its forms.
+    fn dialled_number(&self, request: &Request) -> Option<&crate::directory::Number> {
+        let user = request.uri.as_sip()?.user_unescaped()?;
+        let e164 = crate::e164::normalize(&user).ok()?;
+        self.directory.number(&e164)
+    }
+
+    /// A new INVITE from a trunk's source address (RFC 3261 trusts the carrier by address;
+    /// an IP trunk is authenticated by nothing else).
+    fn trunk_call(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: ServerKey,
+        request: Request,
+        from: Peer,
+        trunk: &crate::directory::Trunk,
+    ) {
+        let Some(tenant) = self.directory.tenant(trunk.tenant_id).cloned() else {
+            return self.respond(now, &key, &request, 404, "Not Found", |_| {});
+        };
+        SipStats::inc(&self.stats.trunk_calls);
+        let from_header = request.headers.get(&HeaderName::From).unwrap_or_default();
+        let (number, display) = NameAddr::parse(from_header)
+            .ok()
+            .map(|f| {
+                let number = f
+                    .parsed_uri()
+                    .ok()
+                    .and_then(|u| u.as_sip().and_then(|u| u.user_unescaped()))
+                    .unwrap_or_default();
+                let display = f
+                    .display_name
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_owned();
+                (number, display)
+            })
+            .unwrap_or_default();
+        let caller = Caller::Trunk {
+            trunk: trunk.id,
+            number,
+            display,
+        };
+        self.start_call(now, wall_ms, key, request, from, (tenant, caller));
     }
 
     /// Digest-authenticates a request against its tenant (realm = the tenant's SIP domain).

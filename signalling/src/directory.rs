@@ -1,4 +1,5 @@
-//! The directory: tenants and extensions as call control needs them, in memory.
+//! The directory: tenants, extensions, trunks and numbers as call control needs them, in
+//! memory.
 //!
 //! The signalling task never waits on the database. The shell loads the directory at start and
 //! sends a [`Update`] after every change committed through the control plane; lookups are
@@ -6,6 +7,7 @@
 //! shell) because digest verification needs them for every algorithm and realm.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use uuid::Uuid;
 
@@ -48,6 +50,73 @@ impl std::fmt::Debug for Extension {
     }
 }
 
+/// An IP network: an address and a prefix length (a host is /32 or /128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// The network's address.
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` is inside. An IPv4-mapped IPv6 address matches its IPv4 network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, width) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                (u128::from(n.to_bits()), u128::from(i.to_bits()), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => (n.to_bits(), i.to_bits(), 128),
+            _ => return false,
+        };
+        let prefix = u32::from(self.prefix).min(width);
+        let shift = width - prefix;
+        shift == width || (net >> shift) == (ip >> shift)
+    }
+}
+
+/// A trunk as call control sees it: who may send us calls through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trunk {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Name (for logs).
+    pub name: String,
+    /// Sources inbound INVITEs are accepted from: an IP trunk's allowed sources, a credential
+    /// trunk's proxies (host names resolved by the shell).
+    pub sources: Vec<Network>,
+}
+
+/// Where a number routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumberTarget {
+    /// An extension.
+    Extension(Uuid),
+    /// A ring group.
+    RingGroup(Uuid),
+    /// An IVR flow.
+    IvrFlow(Uuid),
+}
+
+/// A number (DID) as call control sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Number {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// E.164 form, e.g. `+15551234567`.
+    pub e164: String,
+    /// Where calls to it go.
+    pub target: NumberTarget,
+}
+
 /// A change to the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
@@ -59,6 +128,14 @@ pub enum Update {
     ExtensionUpsert(Extension),
     /// An extension was deleted.
     ExtensionRemove(Uuid),
+    /// A trunk was created or changed (a disabled trunk is removed instead).
+    TrunkUpsert(Trunk),
+    /// A trunk was deleted or disabled.
+    TrunkRemove(Uuid),
+    /// A number was created or changed.
+    NumberUpsert(Number),
+    /// A number was deleted.
+    NumberRemove(Uuid),
 }
 
 /// Tenants and extensions, indexed for call control.
@@ -69,6 +146,9 @@ pub struct Directory {
     default_tenant: Option<Uuid>,
     extensions: HashMap<Uuid, Extension>,
     by_number: HashMap<(Uuid, String), Uuid>,
+    trunks: HashMap<Uuid, Trunk>,
+    numbers: HashMap<Uuid, Number>,
+    by_e164: HashMap<String, Uuid>,
 }
 
 impl Directory {
@@ -117,7 +197,37 @@ impl Directory {
                     self.by_number.remove(&(old.tenant_id, old.number));
                 }
             }
+            Update::TrunkUpsert(trunk) => {
+                self.trunks.insert(trunk.id, trunk);
+            }
+            Update::TrunkRemove(id) => {
+                self.trunks.remove(&id);
+            }
+            Update::NumberUpsert(number) => {
+                if let Some(old) = self.numbers.get(&number.id) {
+                    self.by_e164.remove(&old.e164);
+                }
+                self.by_e164.insert(number.e164.clone(), number.id);
+                self.numbers.insert(number.id, number);
+            }
+            Update::NumberRemove(id) => {
+                if let Some(old) = self.numbers.remove(&id) {
+                    self.by_e164.remove(&old.e164);
+                }
+            }
         }
+    }
+
+    /// The trunk whose sources include `ip`, if any.
+    pub fn trunk_for_source(&self, ip: IpAddr) -> Option<&Trunk> {
+        self.trunks
+            .values()
+            .find(|t| t.sources.iter().any(|n| n.contains(ip)))
+    }
+
+    /// The number `e164` (already normalised).
+    pub fn number(&self, e164: &str) -> Option<&Number> {
+        self.by_e164.get(e164).and_then(|id| self.numbers.get(id))
     }
 
     /// The tenant that owns requests for `host`: the tenant with that domain, else the default.
@@ -223,5 +333,71 @@ mod tests {
         directory.apply(Update::TenantRemove(a));
         assert_eq!(directory.tenant_for_host("192.0.2.10"), None);
         assert!(!format!("{e:?}").contains("pw"), "secrets stay out of logs");
+    }
+
+    fn net(text: &str) -> Network {
+        let (addr, prefix) = text.split_once('/').unwrap();
+        Network {
+            addr: addr.parse().unwrap(),
+            prefix: prefix.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("192.0.2.0/24").contains(ip("192.0.2.200")));
+        assert!(!net("192.0.2.0/24").contains(ip("192.0.3.1")));
+        assert!(net("192.0.2.7/32").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7/32").contains(ip("192.0.2.8")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(
+            net("192.0.2.0/24").contains(ip("::ffff:192.0.2.1")),
+            "mapped IPv4"
+        );
+        assert!(!net("192.0.2.0/24").contains(ip("2001:db8::1")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn trunks_and_numbers_follow_updates() {
+        let mut directory = Directory::new();
+        let tenant = Uuid::new_v4();
+        let trunk = Trunk {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            name: "carrier".into(),
+            sources: vec![net("192.0.2.0/28"), net("198.51.100.5/32")],
+        };
+        directory.apply(Update::TrunkUpsert(trunk.clone()));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(directory.trunk_for_source(ip("198.51.100.5")), Some(&trunk));
+        assert_eq!(directory.trunk_for_source(ip("192.0.2.16")), None);
+        directory.apply(Update::TrunkRemove(trunk.id));
+        assert_eq!(directory.trunk_for_source(ip("198.51.100.5")), None);
+
+        let number = Number {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            e164: "+15551230001".into(),
+            target: NumberTarget::Extension(Uuid::new_v4()),
+        };
+        directory.apply(Update::NumberUpsert(number.clone()));
+        assert_eq!(directory.number("+15551230001"), Some(&number));
+        let moved = Number {
+            e164: "+15551230002".into(),
+            ..number.clone()
+        };
+        directory.apply(Update::NumberUpsert(moved.clone()));
+        assert_eq!(
+            directory.number("+15551230001"),
+            None,
+            "old number released"
+        );
+        assert_eq!(directory.number("+15551230002"), Some(&moved));
+        directory.apply(Update::NumberRemove(number.id));
+        assert_eq!(directory.number("+15551230002"), None);
     }
 }

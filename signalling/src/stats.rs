@@ -30,6 +30,10 @@ pub struct SipStats {
     pub calls_answered: AtomicU64,
     /// New calls refused by a calls-per-second limit.
     pub rate_limited: AtomicU64,
+    /// INVITEs accepted from a trunk's source address.
+    pub trunk_calls: AtomicU64,
+    /// INVITEs for one of our numbers refused with 403: no credentials and not from a trunk.
+    pub trunk_refused: AtomicU64,
     /// Live bindings.
     pub bindings: AtomicU64,
     /// Calls in progress (ringing or answered).

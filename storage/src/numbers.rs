@@ -123,6 +123,16 @@ pub async fn find_by_e164(db: &Db, e164: &str) -> Result<Option<Number>, Error> 
     .await)?)
 }
 
+/// Every number of every tenant (what the signalling core loads at start).
+pub async fn all(db: &Db) -> Result<Vec<Number>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM numbers ORDER BY id");
+    Ok(run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+        sql.clone()
+    ))
+    .fetch_all(pool)
+    .await)?)
+}
+
 /// Numbers visible in `scope`, oldest first.
 pub async fn list(db: &Db, scope: Scope, page: &PageRequest) -> Result<Page<Number>, Error> {
     let sql = format!(

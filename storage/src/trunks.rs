@@ -188,6 +188,15 @@ pub async fn get(db: &Db, scope: Scope, id: Uuid) -> Result<Trunk, Error> {
     row.ok_or(Error::NotFound)?.try_into()
 }
 
+/// Every trunk of every tenant (what the signalling core loads at start).
+pub async fn all(db: &Db) -> Result<Vec<Trunk>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM trunks ORDER BY id");
+    let rows: Vec<Row> = run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+        .fetch_all(pool)
+        .await)?;
+    rows.into_iter().map(Trunk::try_from).collect()
+}
+
 /// Trunks visible in `scope`, oldest first.
 pub async fn list(db: &Db, scope: Scope, page: &PageRequest) -> Result<Page<Trunk>, Error> {
     let sql = format!(

@@ -693,6 +693,25 @@ impl CallBench {
         dialled: &str,
         args: &[&str],
     ) -> CallRun {
+        let csv = credentials_csv(self.dir.path(), "5001", "caller-secret", "");
+        let mut caller = sipp_command(&self.server, self.dir.path(), uac, free_udp_port());
+        caller
+            .args(["-inf", &csv, "-s", dialled, "-m", "1"])
+            .args(args);
+        self.run_pair(caller, uas)
+    }
+
+    /// A carrier (no credentials) at `ip` runs `uac` for `dialled` against callee scenario
+    /// `uas` (echoing RTP), whatever the outcome.
+    fn run_carrier(&self, ip: &str, uac: &str, uas: Option<&str>, dialled: &str) -> CallRun {
+        let mut caller = sipp_command(&self.server, self.dir.path(), uac, free_udp_port());
+        // A later `-i` replaces the one sipp_command set.
+        caller.args(["-i", ip, "-s", dialled, "-m", "1"]);
+        self.run_pair(caller, uas.map(|uas| (uas, true)))
+    }
+
+    /// Runs the callee scenario (if any) and the prepared caller command, both to completion.
+    fn run_pair(&self, mut caller: Command, uas: Option<(&str, bool)>) -> CallRun {
         let callee = uas.map(|(uas, echo)| {
             let echo: &[&str] = if echo { &["-rtp_echo"] } else { &[] };
             sipp_command(&self.server, self.dir.path(), uas, self.callee_port)
@@ -703,12 +722,7 @@ impl CallBench {
                 .spawn()
                 .expect("start the SIPp callee")
         });
-        let csv = credentials_csv(self.dir.path(), "5001", "caller-secret", "");
-        let caller = sipp_command(&self.server, self.dir.path(), uac, free_udp_port())
-            .args(["-inf", &csv, "-s", dialled, "-m", "1"])
-            .args(args)
-            .output()
-            .expect("run the SIPp caller");
+        let caller = caller.output().expect("run the SIPp caller");
         let callee = callee.map(|c| c.wait_with_output().unwrap());
         CallRun { caller, callee }
     }
@@ -812,6 +826,102 @@ async fn sipp_calls_through_the_b2bua_with_media_and_records() {
     );
     assert_eq!(metric(&bench.server, "switchboard_calls_active").await, 0);
     assert_eq!(metric(&bench.server, "switchboard_media_sessions").await, 0);
+    assert!(bench.server.terminate().success());
+}
+
+#[tokio::test]
+async fn carrier_calls_reach_their_number_through_an_ip_trunk() {
+    if sipp().is_none() {
+        return;
+    }
+    let mut bench = CallBench::start(&[]).await;
+    let (status, trunk) = bench
+        .api
+        .call(
+            reqwest::Method::POST,
+            "/trunks",
+            Some(json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1",
+                        "allowed_sources": ["127.0.0.1/32"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{trunk}");
+    let (status, number) = bench
+        .api
+        .call(
+            reqwest::Method::POST,
+            "/numbers",
+            Some(json!({"number": "+15551230002",
+                        "target": {"type": "extension", "id": bench.callee}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{number}");
+
+    // The carrier sends the number in national form; it rings 5002, which answers and echoes
+    // one second of audio.
+    let run = bench.run_carrier(
+        "127.0.0.1",
+        "carrier_uac.xml",
+        Some("dtmf_uas.xml"),
+        "5551230002",
+    );
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert!(
+        run.callee.as_ref().unwrap().status.success(),
+        "{}",
+        run.report()
+    );
+    for direction in ["to_callee", "to_caller"] {
+        let name = format!(r#"switchboard_media_rtp_forwarded_total{{direction="{direction}"}}"#);
+        let packets = metric(&bench.server, &name).await;
+        assert!((49..=51).contains(&packets), "{direction}: {packets}");
+    }
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "caller");
+    assert_eq!(record["direction"], "inbound", "{record}");
+    assert_eq!(record["did"], "+15551230002", "{record}");
+    assert_eq!(record["trunk_id"], trunk["id"], "{record}");
+    assert_eq!(record["from_number"], "+15550001111", "{record}");
+    assert_eq!(record["from_extension_id"], Value::Null, "{record}");
+    assert_eq!(record["to_extension_id"], bench.callee.as_str(), "{record}");
+
+    // A number we do not have: 404, with a record that says so.
+    let run = bench.run_carrier("127.0.0.1", "carrier_refused_uac.xml", None, "+15559999999");
+    assert!(run.caller.status.success(), "{}", run.report());
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "failed", "unallocated_number", "system");
+    assert_eq!(record["trunk_id"], trunk["id"], "{record}");
+
+    // Our number from an address the trunk does not list: 403, counted, no record.
+    let run = bench.run_carrier("127.0.0.2", "carrier_refused_uac.xml", None, "+15551230002");
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert_eq!(
+        metric(&bench.server, "switchboard_trunk_refused_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&bench.server, "switchboard_trunk_calls_total").await,
+        2
+    );
+    let (_, page) = bench.api.call(reqwest::Method::GET, "/calls", None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+
+    // Disabling the trunk closes it at once.
+    let path = format!("/trunks/{}", trunk["id"].as_str().unwrap());
+    let (status, _) = bench
+        .api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let run = bench.run_carrier("127.0.0.1", "carrier_refused_uac.xml", None, "+15551230002");
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert_eq!(
+        metric(&bench.server, "switchboard_trunk_refused_total").await,
+        2
+    );
     assert!(bench.server.terminate().success());
 }
 

@@ -171,6 +171,20 @@ impl AppState {
         }
     }
 
+    /// Pushes the current state of a trunk to the signalling core.
+    pub async fn sync_trunk(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_trunk(id).await;
+        }
+    }
+
+    /// Pushes the current state of a number to the signalling core.
+    pub async fn sync_number(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_number(id).await;
+        }
+    }
+
     /// Appends to the audit log. A failure is logged, not returned: the change it describes has
     /// already been made.
     pub async fn audit(&self, who: &Auth, ip: &ClientIp, entry: AuditEvent<'_>) {

@@ -104,6 +104,7 @@ async fn create_number(
         updated_at: now,
     };
     numbers::create(&state.db, &number).await?;
+    state.sync_number(number.id).await;
     state
         .audit(
             &who,
@@ -155,6 +156,7 @@ async fn update_number(
         number.description = validate::optional_text("description", description, 200)?;
     }
     let number = numbers::update(&state.db, &number).await?;
+    state.sync_number(number.id).await;
     state
         .audit(
             &who,
@@ -183,6 +185,7 @@ async fn delete_number(
     who.require_admin()?;
     let number = numbers::get(&state.db, who.scope(), id).await?;
     numbers::delete(&state.db, who.scope(), id).await?;
+    state.sync_number(id).await;
     state
         .audit(
             &who,

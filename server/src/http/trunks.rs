@@ -237,6 +237,7 @@ async fn create_trunk(
             .seal(&trunks::password_context(trunk.id), p.as_bytes())
     });
     trunks::create(&state.db, &trunk, sealed.as_deref()).await?;
+    state.sync_trunk(trunk.id).await;
     state
         .audit(
             &who,
@@ -308,6 +309,7 @@ async fn update_trunk(
         // Setting the password moved `updated_at` on: answer with the row as stored.
         trunk = trunks::get(&state.db, who.scope(), id).await?;
     }
+    state.sync_trunk(id).await;
     state
         .audit(
             &who,
@@ -336,6 +338,7 @@ async fn delete_trunk(
     who.require_admin()?;
     let trunk = trunks::get(&state.db, who.scope(), id).await?;
     trunks::delete(&state.db, who.scope(), id).await?;
+    state.sync_trunk(id).await;
     state
         .audit(
             &who,

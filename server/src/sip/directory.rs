@@ -1,10 +1,20 @@
 //! Keeping the signalling core's directory in step with the database: a full load at start,
 //! and one update per change made through the control plane.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use anyhow::Context as _;
-use switchboard_signalling::directory::{Extension, Tenant, Update};
+use switchboard_signalling::directory::{
+    Extension, Network, Number, NumberTarget, Tenant, Trunk, Update,
+};
 use switchboard_storage::crypto::SecretBox;
+use switchboard_storage::numbers::{self, TargetType};
+use switchboard_storage::trunks::{self, TrunkKind};
 use switchboard_storage::{Db, Scope, Uuid, extensions, tenants};
+
+/// How long one host name of a trunk may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn extension_update(
     secret_box: &SecretBox,
@@ -42,7 +52,101 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
     for (extension, sealed) in extensions::all_with_secrets(db).await? {
         updates.push(extension_update(secret_box, extension, &sealed)?);
     }
+    for trunk in trunks::all(db).await? {
+        updates.push(trunk_update(trunk).await);
+    }
+    for number in numbers::all(db).await? {
+        updates.push(number_update(number));
+    }
     Ok(updates)
+}
+
+/// `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or range, or a host name (resolved now; every
+/// address it has). An entry that is none of these, or does not resolve, adds nothing.
+async fn networks(entry: &str) -> Vec<Network> {
+    let (address, prefix) = match entry.split_once('/') {
+        Some((address, prefix)) => (address, prefix.parse::<u8>().ok()),
+        None => (entry, None),
+    };
+    if let Ok(addr) = address.parse::<IpAddr>() {
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        return match prefix.unwrap_or(full) {
+            prefix if prefix <= full => vec![Network { addr, prefix }],
+            _ => Vec::new(),
+        };
+    }
+    let lookup = tokio::net::lookup_host((entry, 0));
+    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(addresses)) => addresses
+            .map(|a| Network {
+                addr: a.ip(),
+                prefix: if a.is_ipv4() { 32 } else { 128 },
+            })
+            .collect(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, host = entry, "trunk source does not resolve");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(host = entry, "trunk source took too long to resolve");
+            Vec::new()
+        }
+    }
+}
+
+/// A trunk as the core needs it: where its INVITEs may come from. An IP trunk lists them; a
+/// credential trunk's calls come from its proxies.
+async fn trunk_update(trunk: trunks::Trunk) -> Update {
+    if !trunk.enabled {
+        return Update::TrunkRemove(trunk.id);
+    }
+    let mut entries = trunk.allowed_sources.clone();
+    if trunk.kind == TrunkKind::Credential {
+        entries.push(trunk.host.clone());
+        entries.extend(trunk.secondary_host.clone());
+    }
+    let mut sources = Vec::new();
+    for entry in &entries {
+        sources.extend(networks(entry).await);
+    }
+    Update::TrunkUpsert(Trunk {
+        id: trunk.id,
+        tenant_id: trunk.tenant_id,
+        name: trunk.name,
+        sources,
+    })
+}
+
+fn number_update(number: numbers::Number) -> Update {
+    let target = match number.target_type {
+        TargetType::Extension => NumberTarget::Extension(number.target_id),
+        TargetType::RingGroup => NumberTarget::RingGroup(number.target_id),
+        TargetType::IvrFlow => NumberTarget::IvrFlow(number.target_id),
+    };
+    Update::NumberUpsert(Number {
+        id: number.id,
+        tenant_id: number.tenant_id,
+        e164: number.e164,
+        target,
+    })
+}
+
+/// The current state of one trunk: an upsert, or a removal if it is gone or disabled.
+pub(super) async fn trunk(db: &Db, id: Uuid) -> anyhow::Result<Update> {
+    match trunks::get(db, Scope::All, id).await {
+        Ok(trunk) => Ok(trunk_update(trunk).await),
+        Err(switchboard_storage::Error::NotFound) => Ok(Update::TrunkRemove(id)),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The current state of one number: an upsert, or a removal if it is gone.
+pub(super) async fn number(db: &Db, id: Uuid) -> anyhow::Result<Update> {
+    match numbers::get(db, Scope::All, id).await {
+        Ok(number) => Ok(number_update(number)),
+        Err(switchboard_storage::Error::NotFound) => Ok(Update::NumberRemove(id)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The current state of one extension: an upsert, or a removal if it is gone.

@@ -147,6 +147,22 @@ impl SipHandle {
             Err(error) => tracing::warn!(%error, %id, "could not sync tenant to signalling"),
         }
     }
+
+    /// Re-reads a trunk (its sources resolved again) into the core.
+    pub async fn sync_trunk(&self, id: Uuid) {
+        match directory::trunk(&self.db, id).await {
+            Ok(update) => self.send(update).await,
+            Err(error) => tracing::warn!(%error, %id, "could not sync trunk to signalling"),
+        }
+    }
+
+    /// Re-reads a number into the core.
+    pub async fn sync_number(&self, id: Uuid) {
+        match directory::number(&self.db, id).await {
+            Ok(update) => self.send(update).await,
+            Err(error) => tracing::warn!(%error, %id, "could not sync number to signalling"),
+        }
+    }
 }
 
 /// The running SIP service.

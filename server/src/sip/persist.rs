@@ -125,15 +125,19 @@ fn started(start: &CallStart) -> Call {
         id: start.id,
         tenant_id: start.tenant_id,
         sip_call_id: start.sip_call_id.clone(),
-        direction: Direction::Internal,
+        direction: if start.trunk_id.is_some() {
+            Direction::Inbound
+        } else {
+            Direction::Internal
+        },
         from_uri: start.from_uri.clone(),
         to_uri: start.to_uri.clone(),
         from_number: start.from_number.clone(),
         to_number: start.to_number.clone(),
-        did: None,
-        from_extension_id: Some(start.from_extension),
+        did: start.did.clone(),
+        from_extension_id: start.from_extension,
         to_extension_id: start.to_extension,
-        trunk_id: None,
+        trunk_id: start.trunk_id,
         legs: serde_json::Value::Array(Vec::new()),
         started_at: timestamp(start.started_wall_ms),
         answered_at: None,
@@ -243,10 +247,12 @@ mod tests {
             sip_call_id: "abc@phone".into(),
             from_uri: "sip:1001@acme.test".into(),
             to_uri: "sip:1002@acme.test".into(),
-            from_extension: Uuid::new_v4(),
+            from_extension: Some(Uuid::new_v4()),
             from_number: "1001".into(),
             to_extension: Some(Uuid::new_v4()),
             to_number: "1002".into(),
+            trunk_id: None,
+            did: None,
             started_wall_ms: 1_000_000,
         }
     }

@@ -999,3 +999,129 @@ fn alice_acks(world: &mut World) -> String {
     world.send(world.alice, &ack);
     tag
 }
+
+/// A carrier at 192.0.2.50 behind an IP trunk; number +15551230002 rings Bob, +15551230009
+/// goes to a ring group.
+fn with_trunk(world: &mut World) -> (Uuid, Uuid) {
+    use crate::directory::{Network, Number, NumberTarget, Trunk};
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let bob = world
+        .core
+        .directory
+        .extension_by_number(tenant, "1002")
+        .unwrap()
+        .id;
+    let trunk = Uuid::new_v4();
+    world.core.apply(Update::TrunkUpsert(Trunk {
+        id: trunk,
+        tenant_id: tenant,
+        name: "carrier".into(),
+        sources: vec![Network {
+            addr: "192.0.2.48".parse().unwrap(),
+            prefix: 29,
+        }],
+    }));
+    for (e164, target) in [
+        ("+15551230002", NumberTarget::Extension(bob)),
+        ("+15551230009", NumberTarget::RingGroup(Uuid::new_v4())),
+    ] {
+        world.core.apply(Update::NumberUpsert(Number {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            e164: e164.into(),
+            target,
+        }));
+    }
+    (trunk, bob)
+}
+
+fn carrier_invite(n: u32, to: &str) -> String {
+    let body = sdp("192.0.2.50", 7000, "sendrecv");
+    format!(
+        "INVITE sip:{to}@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKcarrier{n}\r\nMax-Forwards: 70\r\n\
+         From: \"Carol\" <sip:+15550001111@carrier.example>;tag=carol{n}\r\nTo: <sip:{to}@203.0.113.1>\r\nCall-ID: carrier-{n}\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:+15550001111@192.0.2.50:5060>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn a_trunk_call_to_a_number_rings_its_extension() {
+    let mut world = World::new(1, CoreConfig::default());
+    let (trunk, bob_id) = with_trunk(&mut world);
+    let carrier = peer(50);
+    // The national form of the number: normalised to +15551230002.
+    world.send(carrier, &carrier_invite(1, "5551230002"));
+    assert_eq!(
+        world.statuses(carrier),
+        [100],
+        "no challenge for the carrier"
+    );
+    let start = world
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::CallStarted(start) => Some(start.clone()),
+            _ => None,
+        })
+        .expect("a call record");
+    assert_eq!(start.trunk_id, Some(trunk));
+    assert_eq!(start.did.as_deref(), Some("+15551230002"));
+    assert_eq!(
+        (start.from_extension, start.to_extension),
+        (None, Some(bob_id))
+    );
+    assert_eq!(
+        (start.from_number.as_str(), start.to_number.as_str()),
+        ("+15550001111", "1002")
+    );
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    let from = invite.headers.get(&HeaderName::From).unwrap();
+    assert!(
+        from.starts_with("\"Carol\" <sip:+15550001111@example.com>"),
+        "{from}"
+    );
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    assert_eq!(world.statuses(carrier), [200]);
+    assert_eq!(SipStats::get(&world.core.stats().trunk_calls), 1);
+}
+
+#[test]
+fn trunk_refusals_say_why() {
+    let mut world = World::new(1, CoreConfig::default());
+    let (trunk, _) = with_trunk(&mut world);
+    let carrier = peer(50);
+    // A number we do not have.
+    world.send(carrier, &carrier_invite(1, "+15559999999"));
+    assert_eq!(world.statuses(carrier).last(), Some(&404));
+    let end = world.ended().expect("a CDR").clone();
+    assert_eq!(end.cause, "unallocated_number");
+    assert_eq!((end.start.trunk_id, end.start.did), (Some(trunk), None));
+    world.outputs.clear();
+    // A number routed somewhere calls cannot reach yet.
+    world.send(carrier, &carrier_invite(2, "+15551230009"));
+    assert_eq!(world.statuses(carrier).last(), Some(&480));
+    assert_eq!(
+        world.ended().expect("a CDR").cause,
+        "destination_not_supported"
+    );
+    world.outputs.clear();
+
+    // The same number from an address no trunk lists: 403, counted, no record.
+    let stranger = peer(99);
+    let invite = carrier_invite(3, "+15551230002").replace("192.0.2.50", "192.0.2.99");
+    world.send(stranger, &invite);
+    assert_eq!(world.statuses(stranger).last(), Some(&403));
+    assert_eq!(SipStats::get(&world.core.stats().trunk_refused), 1);
+    assert!(world.ended().is_none());
+    // Extensions dialling from anywhere are still challenged as before.
+    let extension_call = carrier_invite(4, "1002").replace("192.0.2.50", "192.0.2.99");
+    world.send(stranger, &extension_call);
+    assert_eq!(world.statuses(stranger).last(), Some(&401));
+}

@@ -28,7 +28,7 @@ use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
 use super::{Core, Output};
-use crate::directory::{Extension, Tenant};
+use crate::directory::{Extension, NumberTarget, Tenant};
 use crate::media::{self, MediaCommand, MediaEvent, SessionId};
 use crate::peer::Peer;
 use crate::stats::SipStats;
@@ -72,14 +72,18 @@ pub struct CallStart {
     pub from_uri: String,
     /// Request-URI of the caller's INVITE.
     pub to_uri: String,
-    /// Caller extension.
-    pub from_extension: Uuid,
+    /// Caller extension (none for a call from a trunk).
+    pub from_extension: Option<Uuid>,
     /// Caller number.
     pub from_number: String,
     /// Called extension, if the number was one.
     pub to_extension: Option<Uuid>,
     /// Called number.
     pub to_number: String,
+    /// The trunk an inbound call came through.
+    pub trunk_id: Option<Uuid>,
+    /// The number (DID, E.164) an inbound call was for.
+    pub did: Option<String>,
     /// Wall time of the INVITE (ms since the epoch).
     pub started_wall_ms: u64,
 }
@@ -91,8 +95,8 @@ pub struct CallEvent {
     pub id: Uuid,
     /// Tenant.
     pub tenant_id: Uuid,
-    /// Caller extension.
-    pub from_extension: Uuid,
+    /// Caller extension (none for a call from a trunk).
+    pub from_extension: Option<Uuid>,
     /// Called extension.
     pub to_extension: Option<Uuid>,
     /// What happened.
@@ -256,6 +260,13 @@ const NO_OFFER: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "incompatible_destination",
 };
+/// The number routes to a ring group or an IVR flow, which calls cannot reach yet.
+const TARGET_UNSUPPORTED: Refusal = Refusal {
+    status: 480,
+    reason: "Temporarily Unavailable",
+    disposition: Disposition::Failed,
+    cause: "destination_not_supported",
+};
 /// The RTP port range is used up.
 const NO_PORTS: Refusal = Refusal {
     status: 503,
@@ -266,6 +277,38 @@ const NO_PORTS: Refusal = Refusal {
 
 fn retry_later(response: &mut Response) {
     response.headers.push(HeaderName::RetryAfter, "5");
+}
+
+/// Who is calling: an authenticated extension, or a carrier through a trunk.
+#[derive(Clone, Debug)]
+pub(super) enum Caller {
+    /// An extension that authenticated with digest.
+    Extension(Extension),
+    /// A trunk whose source address matched.
+    Trunk {
+        /// The trunk.
+        trunk: Uuid,
+        /// The caller's number as presented (From user).
+        number: String,
+        /// The caller's display name, if any.
+        display: String,
+    },
+}
+
+impl Caller {
+    fn number(&self) -> &str {
+        match self {
+            Self::Extension(e) => &e.number,
+            Self::Trunk { number, .. } => number,
+        }
+    }
+
+    fn display(&self) -> &str {
+        match self {
+            Self::Extension(e) => &e.display_name,
+            Self::Trunk { display, .. } => display,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -502,7 +545,8 @@ impl Core {
         self.calls.next_session
     }
 
-    /// Handles a new INVITE (no To tag) for which the caller authenticated as `caller`.
+    /// Handles a new INVITE (no To tag) from `caller`: an authenticated extension dialling an
+    /// extension, or a trunk delivering a call for one of the tenant's numbers.
     pub(super) fn start_call(
         &mut self,
         now: Instant,
@@ -510,13 +554,26 @@ impl Core {
         key: ServerKey,
         request: Request,
         from: Peer,
-        (tenant, caller): (Tenant, Extension),
+        (tenant, caller): (Tenant, Caller),
     ) {
         let dialled = request
             .uri
             .as_sip()
             .and_then(|u| u.user_unescaped())
             .unwrap_or_default();
+        let (from_extension, trunk_id, caller_records) = match &caller {
+            Caller::Extension(e) => (Some(e.id), None, e.record_calls),
+            Caller::Trunk { trunk, .. } => (None, Some(*trunk), false),
+        };
+        // A trunk call is for a number (DID) of the trunk's tenant, in any of its forms.
+        let did = match caller {
+            Caller::Trunk { .. } => crate::e164::normalize(&dialled).ok().filter(|e164| {
+                self.directory
+                    .number(e164)
+                    .is_some_and(|n| n.tenant_id == tenant.id)
+            }),
+            Caller::Extension(_) => None,
+        };
         let mut record = CallStart {
             // UUIDv7 from the call's wall time, like every stored id: records list in time order.
             id: uuid::Builder::from_unix_timestamp_millis(wall_ms, &self.rng.random()).into_uuid(),
@@ -532,10 +589,12 @@ impl Core {
                 .unwrap_or_default()
                 .to_owned(),
             to_uri: request.uri.to_string(),
-            from_extension: caller.id,
-            from_number: caller.number.clone(),
+            from_extension,
+            from_number: caller.number().to_owned(),
             to_extension: None,
             to_number: dialled.clone(),
+            trunk_id,
+            did: did.clone(),
             started_wall_ms: wall_ms,
         };
         let refused = Refused {
@@ -566,11 +625,23 @@ impl Core {
                 r.headers.push(HeaderName::RetryAfter, "1");
             });
         }
-        let Some(callee) = self
-            .directory
-            .extension_by_number(tenant.id, &dialled)
-            .cloned()
-        else {
+        let callee = match (&caller, &did) {
+            (Caller::Extension(_), _) => self
+                .directory
+                .extension_by_number(tenant.id, &dialled)
+                .cloned(),
+            (Caller::Trunk { .. }, Some(did)) => {
+                match self.directory.number(did).map(|n| n.target) {
+                    Some(NumberTarget::Extension(id)) => self.directory.extension(id).cloned(),
+                    Some(NumberTarget::RingGroup(_) | NumberTarget::IvrFlow(_)) => {
+                        return self.refuse(now, refused, record, TARGET_UNSUPPORTED, |_| {});
+                    }
+                    None => None,
+                }
+            }
+            (Caller::Trunk { .. }, None) => None,
+        };
+        let Some(callee) = callee else {
             return self.refuse(now, refused, record, UNKNOWN_NUMBER, |_| {});
         };
         record.to_extension = Some(callee.id);
@@ -628,13 +699,11 @@ impl Core {
             let mut headers = Headers::new();
             headers.push(HeaderName::Via, self.our_via(peer));
             headers.push(HeaderName::MaxForwards, max_forwards.to_string());
-            let display = caller.display_name.replace('"', "");
+            let display = caller.display().replace(['"', '\\'], "");
+            let number = caller.number();
             headers.push(
                 HeaderName::From,
-                format!(
-                    "\"{display}\" <sip:{}@{}>;tag={b_tag}",
-                    caller.number, tenant.domain
-                ),
+                format!("\"{display}\" <sip:{number}@{}>;tag={b_tag}", tenant.domain),
             );
             headers.push(
                 HeaderName::To,
@@ -699,7 +768,7 @@ impl Core {
                 relaying: false,
                 rang: false,
                 held: false,
-                record_policy: tenant_records || caller.record_calls || callee.record_calls,
+                record_policy: tenant_records || caller_records || callee.record_calls,
                 recording: None,
                 a_dtmf: media::telephone_event(&offer),
                 b_dtmf: None,
