@@ -562,6 +562,51 @@ impl Bridge {
         Some((buffer.len(), destination))
     }
 
+    /// One packet of our own audio for `side` (a prompt the call is played), in its stream:
+    /// `payload` of `payload_type`, `samples` long, written into `buffer`. Returns its length
+    /// and where to send it (from `side`'s own RTP socket); `None` while the leg has no
+    /// address. Timestamps advance by whole frames of the wall-clock time since our last
+    /// packet, so a stream forwarded later continues from them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn audio_transmit(
+        &mut self,
+        now: Instant,
+        side: Side,
+        payload_type: u8,
+        marker: bool,
+        payload: &[u8],
+        samples: u32,
+        buffer: &mut Vec<u8>,
+    ) -> Option<(usize, SocketAddr)> {
+        let leg = self.leg_mut(side);
+        let destination = leg.destination()?;
+        let samples = samples.max(1);
+        let (sequence, timestamp) = match leg.last_sent {
+            Some((seq, ts, at)) => {
+                let elapsed = now.saturating_duration_since(at);
+                let ticks = elapsed.as_micros() * u128::from(leg.clock_rate) / 1_000_000;
+                let frames = ((ticks + u128::from(samples / 2)) / u128::from(samples)).max(1);
+                let ticks = (frames * u128::from(samples)) as u32;
+                (seq.wrapping_add(1), ts.wrapping_add(ticks))
+            }
+            None => (0, 0),
+        };
+        leg.seq_offset = leg.seq_offset.wrapping_add(1);
+        leg.last_sent = Some((sequence, timestamp, now));
+        leg.adopted = true;
+        leg.stats.packets_out += 1;
+        rtp::build(
+            buffer,
+            payload_type,
+            marker,
+            sequence,
+            timestamp,
+            leg.out_ssrc,
+            payload,
+        );
+        Some((buffer.len(), destination))
+    }
+
     /// When the next RTCP report of either leg is due.
     pub fn rtcp_timeout(&self) -> Option<Instant> {
         [&self.a, &self.b]
@@ -640,6 +685,50 @@ mod tests {
         let a = Leg::new(Some(addr(4000)), latching, 0xA0A0_A0A0, 8000);
         let b = Leg::new(Some(addr(5000)), latching, 0xB0B0_B0B0, 8000);
         Bridge::new(now, a, b, Duration::from_secs(30))
+    }
+
+    #[test]
+    fn our_audio_paces_whole_frames_and_forwarded_audio_continues_it() {
+        let now = Instant::now();
+        let mut bridge = bridge(now, Latching::FirstSource);
+        let mut buffer = Vec::new();
+        let mut sent = Vec::new();
+        // Timer jitter of a few milliseconds still gives 160-sample steps.
+        for (i, ms) in [0u64, 19, 41, 60].into_iter().enumerate() {
+            let at = now + Duration::from_millis(ms);
+            let (len, to) = bridge
+                .audio_transmit(at, Side::A, 0, i == 0, &[0xff; 160], 160, &mut buffer)
+                .unwrap();
+            assert_eq!(to, addr(4000));
+            let h = RtpHeader::parse(&buffer[..len]).unwrap();
+            sent.push((h.sequence, h.timestamp, h.ssrc, h.marker));
+        }
+        assert_eq!(
+            sent,
+            [
+                (0, 0, 0xA0A0_A0A0, true),
+                (1, 160, 0xA0A0_A0A0, false),
+                (2, 320, 0xA0A0_A0A0, false),
+                (3, 480, 0xA0A0_A0A0, false)
+            ]
+        );
+        // B's audio forwarded to A afterwards keeps our SSRC and numbering.
+        let mut p = packet(5000, 90_000, 0x2222);
+        let at = now + Duration::from_millis(80);
+        bridge.forward(at, Side::B, addr(5000), &mut p).unwrap();
+        let h = RtpHeader::parse(&p).unwrap();
+        assert_eq!((h.ssrc, h.sequence, h.timestamp), (0xA0A0_A0A0, 4, 640));
+        // No address for the leg, nothing to send.
+        let mut lonely = Bridge::new(
+            now,
+            Leg::new(None, Latching::FirstSource, 1, 8000),
+            Leg::new(None, Latching::FirstSource, 2, 8000),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            lonely.audio_transmit(now, Side::A, 0, true, &[0xff; 160], 160, &mut buffer),
+            None
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::io::IoSliceMut;
 use switchboard_media::dtmf::{Digit, DtmfEvent};
+use switchboard_media::g711::Law;
 use switchboard_media::relay::{Bridge, Latching, Leg, Side};
 use switchboard_media::{rtcp, rtp};
 use switchboard_signalling::media::{MediaCommand, MediaEvent, RecordAction, SessionId};
@@ -68,6 +69,8 @@ pub struct WorkerStats {
     pub bind_failures: AtomicU64,
     /// Sessions reported inactive.
     pub inactive: AtomicU64,
+    /// RTP packets of IVR prompts sent to callers.
+    pub prompt_packets: AtomicU64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -112,11 +115,16 @@ pub struct MediaPlane {
     events: mpsc::Sender<MediaEvent>,
 }
 
-/// A command for a worker; a new session comes with its four sockets, bound by the caller.
+/// A command for a worker; a new session comes with its four sockets, bound by the caller,
+/// and a play with its prompt's samples, loaded by the caller.
 struct Job {
     command: MediaCommand,
     sockets: Option<[std::net::UdpSocket; 4]>,
+    audio: Option<Arc<[i16]>>,
 }
+
+/// Samples per 20 ms frame at 8 kHz.
+const FRAME: usize = 160;
 
 /// Binds a session's RTP and RTCP sockets on both sides, non-blocking: (A RTP, A RTCP, B RTP,
 /// B RTCP).
@@ -221,9 +229,34 @@ impl MediaPlane {
             }
             _ => None,
         };
-        if let Err(error) = self.workers[index].try_send(Job { command, sockets }) {
+        self.dispatch(Job {
+            command,
+            sockets,
+            audio: None,
+        });
+    }
+
+    fn dispatch(&self, job: Job) {
+        let session = job.command.session();
+        let index = (session as usize) % self.workers.len();
+        if let Err(error) = self.workers[index].try_send(job) {
             tracing::warn!(%error, session, "media worker queue full; command dropped");
         }
+    }
+
+    /// Plays `audio` (8 kHz samples, loaded by the caller) as `command` (a
+    /// [`MediaCommand::Play`]) asks.
+    pub fn play(&self, command: MediaCommand, audio: Arc<[i16]>) {
+        self.dispatch(Job {
+            command,
+            sockets: None,
+            audio: Some(audio),
+        });
+    }
+
+    /// Reports a play that cannot happen (no such prompt) as done.
+    pub fn play_failed(&self, session: SessionId, id: u32) {
+        let _ = self.events.try_send(MediaEvent::PlayDone { session, id });
     }
 }
 
@@ -240,6 +273,10 @@ struct Session {
     recording: Option<Uuid>,
     /// Sends queued DTMF (RFC 4733) to the legs while there is some.
     dtmf_task: Option<JoinHandle<()>>,
+    /// Streams a prompt to the caller's leg.
+    player: Option<JoinHandle<()>>,
+    /// Plays up to this id were stopped (a late one is not started).
+    stopped_through: u32,
 }
 
 /// What a worker's tasks share.
@@ -302,9 +339,44 @@ impl Session {
         });
     }
 
+    /// Starts streaming `audio` to the caller's leg in place of any prompt playing.
+    fn play(
+        &mut self,
+        shell: &Shell,
+        (session, id): (SessionId, u32),
+        audio: Arc<[i16]>,
+        payload_type: u8,
+    ) {
+        if id <= self.stopped_through {
+            return;
+        }
+        if let Some(player) = self.player.take() {
+            player.abort();
+        }
+        let (bridge, socket) = (self.bridge.clone(), self.sockets[0].0.clone());
+        let (events, counters) = (shell.events.clone(), shell.counters.clone());
+        self.player = Some(tokio::task::spawn_local(async move {
+            play_prompt(&bridge, (&socket, &counters), &audio, payload_type).await;
+            let _ = events.try_send(MediaEvent::PlayDone { session, id });
+        }));
+    }
+
+    /// Stops the prompt playing, and plays up to `id` not started yet.
+    fn stop_play(&mut self, id: u32) {
+        self.stopped_through = self.stopped_through.max(id);
+        if let Some(player) = self.player.take() {
+            player.abort();
+        }
+    }
+
     /// Stops forwarding (and recording) and writes the media statistics to the call record.
     fn end(mut self, shell: &Shell) {
-        for task in self.tasks.drain(..).chain(self.dtmf_task.take()) {
+        for task in self
+            .tasks
+            .drain(..)
+            .chain(self.dtmf_task.take())
+            .chain(self.player.take())
+        {
             task.abort();
         }
         if let Some(recording) = self.recording {
@@ -428,6 +500,45 @@ async fn send_dtmf(bridge: Rc<RefCell<Bridge>>, sockets: [(Rc<UdpSocket>, Rc<Udp
     }
 }
 
+/// Sends `audio` to the caller's leg, one G.711 frame of `payload_type` every 20 ms, in the
+/// leg's own RTP stream (so what the callee sends later continues it).
+async fn play_prompt(
+    bridge: &RefCell<Bridge>,
+    (socket, counters): (&UdpSocket, &Counters),
+    audio: &[i16],
+    payload_type: u8,
+) {
+    let law = if payload_type == 8 {
+        Law::Alaw
+    } else {
+        Law::Ulaw
+    };
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut payload, mut buffer) = ([0u8; FRAME], Vec::with_capacity(12 + FRAME));
+    for (index, frame) in audio.chunks(FRAME).enumerate() {
+        interval.tick().await;
+        // The last frame is padded with silence.
+        let mut samples = [0i16; FRAME];
+        samples[..frame.len()].copy_from_slice(frame);
+        law.encode(&samples, &mut payload);
+        let sent = bridge.borrow_mut().audio_transmit(
+            Instant::now(),
+            Side::A,
+            payload_type,
+            index == 0,
+            &payload,
+            FRAME as u32,
+            &mut buffer,
+        );
+        if let Some((len, to)) = sent
+            && socket.try_send_to(&buffer[..len], to).is_ok()
+        {
+            inc(&counters.prompt_packets);
+        }
+    }
+}
+
 /// The wallclock as an NTP timestamp, for RTCP sender reports.
 fn ntp_now() -> u64 {
     rtcp::ntp_from_system_time(SystemTime::now())
@@ -477,9 +588,9 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                 }
                 counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
             }
-            job = commands.recv() => match job.map(|job| (job.command, job.sockets)) {
+            job = commands.recv() => match job.map(|job| (job.command, job.sockets, job.audio)) {
                 None => break,
-                Some((MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, a_dtmf, call }, Some(sockets))) => {
+                Some((MediaCommand::Create { session, a_port, b_port, a_expected, b_expected, a_dtmf, call }, Some(sockets), _)) => {
                     match create(&shell, (session, call), (a_port, b_port), (a_expected, a_dtmf), b_expected, sockets) {
                         Ok(state) => {
                             sessions.insert(session, state);
@@ -492,8 +603,21 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                         }
                     }
                 }
-                Some((MediaCommand::Create { .. }, None)) => {}
-                Some((MediaCommand::Update { session, a_side, expected, hold, dtmf }, _)) => {
+                Some((MediaCommand::Create { .. }, None, _)) => {}
+                Some((MediaCommand::Play { session, id, payload_type, .. }, _, audio)) => {
+                    match (sessions.get_mut(&session), audio) {
+                        (Some(state), Some(audio)) => state.play(&shell, (session, id), audio, payload_type),
+                        _ => {
+                            let _ = events.try_send(MediaEvent::PlayDone { session, id });
+                        }
+                    }
+                }
+                Some((MediaCommand::StopPlay { session, id }, _, _)) => {
+                    if let Some(state) = sessions.get_mut(&session) {
+                        state.stop_play(id);
+                    }
+                }
+                Some((MediaCommand::Update { session, a_side, expected, hold, dtmf }, _, _)) => {
                     if let Some(state) = sessions.get(&session) {
                         let mut bridge = state.bridge.borrow_mut();
                         let side = if a_side { Side::A } else { Side::B };
@@ -503,19 +627,19 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                         bridge.set_hold(Instant::now(), hold);
                     }
                 }
-                Some((MediaCommand::SendDtmf { session, a_side, digit, duration_ms }, _)) => {
+                Some((MediaCommand::SendDtmf { session, a_side, digit, duration_ms }, _, _)) => {
                     if let Some(state) = sessions.get_mut(&session) {
                         let side = if a_side { Side::A } else { Side::B };
                         state.send_dtmf(side, digit, duration_ms);
                     }
                 }
-                Some((MediaCommand::Destroy { session }, _)) => {
+                Some((MediaCommand::Destroy { session }, _, _)) => {
                     if let Some(state) = sessions.remove(&session) {
                         counters.sessions.store(sessions.len() as u64, Ordering::Relaxed);
                         state.end(&shell);
                     }
                 }
-                Some((MediaCommand::Record { session, action }, _)) => {
+                Some((MediaCommand::Record { session, action }, _, _)) => {
                     if let Some(state) = sessions.get_mut(&session) {
                         state.record(&shell.recorder, action);
                     }
@@ -587,6 +711,8 @@ fn create(
         tapping,
         recording: None,
         dtmf_task: None,
+        player: None,
+        stopped_through: 0,
     })
 }
 

@@ -335,7 +335,7 @@ impl Collector for MediaCollector {
             ConstCounter::new(self.0.sum(field))
                 .encode(family.encode_family(&[("direction", direction)])?)?;
         }
-        let counters: [(&str, &str, Field); 5] = [
+        let counters: [(&str, &str, Field); 6] = [
             (
                 "switchboard_media_rtp_dropped",
                 "RTP packets dropped (foreign source, malformed, no destination yet)",
@@ -360,6 +360,11 @@ impl Collector for MediaCollector {
                 "switchboard_media_inactive",
                 "Media sessions ended for lack of RTP",
                 |w| &w.inactive,
+            ),
+            (
+                "switchboard_media_prompt_packets",
+                "RTP packets of IVR prompts sent to callers",
+                |w| &w.prompt_packets,
             ),
         ];
         for (name, help, field) in counters {

@@ -39,8 +39,8 @@ use uuid::Uuid;
 
 use self::calls::Caller;
 pub use self::calls::{
-    CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide, RecordingError,
-    RecordingRequest, RecordingState,
+    CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide, IvrSummary,
+    RecordingError, RecordingRequest, RecordingState,
 };
 use crate::directory::{Directory, Extension, Tenant, Update};
 use crate::media::{MediaCommand, PortAllocator};

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -117,6 +118,27 @@ pub struct Number {
     pub target: NumberTarget,
 }
 
+/// The published version of an IVR flow, compiled.
+#[derive(Clone, Debug)]
+pub struct PublishedFlow {
+    /// Flow id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Version number.
+    pub version: u32,
+    /// The compiled graph.
+    pub flow: Arc<crate::ivr::Flow>,
+}
+
+impl PartialEq for PublishedFlow {
+    fn eq(&self, other: &Self) -> bool {
+        (self.id, self.tenant_id, self.version) == (other.id, other.tenant_id, other.version)
+    }
+}
+
+impl Eq for PublishedFlow {}
+
 /// A change to the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
@@ -136,6 +158,10 @@ pub enum Update {
     NumberUpsert(Number),
     /// A number was deleted.
     NumberRemove(Uuid),
+    /// A flow was published.
+    FlowUpsert(PublishedFlow),
+    /// A flow was deleted.
+    FlowRemove(Uuid),
 }
 
 /// Tenants and extensions, indexed for call control.
@@ -149,6 +175,7 @@ pub struct Directory {
     trunks: HashMap<Uuid, Trunk>,
     numbers: HashMap<Uuid, Number>,
     by_e164: HashMap<String, Uuid>,
+    flows: HashMap<Uuid, PublishedFlow>,
 }
 
 impl Directory {
@@ -215,6 +242,12 @@ impl Directory {
                     self.by_e164.remove(&old.e164);
                 }
             }
+            Update::FlowUpsert(flow) => {
+                self.flows.insert(flow.id, flow);
+            }
+            Update::FlowRemove(id) => {
+                self.flows.remove(&id);
+            }
         }
     }
 
@@ -223,6 +256,11 @@ impl Directory {
         self.trunks
             .values()
             .find(|t| t.sources.iter().any(|n| n.contains(ip)))
+    }
+
+    /// The published version of flow `id`.
+    pub fn flow(&self, id: Uuid) -> Option<&PublishedFlow> {
+        self.flows.get(&id)
     }
 
     /// The number `e164` (already normalised).

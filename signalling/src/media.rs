@@ -68,6 +68,28 @@ pub enum MediaCommand {
         /// What to do.
         action: RecordAction,
     },
+    /// Play a prompt of `tenant` to the caller's leg (a call an IVR flow answered), in the
+    /// leg's G.711 `payload_type`; [`MediaEvent::PlayDone`] with `id` follows when it ends or
+    /// cannot be played.
+    Play {
+        /// Session.
+        session: SessionId,
+        /// Numbers the plays of a session, increasing.
+        id: u32,
+        /// Tenant whose prompt it is.
+        tenant: Uuid,
+        /// Prompt name.
+        prompt: String,
+        /// 0 (PCMU) or 8 (PCMA).
+        payload_type: u8,
+    },
+    /// Stop the prompt playing, and drop any play up to `id` not started yet.
+    StopPlay {
+        /// Session.
+        session: SessionId,
+        /// The latest play id to stop.
+        id: u32,
+    },
 }
 
 impl MediaCommand {
@@ -78,7 +100,9 @@ impl MediaCommand {
             | Self::Update { session, .. }
             | Self::Destroy { session }
             | Self::Record { session, .. }
-            | Self::SendDtmf { session, .. } => *session,
+            | Self::SendDtmf { session, .. }
+            | Self::Play { session, .. }
+            | Self::StopPlay { session, .. } => *session,
         }
     }
 }
@@ -119,6 +143,13 @@ pub enum MediaEvent {
     Failed {
         /// Session.
         session: SessionId,
+    },
+    /// A prompt from [`MediaCommand::Play`] ended (or could not be played).
+    PlayDone {
+        /// Session.
+        session: SessionId,
+        /// The play's id.
+        id: u32,
     },
     /// A leg sent a DTMF key as RFC 4733 events (reported when the key goes up).
     Dtmf {
@@ -222,6 +253,25 @@ pub fn is_hold(sdp: &Sdp) -> bool {
         sdp.direction(index),
         Direction::SendOnly | Direction::Inactive
     ) || sdp.connection(index).is_some_and(|ip| ip.is_unspecified())
+}
+
+/// Our answer to `offer` for a call we answer ourselves (an IVR): G.711 only, µ-law if offered
+/// else A-law, with telephone-event if offered, sendrecv. Also returns the payload type
+/// chosen. `None` if the offer has no G.711 audio.
+pub fn answer_g711(offer: &Sdp) -> Option<(Sdp, u8)> {
+    let mut answer = offer.clone();
+    let index = answer.media.iter().position(|m| m.kind == "audio")?;
+    let maps = answer.media[index].rtpmaps();
+    let chosen = ["PCMU", "PCMA"].iter().find_map(|name| {
+        maps.iter()
+            .find(|m| m.encoding.eq_ignore_ascii_case(name) && m.clock_rate == 8000)
+            .map(|m| m.payload_type)
+    })?;
+    answer.media[index].retain_formats(|m| {
+        m.payload_type == chosen || m.encoding.eq_ignore_ascii_case("telephone-event")
+    });
+    answer.set_direction(index, Direction::SendRecv);
+    Some((answer, chosen))
 }
 
 /// Rewrites an SDP so media comes to `address:port`: every connection line and the origin,

@@ -230,6 +230,51 @@ pub async fn publish(
     })
 }
 
+/// A flow's latest published version, with its tenant (what calls run).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    /// Flow id.
+    pub flow_id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Version number.
+    pub version: u32,
+    /// The graph.
+    pub graph: serde_json::Value,
+}
+
+const PUBLISHED: &str = "SELECT f.id, f.tenant_id, v.version, v.graph FROM ivr_flows f \
+    JOIN ivr_flow_versions v ON v.flow_id = f.id AND v.version = f.published_version";
+
+fn published_row(
+    (flow_id, tenant_id, version, graph): (Uuid, Uuid, i32, String),
+) -> Result<Published, Error> {
+    Ok(Published {
+        flow_id,
+        tenant_id,
+        version: u32::try_from(version).unwrap_or(0),
+        graph: parse_graph(&graph)?,
+    })
+}
+
+/// The latest published version of every flow (what the signalling core loads at start).
+pub async fn all_published(db: &Db) -> Result<Vec<Published>, Error> {
+    let rows: Vec<(Uuid, Uuid, i32, String)> =
+        run!(db, |pool| sqlx::query_as(PUBLISHED).fetch_all(pool).await)?;
+    rows.into_iter().map(published_row).collect()
+}
+
+/// The latest published version of flow `id`, if it has one.
+pub async fn published(db: &Db, id: Uuid) -> Result<Option<Published>, Error> {
+    let sql = format!("{PUBLISHED} WHERE f.id = $1");
+    let row: Option<(Uuid, Uuid, i32, String)> =
+        run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?;
+    row.map(published_row).transpose()
+}
+
 /// Published versions of a flow visible in `scope`, newest first.
 pub async fn versions(db: &Db, scope: Scope, id: Uuid) -> Result<Vec<IvrFlowVersion>, Error> {
     const SQL: &str = "SELECT v.flow_id, v.version, v.graph, v.published_at, v.published_by \
@@ -328,6 +373,12 @@ mod tests {
                     .version,
                 2
             );
+            let latest = published(&db, flow.id).await.unwrap().unwrap();
+            assert_eq!(
+                (latest.version, &latest.graph, latest.tenant_id),
+                (2, &v2, a.id)
+            );
+            assert_eq!(all_published(&db).await.unwrap(), [latest]);
             let all = versions(&db, Scope::Tenant(a.id), flow.id).await.unwrap();
             assert_eq!(all.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
             assert_eq!(all[0].graph, v2);

@@ -55,6 +55,13 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// POSTs `body` and expects 201; returns the new object.
+    async fn create(&self, path: &str, body: Value) -> Value {
+        let (status, created) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{path}: {created}");
+        created
+    }
+
     async fn extension(&self, number: &str, password: &str) -> String {
         let body = json!({"number": number, "display_name": format!("Ext {number}"), "password": password});
         let (status, created) = self
@@ -922,6 +929,89 @@ async fn carrier_calls_reach_their_number_through_an_ip_trunk() {
         metric(&bench.server, "switchboard_trunk_refused_total").await,
         2
     );
+    assert!(bench.server.terminate().success());
+}
+
+#[tokio::test]
+async fn an_ivr_flow_answers_a_carrier_call_takes_a_key_and_puts_it_through() {
+    if sipp().is_none() {
+        return;
+    }
+    let mut bench = CallBench::start(&[]).await;
+    let api = &bench.api;
+    api.create(
+        "/trunks",
+        json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
+    )
+    .await;
+    // The menu prompt: one second of tone, uploaded as a µ-law WAV.
+    let wav = std::fs::read(bench.dir.path().join("tone.wav")).unwrap();
+    let uploaded = api
+        .client
+        .post(format!("{}/prompts?name=menu", api.base))
+        .bearer_auth(&api.token)
+        .body(wav)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let flow = api
+        .create(
+            "/ivr-flows",
+            json!({"name": "main", "graph": {"entry": "menu", "nodes": {
+                "menu": {"verb": "gather", "prompt": "menu", "transitions": {"match.2": "call"}},
+                "call": {"verb": "dial", "extension": "5002", "transitions": {"answered": "bye"}},
+                "bye": {"verb": "hangup"}
+            }}}),
+        )
+        .await;
+    let flow_id = flow["id"].as_str().unwrap();
+    api.create(&format!("/ivr-flows/{flow_id}/publish"), json!({}))
+        .await;
+    api.create(
+        "/numbers",
+        json!({"number": "+15551230004", "target": {"type": "ivr_flow", "id": flow_id}}),
+    )
+    .await;
+
+    // The flow answers and plays the menu; the carrier presses 2 (RFC 4733) during it; the
+    // flow dials 5002, which answers and echoes what the carrier then sends.
+    let run = bench.run_carrier(
+        "127.0.0.1",
+        "ivr_carrier_uac.xml",
+        Some("dtmf_uas.xml"),
+        "+15551230004",
+    );
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert!(
+        run.callee.as_ref().unwrap().status.success(),
+        "{}",
+        run.report()
+    );
+    let prompt = metric(&bench.server, "switchboard_media_prompt_packets_total").await;
+    assert!(
+        prompt >= 5,
+        "the menu played until the key: {prompt} packets"
+    );
+    for direction in ["to_callee", "to_caller"] {
+        let name = format!(r#"switchboard_media_rtp_forwarded_total{{direction="{direction}"}}"#);
+        let packets = metric(&bench.server, &name).await;
+        assert!(packets >= 30, "{direction}: {packets}");
+    }
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "caller");
+    assert_eq!(record["direction"], "inbound", "{record}");
+    assert_eq!(record["did"], "+15551230004", "{record}");
+    assert_eq!(record["to_extension_id"], bench.callee.as_str(), "{record}");
+    let ivr = record["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|leg| leg["role"] == "ivr")
+        .cloned()
+        .unwrap_or_else(|| panic!("no IVR in {record}"));
+    assert_eq!(ivr["flow_id"], flow_id, "{record}");
+    assert_eq!(ivr["path"], json!(["menu", "call"]), "{record}");
     assert!(bench.server.terminate().success());
 }
 

@@ -169,6 +169,7 @@ async fn delete_flow(
     who.require_admin()?;
     let flow = ivr_flows::get(&state.db, who.scope(), id).await?;
     ivr_flows::delete(&state.db, who.scope(), id).await?;
+    state.sync_flow(id).await;
     state
         .audit(
             &who,
@@ -199,6 +200,7 @@ async fn publish_flow(
     let flow = ivr_flows::get(&state.db, who.scope(), id).await?;
     check_graph(&flow.draft)?;
     let version = ivr_flows::publish(&state.db, who.scope(), id, Some(who.id)).await?;
+    state.sync_flow(id).await;
     state
         .audit(
             &who,

@@ -178,6 +178,13 @@ impl AppState {
         }
     }
 
+    /// Pushes the published version of a flow to the signalling core.
+    pub async fn sync_flow(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_flow(id).await;
+        }
+    }
+
     /// Pushes the current state of a number to the signalling core.
     pub async fn sync_number(&self, id: switchboard_storage::Uuid) {
         if let Some(sip) = &self.sip {

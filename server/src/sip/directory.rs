@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_signalling::directory::{
-    Extension, Network, Number, NumberTarget, Tenant, Trunk, Update,
+    Extension, Network, Number, NumberTarget, PublishedFlow, Tenant, Trunk, Update,
 };
+use switchboard_signalling::ivr::Flow;
 use switchboard_storage::crypto::SecretBox;
+use switchboard_storage::ivr_flows;
 use switchboard_storage::numbers::{self, TargetType};
 use switchboard_storage::trunks::{self, TrunkKind};
 use switchboard_storage::{Db, Scope, Uuid, extensions, tenants};
@@ -58,7 +60,35 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
     for number in numbers::all(db).await? {
         updates.push(number_update(number));
     }
+    for published in ivr_flows::all_published(db).await? {
+        updates.push(flow_update(published));
+    }
     Ok(updates)
+}
+
+/// A published flow, compiled. One that no longer compiles (published before a check that
+/// now refuses it) is left out, and calls to it are refused until it is published again.
+fn flow_update(published: ivr_flows::Published) -> Update {
+    match Flow::parse(&published.graph) {
+        Ok(flow) => Update::FlowUpsert(PublishedFlow {
+            id: published.flow_id,
+            tenant_id: published.tenant_id,
+            version: published.version,
+            flow: std::sync::Arc::new(flow),
+        }),
+        Err(error) => {
+            tracing::warn!(%error, flow = %published.flow_id, "published IVR flow does not compile");
+            Update::FlowRemove(published.flow_id)
+        }
+    }
+}
+
+/// The published state of one flow: its latest version, or a removal.
+pub(super) async fn flow(db: &Db, id: Uuid) -> anyhow::Result<Update> {
+    Ok(match ivr_flows::published(db, id).await? {
+        Some(published) => flow_update(published),
+        None => Update::FlowRemove(id),
+    })
 }
 
 /// `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or range, or a host name (resolved now; every

@@ -156,6 +156,14 @@ impl SipHandle {
         }
     }
 
+    /// Re-reads a flow's published version into the core.
+    pub async fn sync_flow(&self, id: Uuid) {
+        match directory::flow(&self.db, id).await {
+            Ok(update) => self.send(update).await,
+            Err(error) => tracing::warn!(%error, %id, "could not sync IVR flow to signalling"),
+        }
+    }
+
     /// Re-reads a number into the core.
     pub async fn sync_number(&self, id: Uuid) {
         match directory::number(&self.db, id).await {
@@ -405,6 +413,7 @@ pub async fn start(
         media_events,
         events,
         shutdown,
+        db: db.clone(),
     };
     tasks.push(tokio::spawn(task::run(core, io)));
     Ok(SipService {

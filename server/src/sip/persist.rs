@@ -183,13 +183,25 @@ pub(crate) fn hangup_side(side: HangupSide) -> calls::HangupSide {
 fn ending(end: &CallEnd) -> Ending {
     let mut legs = vec![leg("caller", &end.caller)];
     legs.extend(end.callee.as_ref().map(|callee| leg("callee", callee)));
+    // The IVR flow that answered the call: which version, the nodes it went through, and why
+    // it ended (null when the call ended under it).
+    legs.extend(end.ivr.as_ref().map(|ivr| {
+        serde_json::json!({
+            "role": "ivr",
+            "flow_id": ivr.flow_id,
+            "version": ivr.version,
+            "path": ivr.path,
+            "ended": ivr.ended,
+        })
+    }));
     Ending {
         answered_at: end.answered_wall_ms.map(timestamp),
         ended_at: timestamp(end.ended_wall_ms),
         disposition: disposition(end.disposition),
         hangup_cause: end.cause.to_owned(),
         hangup_side: hangup_side(end.side),
-        to_extension_id: None,
+        // A flow's dial names the callee only after the call started.
+        to_extension_id: end.start.to_extension,
         legs: serde_json::Value::Array(legs),
         media_stats: serde_json::Value::Object(serde_json::Map::new()),
         recording_id: end.recording,
@@ -273,6 +285,7 @@ mod tests {
             caller: peer(5060),
             callee: Some(peer(5070)),
             recording: None,
+            ivr: None,
         }
     }
 

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard_signalling::core::{Core, Output};
-use switchboard_signalling::media::MediaEvent;
+use switchboard_signalling::media::{MediaCommand, MediaEvent};
 use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_storage::Timestamp;
 use tokio::io::Interest;
@@ -40,6 +41,39 @@ pub(crate) struct Io {
     pub(crate) media_events: mpsc::Receiver<MediaEvent>,
     pub(crate) events: EventHub,
     pub(crate) shutdown: CancellationToken,
+    /// Prompts are read from here (by a task of their own: the signalling task never waits).
+    pub(crate) db: switchboard_storage::Db,
+}
+
+/// Loads a prompt for a [`MediaCommand::Play`] and hands it to the media plane; a prompt that
+/// cannot be read is reported as played, so the flow goes on.
+fn load_and_play(io: &Io, command: MediaCommand) {
+    let MediaCommand::Play {
+        session,
+        id,
+        tenant,
+        ref prompt,
+        ..
+    } = command
+    else {
+        return;
+    };
+    let (db, media, prompt) = (io.db.clone(), io.media.clone(), prompt.clone());
+    tokio::spawn(async move {
+        match switchboard_storage::prompts::audio_by_name(&db, tenant, &prompt).await {
+            Ok(pcm) => {
+                let samples: Arc<[i16]> = pcm
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                media.play(command, samples);
+            }
+            Err(error) => {
+                tracing::warn!(%error, %tenant, %prompt, "IVR prompt not played");
+                media.play_failed(session, id);
+            }
+        }
+    });
 }
 
 fn wall_ms() -> u64 {
@@ -77,6 +111,7 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     record(&io, Record::CallEnd(end));
                 }
                 Output::CallEvent(event) => io.events.call_updated(&event),
+                Output::Media(command @ MediaCommand::Play { .. }) => load_and_play(&io, command),
                 Output::Media(command) => io.media.send(command),
             }
         }

@@ -1125,3 +1125,316 @@ fn trunk_refusals_say_why() {
     world.send(stranger, &extension_call);
     assert_eq!(world.statuses(stranger).last(), Some(&401));
 }
+
+/// A flow on number +15551230003: a menu whose 2 dials Bob, then hangs up.
+fn with_ivr(world: &mut World) -> Uuid {
+    use crate::directory::{Number, NumberTarget, PublishedFlow};
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let flow = crate::ivr::Flow::parse(&serde_json::json!({
+        "entry": "menu",
+        "nodes": {
+            "menu": {"verb": "gather", "prompt": "menu", "transitions": {"match.2": "bob"}},
+            "bob": {"verb": "dial", "extension": "1002", "transitions": {"answered": "bye"}},
+            "bye": {"verb": "hangup"}
+        }
+    }))
+    .unwrap();
+    let id = Uuid::new_v4();
+    world.core.apply(Update::FlowUpsert(PublishedFlow {
+        id,
+        tenant_id: tenant,
+        version: 3,
+        flow: std::sync::Arc::new(flow),
+    }));
+    world.core.apply(Update::NumberUpsert(Number {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        e164: "+15551230003".into(),
+        target: NumberTarget::IvrFlow(id),
+    }));
+    id
+}
+
+#[test]
+fn an_ivr_answers_plays_takes_a_key_and_bridges_the_extension() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    let flow_id = with_ivr(&mut world);
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230003"));
+    let responses = world.responses(carrier);
+    let ok = responses
+        .iter()
+        .find(|r| r.status == 200)
+        .expect("the flow answers");
+    let answer = Sdp::parse(&ok.body).unwrap();
+    assert_eq!(
+        answer.media[0].formats,
+        ["0", "101"],
+        "G.711 and telephone-event"
+    );
+    let (session, a_port) = world
+        .media()
+        .iter()
+        .find_map(|m| match m {
+            MediaCommand::Create {
+                session, a_port, ..
+            } => Some((*session, *a_port)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(answer.media[0].port, a_port);
+    assert!(world.media().iter().any(|m| matches!(m,
+        MediaCommand::Play { id: 1, prompt, payload_type: 0, .. } if prompt == "menu")));
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let ack = format!(
+        "ACK sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKcarrierack1\r\nMax-Forwards: 70\r\n\
+         From: \"Carol\" <sip:+15550001111@carrier.example>;tag=carol1\r\nTo: <sip:+15551230003@203.0.113.1>;tag={tag}\r\n\
+         Call-ID: carrier-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    world.send(carrier, &ack);
+    world.outputs.clear();
+
+    // The prompt ends; the caller presses 2 (RFC 4733): the flow dials Bob.
+    world
+        .core
+        .handle_media_event(world.now, WALL, MediaEvent::PlayDone { session, id: 1 });
+    world.core.handle_media_event(
+        world.now,
+        WALL,
+        MediaEvent::Dtmf {
+            session,
+            a_side: true,
+            digit: '2',
+            duration_ms: 100,
+        },
+    );
+    world.drain();
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    let offer = Sdp::parse(&invite.body).unwrap();
+    assert_eq!(
+        offer.media[0].formats,
+        ["0", "101"],
+        "the caller's codec, untouched"
+    );
+    world.answer_from(bob, &invite, 180, None);
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    assert!(
+        world.requests(bob).iter().any(|r| r.method == Method::Ack),
+        "Bob's answer is acknowledged"
+    );
+    assert!(
+        world.responses(carrier).is_empty(),
+        "the caller was answered already"
+    );
+
+    // Bob hangs up: the flow takes `answered` and hangs up on the caller.
+    let from = invite.headers.get(&HeaderName::From).unwrap();
+    let bye = format!(
+        "BYE sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {}:5060;branch=z9hG4bKbobbye\r\nMax-Forwards: 70\r\n\
+         From: <sip:1002@example.com>;tag=bob{}\r\nTo: {from}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+        bob.addr.ip(),
+        bob.addr.ip(),
+        invite.headers.get(&HeaderName::CallId).unwrap()
+    );
+    world.send(bob, &bye);
+    assert_eq!(world.statuses(bob), [200]);
+    assert!(
+        world
+            .requests(carrier)
+            .iter()
+            .any(|r| r.method == Method::Bye)
+    );
+    let end = world.ended().expect("a CDR").clone();
+    assert_eq!(end.disposition, Disposition::Answered);
+    assert_eq!(end.start.did.as_deref(), Some("+15551230003"));
+    assert_eq!(end.start.to_number, "1002");
+    assert!(end.start.to_extension.is_some());
+    let ivr = end.ivr.expect("the flow's summary");
+    assert_eq!((ivr.flow_id, ivr.version), (flow_id, 3));
+    assert_eq!(ivr.path, ["menu", "bob", "bye"]);
+    assert_eq!(ivr.ended, Some("completed"));
+}
+
+#[test]
+fn the_caller_hanging_up_on_a_bridged_ivr_call_hangs_up_the_callee() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    with_ivr(&mut world);
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230003"));
+    let ok = world
+        .responses(carrier)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .unwrap();
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let session = world
+        .media()
+        .iter()
+        .find_map(|m| match m {
+            MediaCommand::Create { session, .. } => Some(*session),
+            _ => None,
+        })
+        .unwrap();
+    // A key during the prompt stops it and dials.
+    world.core.handle_media_event(
+        world.now,
+        WALL,
+        MediaEvent::Dtmf {
+            session,
+            a_side: true,
+            digit: '2',
+            duration_ms: 100,
+        },
+    );
+    world.drain();
+    assert!(
+        world
+            .media()
+            .iter()
+            .any(|m| matches!(m, MediaCommand::StopPlay { id: 1, .. }))
+    );
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    world.requests(bob);
+    let bye = format!(
+        "BYE sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKcarrierbye\r\nMax-Forwards: 70\r\n\
+         From: \"Carol\" <sip:+15550001111@carrier.example>;tag=carol1\r\nTo: <sip:+15551230003@203.0.113.1>;tag={tag}\r\n\
+         Call-ID: carrier-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    world.send(carrier, &bye);
+    assert_eq!(world.statuses(carrier), [200]);
+    assert!(
+        world.requests(bob).iter().any(|r| r.method == Method::Bye),
+        "Bob is hung up"
+    );
+    assert!(
+        world.requests(carrier).is_empty(),
+        "nothing goes back to the caller"
+    );
+    let end = world.ended().expect("a CDR");
+    assert_eq!(
+        (end.disposition, end.side),
+        (Disposition::Answered, HangupSide::Caller)
+    );
+    assert_eq!(end.ivr.as_ref().unwrap().ended, Some("caller_hung_up"));
+}
+
+#[test]
+fn an_ivr_hangs_up_when_nobody_presses_a_key_and_tells_a_busy_dial() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    with_ivr(&mut world);
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230003"));
+    let session = world
+        .media()
+        .iter()
+        .find_map(|m| match m {
+            MediaCommand::Create { session, .. } => Some(*session),
+            _ => None,
+        })
+        .unwrap();
+    // Three attempts of 5 s after each prompt, then the flow hangs up: BYE to the caller.
+    for id in 1..=3 {
+        world
+            .core
+            .handle_media_event(world.now, WALL, MediaEvent::PlayDone { session, id });
+        world.advance(Duration::from_secs(5));
+    }
+    world.drain();
+    assert!(
+        world
+            .requests(carrier)
+            .iter()
+            .any(|r| r.method == Method::Bye)
+    );
+    let end = world.ended().expect("a CDR");
+    assert_eq!(end.cause, "ivr_max_attempts");
+    assert_eq!(end.ivr.as_ref().unwrap().path, ["menu", "menu", "menu"]);
+    // Nothing was dialled.
+    assert!(world.requests(world.bob[0]).is_empty());
+}
+
+#[test]
+fn an_unpublished_flow_refuses_the_call() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    let flow_id = with_ivr(&mut world);
+    world.core.apply(Update::FlowRemove(flow_id));
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230003"));
+    assert_eq!(world.statuses(carrier).last(), Some(&480));
+    assert_eq!(world.ended().expect("a CDR").cause, "flow_not_published");
+}
+
+#[test]
+fn an_ivr_takes_keys_from_sip_info_and_answers_refreshes_itself() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    with_ivr(&mut world);
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230003"));
+    let ok = world
+        .responses(carrier)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .unwrap();
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let in_dialog = |method: &str, cseq: u32, content_type: &str, body: &str| {
+        format!(
+            "{method} sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKc{method}{cseq}\r\nMax-Forwards: 70\r\n\
+             From: \"Carol\" <sip:+15550001111@carrier.example>;tag=carol1\r\nTo: <sip:+15551230003@203.0.113.1>;tag={tag}\r\n\
+             Call-ID: carrier-1\r\nCSeq: {cseq} {method}\r\nContact: <sip:+15550001111@192.0.2.50:5060>\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // A session refresh while the menu plays: our answer again, on the same port.
+    let offer = sdp("192.0.2.50", 7000, "sendrecv");
+    world.send(carrier, &in_dialog("INVITE", 2, "application/sdp", &offer));
+    let refreshed = world
+        .responses(carrier)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200 to the re-INVITE");
+    assert_eq!(
+        Sdp::parse(&refreshed.body).unwrap().media[0].port,
+        Sdp::parse(&ok.body).unwrap().media[0].port
+    );
+    // A key as SIP INFO (application/dtmf-relay, as SIP.js and desk phones send it).
+    let info = in_dialog(
+        "INFO",
+        3,
+        "application/dtmf-relay",
+        "Signal=2\r\nDuration=160\r\n",
+    );
+    world.send(carrier, &info);
+    assert_eq!(world.statuses(carrier), [200]);
+    assert!(
+        world
+            .requests(world.bob[0])
+            .iter()
+            .any(|r| r.method == Method::Invite),
+        "the flow dials Bob"
+    );
+}

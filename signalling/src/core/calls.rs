@@ -27,6 +27,9 @@ use switchboard_sip::transaction::{self, ClientKey, ServerKey};
 use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
+mod app;
+
+pub use self::app::IvrSummary;
 use super::{Core, Output};
 use crate::directory::{Extension, NumberTarget, Tenant};
 use crate::media::{self, MediaCommand, MediaEvent, SessionId};
@@ -146,6 +149,8 @@ pub struct CallEnd {
     pub callee: Option<Peer>,
     /// The call's recording, if it was recorded.
     pub recording: Option<Uuid>,
+    /// The IVR flow that answered the call, and the path it took.
+    pub ivr: Option<Box<IvrSummary>>,
 }
 
 /// What the control plane asks of a live call's recording.
@@ -260,7 +265,7 @@ const NO_OFFER: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "incompatible_destination",
 };
-/// The number routes to a ring group or an IVR flow, which calls cannot reach yet.
+/// The number routes to a ring group, which calls cannot reach yet.
 const TARGET_UNSUPPORTED: Refusal = Refusal {
     status: 480,
     reason: "Temporarily Unavailable",
@@ -354,6 +359,19 @@ impl Side {
     }
 }
 
+/// What the INVITEs of a fork say.
+struct Forking<'a> {
+    /// Display name and number of the caller (our From).
+    caller: (&'a str, &'a str),
+    /// The callee's number (our To).
+    callee: &'a str,
+    /// The tenant's domain.
+    domain: &'a str,
+    /// Our offer, anchored on the callee-facing port.
+    offer: &'a Sdp,
+    max_forwards: u8,
+}
+
 /// A 2xx to an INVITE, retransmitted until its ACK (§13.3.1.4).
 struct OkRetransmit {
     side: Side,
@@ -399,6 +417,8 @@ struct Call {
     b_dtmf: Option<u8>,
     /// Whether each leg's SDP prefers a wideband codec.
     wideband: [bool; 2],
+    /// The IVR flow answering the call, if a number routed it to one.
+    app: Option<Box<app::App>>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -633,7 +653,11 @@ impl Core {
             (Caller::Trunk { .. }, Some(did)) => {
                 match self.directory.number(did).map(|n| n.target) {
                     Some(NumberTarget::Extension(id)) => self.directory.extension(id).cloned(),
-                    Some(NumberTarget::RingGroup(_) | NumberTarget::IvrFlow(_)) => {
+                    Some(NumberTarget::IvrFlow(flow)) => {
+                        let call = (key.clone(), request.clone(), from);
+                        return self.start_app(now, wall_ms, call, tenant, record, flow);
+                    }
+                    Some(NumberTarget::RingGroup(_)) => {
                         return self.refuse(now, refused, record, TARGET_UNSUPPORTED, |_| {});
                     }
                     None => None,
@@ -672,8 +696,6 @@ impl Core {
         };
         let session = self.next_session();
         let a_tag = self.random_token();
-        let b_call_id = format!("{}@switchboard", self.random_token());
-        let b_tag = self.random_token();
         self.outputs.push_back(Output::Media(MediaCommand::Create {
             session,
             a_port,
@@ -691,58 +713,18 @@ impl Core {
             .get(&HeaderName::MaxForwards)
             .and_then(|m| m.trim().parse::<u8>().ok())
             .map_or(70, |m| m.saturating_sub(1));
-        let mut forks = Vec::with_capacity(bindings.len());
-        for (contact, peer) in bindings {
-            let Ok(uri) = Uri::parse(&contact) else {
-                continue;
-            };
-            let mut headers = Headers::new();
-            headers.push(HeaderName::Via, self.our_via(peer));
-            headers.push(HeaderName::MaxForwards, max_forwards.to_string());
-            let display = caller.display().replace(['"', '\\'], "");
-            let number = caller.number();
-            headers.push(
-                HeaderName::From,
-                format!("\"{display}\" <sip:{number}@{}>;tag={b_tag}", tenant.domain),
-            );
-            headers.push(
-                HeaderName::To,
-                format!("<sip:{}@{}>", callee.number, tenant.domain),
-            );
-            headers.push(HeaderName::CallId, b_call_id.clone());
-            headers.push(HeaderName::CSeq, "1 INVITE");
-            headers.push(HeaderName::Contact, format!("<{}>", self.our_contact(peer)));
-            headers.push(
-                HeaderName::Allow,
-                "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO",
-            );
-            headers.push(HeaderName::UserAgent, self.config.server_name.clone());
-            headers.push(HeaderName::ContentType, "application/sdp");
-            let invite = Request {
-                method: Method::Invite,
-                uri,
-                version: (2, 0),
-                headers,
-                body: Bytes::from(b_offer.to_string()),
-            };
-            match self.transactions.send_request(
-                now,
-                invite.clone(),
-                peer,
-                peer.transport.is_reliable(),
-            ) {
-                Ok(fork_key) => {
-                    self.calls.by_fork.insert(fork_key.clone(), session);
-                    forks.push(Fork {
-                        key: fork_key,
-                        invite,
-                        peer,
-                        state: ForkState::Trying,
-                    });
-                }
-                Err(error) => tracing::debug!(%error, "could not fork INVITE"),
-            }
-        }
+        let forks = self.fork_to(
+            now,
+            session,
+            bindings,
+            Forking {
+                caller: (caller.display(), caller.number()),
+                callee: &callee.number,
+                domain: &tenant.domain,
+                offer: &b_offer,
+                max_forwards,
+            },
+        );
         let ring_deadline = now + self.config.ring_timeout;
         self.calls.timers.push(Reverse((ring_deadline, session)));
         self.calls.by_invite.insert(key.clone(), session);
@@ -773,6 +755,7 @@ impl Core {
                 a_dtmf: media::telephone_event(&offer),
                 b_dtmf: None,
                 wideband: [media::is_wideband(&offer), false],
+                app: None,
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -786,6 +769,75 @@ impl Core {
                 "no_usable_contact",
             );
         }
+    }
+
+    /// Sends an INVITE of our own (a new dialog) to each of `bindings`, registered as forks
+    /// of `session`.
+    fn fork_to(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        bindings: Vec<(String, Peer)>,
+        forking: Forking<'_>,
+    ) -> Vec<Fork> {
+        let b_call_id = format!("{}@switchboard", self.random_token());
+        let b_tag = self.random_token();
+        let (display, number) = forking.caller;
+        let display = display.replace(['"', '\\'], "");
+        let mut forks = Vec::with_capacity(bindings.len());
+        for (contact, peer) in bindings {
+            let Ok(uri) = Uri::parse(&contact) else {
+                continue;
+            };
+            let mut headers = Headers::new();
+            headers.push(HeaderName::Via, self.our_via(peer));
+            headers.push(HeaderName::MaxForwards, forking.max_forwards.to_string());
+            headers.push(
+                HeaderName::From,
+                format!(
+                    "\"{display}\" <sip:{number}@{}>;tag={b_tag}",
+                    forking.domain
+                ),
+            );
+            headers.push(
+                HeaderName::To,
+                format!("<sip:{}@{}>", forking.callee, forking.domain),
+            );
+            headers.push(HeaderName::CallId, b_call_id.clone());
+            headers.push(HeaderName::CSeq, "1 INVITE");
+            headers.push(HeaderName::Contact, format!("<{}>", self.our_contact(peer)));
+            headers.push(
+                HeaderName::Allow,
+                "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO",
+            );
+            headers.push(HeaderName::UserAgent, self.config.server_name.clone());
+            headers.push(HeaderName::ContentType, "application/sdp");
+            let invite = Request {
+                method: Method::Invite,
+                uri,
+                version: (2, 0),
+                headers,
+                body: Bytes::from(forking.offer.to_string()),
+            };
+            match self.transactions.send_request(
+                now,
+                invite.clone(),
+                peer,
+                peer.transport.is_reliable(),
+            ) {
+                Ok(fork_key) => {
+                    self.calls.by_fork.insert(fork_key.clone(), session);
+                    forks.push(Fork {
+                        key: fork_key,
+                        invite,
+                        peer,
+                        state: ForkState::Trying,
+                    });
+                }
+                Err(error) => tracing::debug!(%error, "could not fork INVITE"),
+            }
+        }
+        forks
     }
 
     /// Whether a response belongs to a call; if so, handles it.
@@ -864,6 +916,10 @@ impl Core {
                 return;
             }
             call.forks[index].state = ForkState::Early;
+            if call.app.is_some() {
+                // The flow answered the caller already: nothing to relay.
+                return;
+            }
             if !call.rang {
                 call.rang = true;
                 self.call_event(session, CallEventKind::Ringing);
@@ -920,6 +976,9 @@ impl Core {
             } else {
                 (480, Disposition::Failed, "no_user_response")
             };
+        if self.is_app(session) {
+            return self.app_dial_failed(now, wall_ms, session, status);
+        }
         self.fail_call(now, wall_ms, session, status, disposition, cause);
     }
 
@@ -959,7 +1018,7 @@ impl Core {
         call.winner = Some(index);
         call.forks[index].state = ForkState::Answered;
         call.ring_deadline = None;
-        call.answered_wall_ms = Some(wall_ms);
+        call.answered_wall_ms.get_or_insert(wall_ms);
         let Some(Ok(answer)) = sdp_of(&response.body, &response.headers) else {
             // A 2xx without an answer to our offer: acknowledge, hang up, fail the call.
             let contact = self.our_contact(fork_peer);
@@ -1004,6 +1063,9 @@ impl Core {
             return;
         };
         call.b_dialog = Some(dialog);
+        if call.app.is_some() {
+            return self.app_event(now, wall_ms, session, crate::ivr::Event::DialAnswered);
+        }
         let a_dialog = Dialog::from_uas(&call.a_invite, &call.a_tag, DialogState::Confirmed);
         if let Ok(a_dialog) = a_dialog {
             self.calls
@@ -1333,6 +1395,7 @@ impl Core {
             caller: refused.caller,
             callee: None,
             recording: None,
+            ivr: None,
         }));
     }
 
@@ -1415,6 +1478,7 @@ impl Core {
             caller: call.a_peer,
             callee: call.winner.map(|w| call.forks[w].peer),
             recording: call.recording.map(|(id, _)| id),
+            ivr: call.app.as_ref().map(|app| Box::new(app.summary())),
         }));
     }
 
@@ -1495,6 +1559,13 @@ impl Core {
         match request.method {
             Method::Bye => {
                 self.respond(now, &key, &request, 200, "OK", |_| {});
+                if self.is_app(session) {
+                    if side == Side::B {
+                        self.app_bridge_ended(now, wall_ms, session);
+                        return true;
+                    }
+                    self.app_caller_gone(now, session);
+                }
                 self.hang_up_other(now, session, side);
                 let hangup = if side == Side::A {
                     HangupSide::Caller
@@ -1508,6 +1579,11 @@ impl Core {
                     "normal_clearing",
                     hangup,
                 );
+            }
+            Method::Invite | Method::Update | Method::Info
+                if call.app.is_some() && call.b_dialog.is_none() =>
+            {
+                self.app_request(now, wall_ms, session, &key, &request);
             }
             Method::Invite | Method::Update | Method::Info => {
                 if call.relaying && request.method != Method::Info {
@@ -1748,6 +1824,9 @@ impl Core {
                 break;
             }
             self.calls.timers.pop();
+            if self.is_app(session) {
+                self.app_timer(now, wall_ms, session);
+            }
             let Some(call) = self.calls.calls.get_mut(&session) else {
                 continue;
             };
@@ -1800,6 +1879,18 @@ impl Core {
         let (session, cause) = match event {
             MediaEvent::Inactive { session } => (session, "media_timeout"),
             MediaEvent::Failed { session } => (session, "media_failure"),
+            MediaEvent::PlayDone { session, id } => {
+                let current = self
+                    .calls
+                    .calls
+                    .get(&session)
+                    .and_then(|c| c.app.as_ref())
+                    .is_some_and(|app| app.is_current_play(id));
+                if current {
+                    self.app_event(now, wall_ms, session, crate::ivr::Event::PlayDone);
+                }
+                return;
+            }
             MediaEvent::Dtmf {
                 session,
                 a_side,
@@ -1813,14 +1904,21 @@ impl Core {
                         duration_ms,
                     };
                     self.call_event(session, kind);
+                    if a_side && self.is_app(session) {
+                        let event = crate::ivr::Event::Digit(digit);
+                        self.app_event(now, wall_ms, session, event);
+                    }
                 }
                 return;
             }
         };
+        if self.is_app(session) {
+            self.app_caller_gone(now, session);
+        }
         let Some(call) = self.calls.calls.get(&session) else {
             return;
         };
-        if call.winner.is_some() {
+        if call.winner.is_some() || call.a_dialog.is_some() {
             self.hang_up_other(now, session, Side::A);
             self.hang_up_other(now, session, Side::B);
             self.end_call(

@@ -1,0 +1,537 @@
+//! Calls answered by an IVR flow: a number routed to a flow runs its published version for
+//! the caller. The flow ([`FlowRun`]) decides; this carries out its actions on the call:
+//!
+//! - `Answer`: 200 OK to the caller with our own answer (G.711, µ-law if offered, and
+//!   telephone-event), anchored on the caller-facing port;
+//! - `Play`/`StopPlay`: the media plane streams the tenant's prompt into the caller's leg;
+//! - `Dial`: INVITEs of our own to every registered contact of the extension (the B side of
+//!   the call), offering the caller's codec so media is relayed untouched once it answers;
+//!   busy, unanswered and failed dials go back to the flow, and so does the end of the
+//!   bridge when the callee hangs up;
+//! - `Hangup`: BYE to the caller (or a final response if the flow never answered).
+//!
+//! Keys reach the flow from RFC 4733 events in the caller's RTP and from SIP INFO. Ring
+//! groups, numbers through trunks, `record` and `http` are not carried out on live calls yet:
+//! the flow sees a failed dial, a recording with nothing heard, or an HTTP error.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchboard_media::sdp::Sdp;
+use switchboard_sip::message::{HeaderName, Method, Request};
+use switchboard_sip::transaction::ServerKey;
+
+use super::{
+    Call, CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, Refusal, Refused, Side,
+    media, retry_later,
+};
+use crate::core::{Core, Output};
+use crate::directory::Tenant;
+use crate::ivr::{Action, CallInfo, DialFailure, DialTarget, EndReason, Event, FlowRun};
+use crate::media::{MediaCommand, SessionId};
+use crate::peer::Peer;
+use crate::stats::SipStats;
+
+/// Steps a flow may take per call before it is hung up.
+const MAX_STEPS: u32 = 256;
+
+/// The number routes to a flow that has no published version.
+const FLOW_UNAVAILABLE: Refusal = Refusal {
+    status: 480,
+    reason: "Temporarily Unavailable",
+    disposition: Disposition::Failed,
+    cause: "flow_not_published",
+};
+
+/// An IVR flow driving a call.
+pub(super) struct App {
+    run: FlowRun,
+    flow_id: uuid::Uuid,
+    flow_version: u32,
+    /// Our answer to the caller's offer, before anchoring.
+    answer: Sdp,
+    /// The G.711 payload type of the answer.
+    payload_type: u8,
+    /// The latest play's id.
+    play: u32,
+}
+
+/// What a finished flow leaves in the call record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IvrSummary {
+    /// Flow id.
+    pub flow_id: uuid::Uuid,
+    /// The version that ran.
+    pub version: u32,
+    /// Nodes entered, in order.
+    pub path: Vec<String>,
+    /// Why the flow ended (`completed`, `max_attempts`, `step_cap`, `caller_hung_up`), if it
+    /// did before the call.
+    pub ended: Option<&'static str>,
+}
+
+impl App {
+    /// Whether `id` is the latest play (an older one ending changes nothing).
+    pub(super) fn is_current_play(&self, id: u32) -> bool {
+        id == self.play
+    }
+
+    pub(super) fn summary(&self) -> IvrSummary {
+        IvrSummary {
+            flow_id: self.flow_id,
+            version: self.flow_version,
+            path: self.run.path().map(str::to_owned).collect(),
+            ended: self.run.ended().map(EndReason::as_str),
+        }
+    }
+}
+
+fn cause_of(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Completed | EndReason::CallerHungUp => "normal_clearing",
+        EndReason::MaxAttempts => "ivr_max_attempts",
+        EndReason::StepCap => "ivr_step_cap",
+    }
+}
+
+impl Core {
+    /// A call for a number routed to flow `flow_id`: answer it ourselves and run the flow.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_app(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        (key, request, from): (ServerKey, Request, Peer),
+        tenant: Tenant,
+        record: CallStart,
+        flow_id: uuid::Uuid,
+    ) {
+        let refused = Refused {
+            key: &key,
+            request: &request,
+            caller: from,
+        };
+        let published = self
+            .directory
+            .flow(flow_id)
+            .filter(|f| f.tenant_id == tenant.id)
+            .map(|f| (Arc::clone(&f.flow), f.version));
+        let Some((flow, flow_version)) = published else {
+            return self.refuse(now, refused, record, FLOW_UNAVAILABLE, |_| {});
+        };
+        let offer = match super::sdp_of(&request.body, &request.headers) {
+            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() => Some(sdp),
+            _ => None,
+        };
+        let Some((offer, (answer, payload_type))) =
+            offer.and_then(|o| media::answer_g711(&o).map(|a| (o, a)))
+        else {
+            return self.refuse(now, refused, record, NO_OFFER, |r| {
+                r.headers.push(
+                    HeaderName::Warning,
+                    "399 switchboard \"an SDP offer with PCMU or PCMA audio is required\"",
+                );
+            });
+        };
+        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+            return self.refuse(now, refused, record, NO_PORTS, retry_later);
+        };
+        let session = self.next_session();
+        let a_dtmf = media::telephone_event(&answer);
+        self.outputs.push_back(Output::Media(MediaCommand::Create {
+            session,
+            a_port,
+            b_port,
+            a_expected: media::audio_address(&offer),
+            b_expected: None,
+            a_dtmf,
+            call: record.id,
+        }));
+        SipStats::inc(&self.stats.calls);
+        self.outputs.push_back(Output::CallStarted(record.clone()));
+        let call_info = CallInfo {
+            caller: record.from_number.clone(),
+            did: record.did.clone().unwrap_or_default(),
+        };
+        let wall = jiff::Timestamp::from_millisecond(i64::try_from(wall_ms).unwrap_or(0))
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let run = FlowRun::start(flow, call_info, MAX_STEPS, now, wall);
+        self.calls.by_invite.insert(key.clone(), session);
+        let a_tag = self.random_token();
+        self.calls.insert(
+            session,
+            Call {
+                record,
+                a_key: key,
+                a_invite: request,
+                a_peer: from,
+                a_tag,
+                a_dialog: None,
+                forks: Vec::new(),
+                winner: None,
+                b_dialog: None,
+                a_port,
+                b_port,
+                answered_wall_ms: None,
+                ring_deadline: None,
+                ok: None,
+                relaying: false,
+                rang: false,
+                held: false,
+                record_policy: false,
+                recording: None,
+                a_dtmf,
+                b_dtmf: None,
+                wideband: [false, false],
+                tenant,
+                app: Some(Box::new(App {
+                    run,
+                    flow_id,
+                    flow_version,
+                    answer,
+                    payload_type,
+                    play: 0,
+                })),
+            },
+        );
+        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        self.drive_app(now, wall_ms, session);
+    }
+
+    /// Whether `session` is driven by a flow.
+    pub(super) fn is_app(&self, session: SessionId) -> bool {
+        self.calls
+            .calls
+            .get(&session)
+            .is_some_and(|c| c.app.is_some())
+    }
+
+    /// Feeds the call's flow an event, then carries out what it asks.
+    pub(super) fn app_event(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        event: Event,
+    ) {
+        let Some(app) = self.app_mut(session) else {
+            return;
+        };
+        app.run.handle_event(event, now);
+        self.drive_app(now, wall_ms, session);
+    }
+
+    /// Runs the flow's timer if it is due.
+    pub(super) fn app_timer(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
+        let Some(app) = self.app_mut(session) else {
+            return;
+        };
+        if app.run.poll_timeout().is_some_and(|at| at <= now) {
+            app.run.handle_timeout(now);
+            self.drive_app(now, wall_ms, session);
+        }
+    }
+
+    fn app_mut(&mut self, session: SessionId) -> Option<&mut App> {
+        self.calls.calls.get_mut(&session)?.app.as_deref_mut()
+    }
+
+    /// Carries out the flow's actions until it waits, and arms its timer.
+    fn drive_app(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
+        loop {
+            let Some(call) = self.calls.calls.get_mut(&session) else {
+                return;
+            };
+            let tenant = call.tenant.id;
+            let Some(app) = call.app.as_deref_mut() else {
+                return;
+            };
+            let Some(action) = app.run.poll_action() else {
+                break;
+            };
+            tracing::debug!(session, node = app.run.current(), ?action, "IVR action");
+            match action {
+                Action::Answer => self.app_answer(now, wall_ms, session),
+                Action::Play { prompt } => {
+                    app.play += 1;
+                    let command = MediaCommand::Play {
+                        session,
+                        id: app.play,
+                        tenant,
+                        prompt,
+                        payload_type: app.payload_type,
+                    };
+                    self.outputs.push_back(Output::Media(command));
+                }
+                Action::StopPlay => {
+                    let id = app.play;
+                    self.outputs
+                        .push_back(Output::Media(MediaCommand::StopPlay { session, id }));
+                }
+                Action::Dial { target, .. } => self.app_dial(now, session, target),
+                Action::CancelDial => self.drop_forks(now, session),
+                Action::Record(_) => {
+                    tracing::warn!(
+                        session,
+                        "an IVR `record` node ran; recording is not available on live calls yet"
+                    );
+                    let done = Event::RecordDone {
+                        duration: std::time::Duration::ZERO,
+                        heard: false,
+                    };
+                    app.run.handle_event(done, now);
+                }
+                Action::StopRecord => {}
+                Action::Http(request) => {
+                    tracing::warn!(session, url = %request.url, "an IVR `http` node ran; HTTP is not available on live calls yet");
+                    let done = Event::HttpDone {
+                        id: request.id,
+                        result: Err("http is not available on live calls yet".into()),
+                    };
+                    app.run.handle_event(done, now);
+                }
+                Action::Hangup { reason } => {
+                    return self.app_hangup(now, wall_ms, session, reason);
+                }
+            }
+        }
+        if let Some(deadline) = self.app_mut(session).and_then(|a| a.run.poll_timeout()) {
+            self.calls.timers.push(Reverse((deadline, session)));
+        }
+    }
+
+    /// 200 OK to the caller with our answer; the caller's side of the dialog is confirmed.
+    fn app_answer(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
+            return;
+        };
+        call.answered_wall_ms = Some(wall_ms);
+        let a_dialog = switchboard_sip::dialog::Dialog::from_uas(
+            &call.a_invite,
+            &call.a_tag,
+            switchboard_sip::dialog::DialogState::Confirmed,
+        );
+        if let Ok(a_dialog) = a_dialog {
+            self.calls
+                .by_dialog
+                .insert(a_dialog.id.clone(), (session, Side::A));
+            if let Some(call) = self.calls.calls.get_mut(&session) {
+                call.a_dialog = Some(a_dialog);
+            }
+        }
+        self.call_event(session, super::CallEventKind::Answered);
+        self.respond_to_caller(now, session, 200, Some(&answer));
+    }
+
+    /// Calls the dial's target: every registered contact of an extension.
+    fn app_dial(&mut self, now: Instant, session: SessionId, target: DialTarget) {
+        let failed = |core: &mut Self, why| {
+            if let Some(app) = core.app_mut(session) {
+                app.run.handle_event(Event::DialFailed(why), now);
+            }
+        };
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        let DialTarget::Extension(number) = target else {
+            tracing::warn!(
+                session,
+                ?target,
+                "IVR dial to a ring group or a number is not available yet"
+            );
+            return failed(self, DialFailure::Failed);
+        };
+        let Some(callee) = self
+            .directory
+            .extension_by_number(call.tenant.id, &number)
+            .cloned()
+        else {
+            return failed(self, DialFailure::Failed);
+        };
+        let bindings: Vec<(String, Peer)> = self
+            .registrar
+            .bindings(callee.id)
+            .iter()
+            .map(|b| (b.contact.clone(), b.peer))
+            .collect();
+        if bindings.is_empty() {
+            return failed(self, DialFailure::NoAnswer);
+        }
+        let (Some(answer), caller, domain, b_port) = (
+            call.app.as_ref().map(|a| a.answer.clone()),
+            call.record.from_number.clone(),
+            call.tenant.domain.clone(),
+            call.b_port,
+        ) else {
+            return;
+        };
+        let offer = media::anchor(&answer, self.advertised, b_port);
+        let forks = self.fork_to(
+            now,
+            session,
+            bindings,
+            Forking {
+                caller: ("", &caller),
+                callee: &callee.number,
+                domain: &domain,
+                offer: &offer,
+                max_forwards: 69,
+            },
+        );
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        call.record.to_extension = Some(callee.id);
+        call.record.to_number = callee.number.clone();
+        call.forks = forks;
+        call.winner = None;
+        call.rang = false;
+        if call.forks.is_empty() {
+            failed(self, DialFailure::Failed);
+        }
+    }
+
+    /// Cancels the dial in progress and forgets its forks.
+    fn drop_forks(&mut self, now: Instant, session: SessionId) {
+        self.cancel_forks(now, session, None);
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            for fork in call.forks.drain(..) {
+                self.calls.by_fork.remove(&fork.key);
+            }
+            call.winner = None;
+        }
+    }
+
+    /// Every fork of the flow's dial failed: `status` is the one that counts.
+    pub(super) fn app_dial_failed(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        status: u16,
+    ) {
+        self.drop_forks(now, session);
+        let why = match status {
+            486 | 600 | 603 => DialFailure::Busy,
+            408 | 480 | 487 => DialFailure::NoAnswer,
+            _ => DialFailure::Failed,
+        };
+        self.app_event(now, wall_ms, session, Event::DialFailed(why));
+    }
+
+    /// The bridged callee hung up: the flow goes on.
+    pub(super) fn app_bridge_ended(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            if let Some(dialog) = call.b_dialog.take() {
+                self.calls.by_dialog.remove(&dialog.id);
+            }
+            for fork in call.forks.drain(..) {
+                self.calls.by_fork.remove(&fork.key);
+            }
+            call.winner = None;
+        }
+        self.outputs.push_back(Output::Media(MediaCommand::Update {
+            session,
+            a_side: false,
+            expected: None,
+            hold: false,
+            dtmf: None,
+        }));
+        self.app_event(now, wall_ms, session, Event::BridgeEnded);
+    }
+
+    /// The flow hung up: BYE to the caller (or a final response if it never answered).
+    fn app_hangup(&mut self, now: Instant, wall_ms: u64, session: SessionId, reason: EndReason) {
+        let cause = cause_of(reason);
+        self.drop_forks(now, session);
+        let answered = self
+            .calls
+            .calls
+            .get(&session)
+            .is_some_and(|c| c.a_dialog.is_some());
+        if answered {
+            // BYE on the caller's side: the "other" side of B.
+            self.hang_up_other(now, session, Side::B);
+            self.end_call(
+                wall_ms,
+                session,
+                Disposition::Answered,
+                cause,
+                HangupSide::System,
+            );
+        } else {
+            self.fail_call(now, wall_ms, session, 480, Disposition::Failed, cause);
+        }
+    }
+
+    /// An in-dialog request from the caller while no callee is bridged: a key in a SIP INFO
+    /// goes to the flow; a re-INVITE or UPDATE (a session refresh, hold) gets our answer
+    /// again.
+    pub(super) fn app_request(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        key: &ServerKey,
+        request: &Request,
+    ) {
+        if request.method == Method::Info {
+            let content_type = request
+                .headers
+                .get(&HeaderName::ContentType)
+                .unwrap_or_default();
+            let Ok(info) = switchboard_media::dtmf::DtmfInfo::parse(content_type, &request.body)
+            else {
+                return self.respond(now, key, request, 415, "Unsupported Media Type", |_| {});
+            };
+            self.respond(now, key, request, 200, "OK", |_| {});
+            let digit = info.digit.as_char();
+            let duration_ms = u32::try_from(info.duration.as_millis()).unwrap_or(u32::MAX);
+            self.call_event(
+                session,
+                super::CallEventKind::Dtmf {
+                    digit,
+                    from_caller: true,
+                    duration_ms,
+                },
+            );
+            return self.app_event(now, wall_ms, session, Event::Digit(digit));
+        }
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
+            return;
+        };
+        let sdp = media::anchor(&answer, self.advertised, call.a_port).to_string();
+        let contact = format!("<{}>", self.our_contact(call.a_peer));
+        self.respond(now, key, request, 200, "OK", |r| {
+            r.headers.push(HeaderName::Contact, contact);
+            if request.method == Method::Invite || !request.body.is_empty() {
+                r.headers.push(HeaderName::ContentType, "application/sdp");
+                r.body = bytes::Bytes::from(sdp);
+            }
+        });
+    }
+
+    /// The caller hung up or the call failed under the flow: cancel its dial, hang up a
+    /// bridged callee, tell the flow.
+    pub(super) fn app_caller_gone(&mut self, now: Instant, session: SessionId) {
+        // A bridged callee keeps its fork: it is hung up with a BYE by the caller's side.
+        let bridged = self
+            .calls
+            .calls
+            .get(&session)
+            .is_some_and(|c| c.winner.is_some());
+        if !bridged {
+            self.drop_forks(now, session);
+        }
+        if let Some(app) = self.app_mut(session) {
+            app.run.handle_event(Event::CallerHungUp, now);
+        }
+    }
+}
