@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use std::io::IoSliceMut;
 use switchboard_media::dtmf::{Digit, DtmfEvent};
 use switchboard_media::g711::Law;
-use switchboard_media::relay::{Bridge, Latching, Leg, Side};
+use switchboard_media::relay::{Bridge, Latching, Leg, Refused, Side};
 use switchboard_media::{rtcp, rtp};
 use switchboard_signalling::media::{MediaCommand, MediaEvent, RecordAction, SessionId};
 use switchboard_storage::Uuid;
@@ -293,7 +293,8 @@ struct Shell {
 
 impl Session {
     /// Applies a recording change.
-    fn record(&mut self, recorder: &Recorder, action: RecordAction) {
+    fn record(&mut self, shell: &Shell, session: SessionId, action: RecordAction) {
+        let recorder = &shell.recorder;
         let at = Instant::now();
         match (action, self.recording) {
             (
@@ -303,15 +304,20 @@ impl Session {
                     call,
                     wall_ms,
                     wideband,
+                    voicemail,
                 },
                 None,
             ) => {
+                if let Some(payload_type) = voicemail.and_then(|v| v.beep) {
+                    self.beep(shell, payload_type);
+                }
                 recorder.control(Control::Start {
                     recording,
                     tenant,
                     call,
                     wall_ms,
                     wideband,
+                    voicemail: voicemail.map(|v| (session, v)),
                     at,
                 });
                 self.recording = Some(recording);
@@ -358,6 +364,24 @@ impl Session {
         self.player = Some(tokio::task::spawn_local(async move {
             play_prompt(&bridge, (&socket, &counters), &audio, payload_type).await;
             let _ = events.try_send(MediaEvent::PlayDone { session, id });
+        }));
+    }
+
+    /// Plays the voicemail beep (a quarter second of 1 kHz) in place of any prompt.
+    fn beep(&mut self, shell: &Shell, payload_type: u8) {
+        if let Some(player) = self.player.take() {
+            player.abort();
+        }
+        let (bridge, socket) = (self.bridge.clone(), self.sockets[0].0.clone());
+        let counters = shell.counters.clone();
+        self.player = Some(tokio::task::spawn_local(async move {
+            let beep: Vec<i16> = (0..2000)
+                .map(|i| {
+                    let phase = f64::from(i) * 1000.0 * std::f64::consts::TAU / 8000.0;
+                    (phase.sin() * 8000.0) as i16
+                })
+                .collect();
+            play_prompt(&bridge, (&socket, &counters), &beep, payload_type).await;
         }));
     }
 
@@ -641,7 +665,7 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                 }
                 Some((MediaCommand::Record { session, action }, _, _)) => {
                     if let Some(state) = sessions.get_mut(&session) {
-                        state.record(&shell.recorder, action);
+                        state.record(&shell, session, action);
                     }
                 }
             },
@@ -866,6 +890,12 @@ fn handle_rtp(
         return None;
     }
     let forwarded = bridge.borrow_mut().forward(now, side, source, packet);
+    if forwarded == Err(Refused::NoDestination)
+        && let Some(recording) = tapping.get()
+    {
+        // A caller leaving a voicemail: recorded though there is nobody to forward to.
+        shell.recorder.tap(recording, side, now, packet);
+    }
     let destination = match forwarded {
         Ok(destination) => {
             inc(match side {

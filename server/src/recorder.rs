@@ -11,6 +11,12 @@
 //! G.711 decoding, alignment by RTP timestamps, silence for gaps and holds) and appends what is
 //! due every 20 ms.
 //!
+//! A voicemail (an IVR `record`) is the caller's channel alone, mono, in a row of kind
+//! `voicemail` attached to the mailbox extension. The writer measures each 20 ms of it: a
+//! frame louder than [`SOUND_RMS`] is sound, and the flow's `silence` without sound ends the
+//! voicemail here; its end (stopped, silent or the call gone) is reported to call control as
+//! [`MediaEvent::RecordDone`].
+//!
 //! Crash safety: the WAV header is rewritten with the current sizes every second
 //! (`WavWriter::flush`), so a `kill -9` loses at most that last second, and [`repair`] fixes
 //! the header of every file the last run left open at the next start (its row is then marked
@@ -26,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_media::recording::StereoTimeline;
 use switchboard_media::relay::Side;
+use switchboard_signalling::media::{MediaEvent, SessionId, Voicemail};
 use switchboard_storage::batch::Write;
 use switchboard_storage::recordings::{Recording, RecordingKind, RecordingStatus};
 use switchboard_storage::{Db, Timestamp, Uuid, recordings};
@@ -45,6 +52,10 @@ const CHECKPOINT: Duration = Duration::from_secs(1);
 const RATE: u32 = 8_000;
 /// Rate of files with a wideband leg.
 const WIDEBAND_RATE: u32 = 16_000;
+/// A 20 ms frame of a voicemail whose RMS is above this (about -36 dBFS) is sound.
+const SOUND_RMS: f64 = 500.0;
+/// Samples per 20 ms at 8 kHz.
+const FRAME: usize = 160;
 
 /// A copy of one forwarded RTP packet of a recorded session.
 pub(crate) struct Tap {
@@ -66,6 +77,8 @@ pub(crate) enum Control {
         wall_ms: u64,
         /// A leg is wideband: write 16 kHz.
         wideband: bool,
+        /// A voicemail of this session: the caller alone, mono.
+        voicemail: Option<(SessionId, Voicemail)>,
         at: Instant,
     },
     /// Leave out what follows.
@@ -102,6 +115,7 @@ impl Recorder {
     pub(crate) fn start(
         dir: PathBuf,
         records: async_mpsc::Sender<Record>,
+        events: async_mpsc::Sender<MediaEvent>,
     ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (taps, tap_rx) = mpsc::sync_channel(TAP_QUEUE);
         let (control, control_rx) = mpsc::channel();
@@ -109,6 +123,7 @@ impl Recorder {
         let writer = Writer {
             dir,
             records,
+            events,
             taps: tap_rx,
             control: control_rx,
             active: HashMap::new(),
@@ -170,11 +185,50 @@ struct Active {
     timeline: StereoTimeline,
     checkpoint: Instant,
     stopped: bool,
+    voicemail: Option<VoicemailState>,
+}
+
+/// What appending to a recording came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Appended {
+    Written,
+    /// A voicemail reached its silence limit.
+    Silent,
+    /// The file could not be written.
+    Failed,
+}
+
+/// What the writer tracks of a voicemail.
+struct VoicemailState {
+    session: SessionId,
+    /// Samples of silence that end it.
+    silence: Option<u64>,
+    /// Samples of silence at the end so far.
+    quiet: u64,
+    heard: bool,
+}
+
+impl VoicemailState {
+    /// Measures `samples` (mono); true once the silence limit is reached.
+    fn measure(&mut self, samples: &[i16]) -> bool {
+        for frame in samples.chunks(FRAME) {
+            let energy: f64 = frame.iter().map(|&s| f64::from(s).powi(2)).sum();
+            let rms = (energy / frame.len() as f64).sqrt();
+            if rms > SOUND_RMS {
+                self.heard = true;
+                self.quiet = 0;
+            } else {
+                self.quiet += frame.len() as u64;
+            }
+        }
+        self.silence.is_some_and(|limit| self.quiet >= limit)
+    }
 }
 
 struct Writer {
     dir: PathBuf,
     records: async_mpsc::Sender<Record>,
+    events: async_mpsc::Sender<MediaEvent>,
     taps: mpsc::Receiver<Tap>,
     control: mpsc::Receiver<Control>,
     active: HashMap<Uuid, Active>,
@@ -182,10 +236,10 @@ struct Writer {
     out: Vec<i16>,
 }
 
-/// The spec of a call recording at `sample_rate`.
-fn spec(sample_rate: u32) -> hound::WavSpec {
+/// The spec of a recording at `sample_rate` (2 channels for a call, 1 for a voicemail).
+fn spec(sample_rate: u32, channels: u16) -> hound::WavSpec {
     hound::WavSpec {
-        channels: 2,
+        channels,
         sample_rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
@@ -256,13 +310,21 @@ impl Writer {
                     call,
                     wall_ms,
                     wideband,
+                    voicemail,
                     at,
                 } => {
-                    let rate = if wideband { WIDEBAND_RATE } else { RATE };
-                    self.open(recording, (tenant, call), wall_ms, rate, at);
+                    let rate = if wideband && voicemail.is_none() {
+                        WIDEBAND_RATE
+                    } else {
+                        RATE
+                    };
+                    self.open(recording, (tenant, call), (wall_ms, rate, voicemail), at);
                 }
                 Control::Pause { recording, at } => {
-                    self.append_one(recording, at);
+                    if self.append_one(recording, at) == Appended::Failed {
+                        self.finish(recording, at);
+                        continue;
+                    }
                     if let Some(active) = self.active.get_mut(&recording) {
                         active.timeline.pause(at);
                     }
@@ -290,17 +352,17 @@ impl Writer {
         &mut self,
         recording: Uuid,
         (tenant, call): (Uuid, Uuid),
-        wall_ms: u64,
-        rate: u32,
+        (wall_ms, rate, voicemail): (u64, u32, Option<(SessionId, Voicemail)>),
         at: Instant,
     ) {
+        let channels: u16 = if voicemail.is_some() { 1 } else { 2 };
         let relative = relative_path(tenant, recording);
         let path = self.dir.join(&relative);
         let created = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .map_err(hound::Error::from)
-            .and_then(|()| hound::WavWriter::create(&path, spec(rate)))
+            .and_then(|()| hound::WavWriter::create(&path, spec(rate, channels)))
             // Write the header at once: even an empty recording is a valid file.
             .and_then(|mut file| file.flush().map(|()| file));
         let file = match created {
@@ -308,6 +370,15 @@ impl Writer {
             Err(error) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%error, path = %path.display(), "could not create a recording");
+                if let Some((session, _)) = voicemail {
+                    let done = MediaEvent::RecordDone {
+                        session,
+                        recording,
+                        duration_ms: 0,
+                        heard: false,
+                    };
+                    let _ = self.events.try_send(done);
+                }
                 return;
             }
         };
@@ -316,12 +387,16 @@ impl Writer {
             id: recording,
             tenant_id: tenant,
             call_id: Some(call),
-            extension_id: None,
-            kind: RecordingKind::Call,
+            extension_id: voicemail.and_then(|(_, v)| v.mailbox),
+            kind: if voicemail.is_some() {
+                RecordingKind::Voicemail
+            } else {
+                RecordingKind::Call
+            },
             status: RecordingStatus::Recording,
             path: relative,
             duration_ms: 0,
-            channels: 2,
+            channels: i32::from(channels),
             sample_rate: i32::try_from(rate).unwrap_or(i32::MAX),
             size_bytes: 0,
             created_at,
@@ -337,6 +412,14 @@ impl Writer {
                 timeline: StereoTimeline::new(at, RATE, rate),
                 checkpoint: at,
                 stopped: false,
+                voicemail: voicemail.map(|(session, v)| VoicemailState {
+                    session,
+                    silence: v
+                        .silence
+                        .map(|d| d.as_millis() as u64 * u64::from(RATE) / 1000),
+                    quiet: 0,
+                    heard: false,
+                }),
             },
         );
     }
@@ -351,16 +434,32 @@ impl Writer {
     fn append_due(&mut self, now: Instant) {
         let ids: Vec<Uuid> = self.active.keys().copied().collect();
         for recording in ids {
-            self.append_one(recording, now);
+            match self.append_one(recording, now) {
+                Appended::Written => {}
+                Appended::Silent => {
+                    tracing::debug!(%recording, "voicemail ended by silence");
+                    self.finish(recording, now);
+                }
+                Appended::Failed => self.finish(recording, now),
+            }
         }
     }
 
-    fn append_one(&mut self, recording: Uuid, now: Instant) {
+    /// Appends what is due of one recording (the caller closes it on anything but
+    /// [`Appended::Written`]).
+    fn append_one(&mut self, recording: Uuid, now: Instant) -> Appended {
         let Some(active) = self.active.get_mut(&recording) else {
-            return;
+            return Appended::Written;
         };
         self.out.clear();
         active.timeline.advance(now, &mut self.out);
+        let mut silent = false;
+        if let Some(voicemail) = &mut active.voicemail {
+            // The caller's channel alone: the left samples of the stereo timeline.
+            let mono: Vec<i16> = self.out.iter().step_by(2).copied().collect();
+            silent = voicemail.measure(&mono);
+            self.out = mono;
+        }
         let mut result = Ok(());
         // Whole stereo frames through hound's buffered 16-bit writer: one write per batch.
         for chunk in self.out.chunks(2 * RATE as usize) {
@@ -381,12 +480,18 @@ impl Writer {
         if let Err(error) = result {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, %recording, "recording write failed; closing it");
-            self.finish(recording, now);
+            return Appended::Failed;
+        }
+        if silent {
+            Appended::Silent
+        } else {
+            Appended::Written
         }
     }
 
     fn finish(&mut self, recording: Uuid, at: Instant) {
-        self.append_one(recording, at);
+        // What is due goes in first; a failure here still closes the file below.
+        let _ = self.append_one(recording, at);
         let Some(active) = self.active.remove(&recording) else {
             return;
         };
@@ -399,6 +504,17 @@ impl Writer {
         }
         let size_bytes = std::fs::metadata(&active.path).map_or(0, |m| m.len());
         tracing::info!(%recording, duration_ms, stopped = active.stopped, "recording finished");
+        if let Some(voicemail) = &active.voicemail {
+            let done = MediaEvent::RecordDone {
+                session: voicemail.session,
+                recording,
+                duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+                heard: voicemail.heard,
+            };
+            if self.events.try_send(done).is_err() {
+                tracing::warn!(%recording, "call control is behind; voicemail end not reported");
+            }
+        }
         self.record(Record::Write(Write::RecordingEnd {
             id: recording,
             status: RecordingStatus::Complete,
@@ -419,7 +535,7 @@ pub(crate) fn repair(path: &Path) -> std::io::Result<(Duration, u64)> {
     let readable = len >= 44 && file.read_exact(&mut header).is_ok();
     if !readable || &header[..4] != b"RIFF" || &header[8..] != b"WAVE" {
         drop(file);
-        hound::WavWriter::create(path, spec(RATE))
+        hound::WavWriter::create(path, spec(RATE, 2))
             .and_then(hound::WavWriter::finalize)
             .map_err(std::io::Error::other)?;
         return Ok((Duration::ZERO, std::fs::metadata(path)?.len()));
@@ -503,10 +619,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn voicemail_silence_counts_from_the_last_sound() {
+        let mut state = VoicemailState {
+            session: 1,
+            silence: Some(u64::from(RATE)),
+            quiet: 0,
+            heard: false,
+        };
+        let loud: Vec<i16> = (0..800)
+            .map(|i| if i % 2 == 0 { 4000 } else { -4000 })
+            .collect();
+        let hiss = vec![100i16; 800];
+        // Half a second of near-silence: not enough, and nothing heard yet.
+        assert!(!state.measure(&hiss));
+        assert!(!state.heard);
+        // Sound resets the count.
+        assert!(!state.measure(&loud));
+        assert!(state.heard);
+        for _ in 0..9 {
+            assert!(!state.measure(&hiss));
+        }
+        // The tenth 100 ms of quiet after the sound makes a second.
+        assert!(state.measure(&hiss));
+        // Without a limit, silence never ends it.
+        state.silence = None;
+        assert!(!state.measure(&vec![0; 80_000]));
+    }
+
+    #[test]
     fn a_file_cut_off_mid_write_is_repaired_to_what_it_holds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.wav");
-        let mut writer = hound::WavWriter::create(&path, spec(RATE)).unwrap();
+        let mut writer = hound::WavWriter::create(&path, spec(RATE, 2)).unwrap();
         for i in 0..8_000i16 {
             writer.write_sample(i).unwrap();
             writer.write_sample(-i).unwrap();
@@ -526,7 +670,7 @@ mod tests {
         assert_eq!(duration, Duration::from_millis(1_500));
         assert_eq!(size, 44 + 12_000 * 4);
         let reader = hound::WavReader::open(&path).unwrap();
-        assert_eq!(reader.spec(), spec(RATE));
+        assert_eq!(reader.spec(), spec(RATE, 2));
         assert_eq!(reader.duration(), 12_000);
         let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
         assert_eq!(samples[2 * 11_999..], [3_999, -3_999]);

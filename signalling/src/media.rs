@@ -122,6 +122,8 @@ pub enum RecordAction {
         wall_ms: u64,
         /// Whether a leg negotiated a wideband codec (G.722, Opus): the file is then 16 kHz.
         wideband: bool,
+        /// Record a voicemail instead: the caller alone, mono.
+        voicemail: Option<Voicemail>,
     },
     /// Stop writing audio until resumed; the paused time is left out of the file.
     Pause,
@@ -129,6 +131,18 @@ pub enum RecordAction {
     Resume,
     /// Close the file.
     Stop,
+}
+
+/// A voicemail being recorded: the caller's side alone, in a mono 8 kHz file, ended by the
+/// writer after `silence` without sound; [`MediaEvent::RecordDone`] reports its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Voicemail {
+    /// The extension whose voicemail box gets it.
+    pub mailbox: Option<Uuid>,
+    /// How much silence ends it.
+    pub silence: Option<std::time::Duration>,
+    /// Beep first, in this G.711 payload type (0 or 8).
+    pub beep: Option<u8>,
 }
 
 /// An event from the media plane.
@@ -143,6 +157,17 @@ pub enum MediaEvent {
     Failed {
         /// Session.
         session: SessionId,
+    },
+    /// A voicemail ended (stopped, silence, or the call ended).
+    RecordDone {
+        /// Session.
+        session: SessionId,
+        /// The recording.
+        recording: Uuid,
+        /// Its length in milliseconds.
+        duration_ms: u64,
+        /// Whether anything louder than silence was heard.
+        heard: bool,
     },
     /// A prompt from [`MediaCommand::Play`] ended (or could not be played).
     PlayDone {

@@ -123,6 +123,10 @@ pub async fn complete(
 pub struct Filter {
     /// Only recordings of this call.
     pub call_id: Option<Uuid>,
+    /// Only this kind (e.g. voicemail).
+    pub kind: Option<RecordingKind>,
+    /// Only the voicemail box of this extension.
+    pub extension_id: Option<Uuid>,
     /// Only recordings this user may see (see the module docs).
     pub owner: Option<Uuid>,
 }
@@ -137,6 +141,7 @@ pub async fn list(
     let sql = format!(
         "SELECT {COLUMNS} FROM recordings WHERE ($1 IS NULL OR tenant_id = $1) \
          AND ($2 IS NULL OR call_id = $2) AND {} AND ($4 IS NULL OR id < $4) \
+         AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR extension_id = $7) \
          ORDER BY id DESC LIMIT $5",
         OWNER_CLAUSE.replace("$U", "$3")
     );
@@ -146,6 +151,8 @@ pub async fn list(
         .bind(filter.owner)
         .bind(page.cursor)
         .bind(page.fetch())
+        .bind(filter.kind.map(RecordingKind::as_str))
+        .bind(filter.extension_id)
         .fetch_all(pool)
         .await)?;
     Ok(Page::from_rows(rows, page, |r| r.id))
@@ -284,6 +291,22 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(by_call.items.len(), 1);
+            let voicemail_box = list(
+                &db,
+                Scope::All,
+                Filter {
+                    kind: Some(RecordingKind::Voicemail),
+                    extension_id: Some(mine.id),
+                    ..Filter::default()
+                },
+                &PageRequest::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                voicemail_box.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+                [r_vm.id]
+            );
 
             complete(
                 &db,

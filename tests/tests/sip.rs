@@ -1015,6 +1015,88 @@ async fn an_ivr_flow_answers_a_carrier_call_takes_a_key_and_puts_it_through() {
     assert!(bench.server.terminate().success());
 }
 
+#[tokio::test]
+async fn a_voicemail_left_through_a_flow_is_in_the_box_and_downloadable() {
+    if sipp().is_none() {
+        return;
+    }
+    let mut bench = CallBench::new(&[]).await;
+    let api = &bench.api;
+    api.create(
+        "/trunks",
+        json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
+    )
+    .await;
+    let flow = api
+        .create(
+            "/ivr-flows",
+            json!({"name": "voicemail", "graph": {"entry": "vm", "nodes": {
+                "vm": {"verb": "record", "mailbox": "5002", "max_seconds": 15,
+                       "silence_seconds": 1.5, "beep": true, "next": "bye",
+                       "transitions": {"no_input": "bye"}},
+                "bye": {"verb": "hangup"}
+            }}}),
+        )
+        .await;
+    let flow_id = flow["id"].as_str().unwrap();
+    api.create(&format!("/ivr-flows/{flow_id}/publish"), json!({}))
+        .await;
+    api.create(
+        "/numbers",
+        json!({"number": "+15551230005", "target": {"type": "ivr_flow", "id": flow_id}}),
+    )
+    .await;
+
+    // The caller speaks for a second (a 400 Hz tone), then says nothing: 1.5 s of silence
+    // ends the voicemail and the flow hangs up.
+    let run = bench.run_carrier(
+        "127.0.0.1",
+        "voicemail_carrier_uac.xml",
+        None,
+        "+15551230005",
+    );
+    assert!(run.caller.status.success(), "{}", run.report());
+    let record = bench.next_record().await;
+    let api = &bench.api;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "system");
+    let ivr = record["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|leg| leg["role"] == "ivr")
+        .cloned()
+        .unwrap();
+    assert_eq!(ivr["path"], json!(["vm", "bye"]), "{record}");
+    assert_eq!(ivr["ended"], "completed", "{record}");
+    assert!(
+        metric(&bench.server, "switchboard_media_prompt_packets_total").await >= 10,
+        "the beep"
+    );
+
+    // The box of 5002 lists it; it is a mono WAV with the tone at the start.
+    let path = format!("/recordings?kind=voicemail&extension_id={}", bench.callee);
+    let (_, page) = api.call(reqwest::Method::GET, &path, None).await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    let id = items[0]["id"].as_str().unwrap();
+    let voicemail = api.wait_for_recording(id, "complete").await;
+    assert_eq!(voicemail["kind"], "voicemail", "{voicemail}");
+    assert_eq!(voicemail["channels"], 1, "{voicemail}");
+    assert_eq!(voicemail["call_id"], record["id"], "{voicemail}");
+    let (spec, samples) = api.wav(id).await;
+    assert_eq!((spec.channels, spec.sample_rate), (1, 8000));
+    let seconds = samples.len() as f64 / 8000.0;
+    assert!((2.0..4.5).contains(&seconds), "{seconds} s");
+    let (first, last, _) = tone_span(&samples, 400.0);
+    assert!(
+        last - first >= 40,
+        "the tone is there: frames {first}..{last}"
+    );
+    let (_, calls) = api.call(reqwest::Method::GET, "/calls", None).await;
+    assert_eq!(calls["items"][0]["recording_id"], id, "{calls}");
+    assert!(bench.server.terminate().success());
+}
+
 /// Reads WebSocket messages (bounded in time) until `wanted` event types were seen in order;
 /// returns the events of those types.
 async fn expect_events<S>(socket: &mut S, wanted: &[&str]) -> Vec<Value>

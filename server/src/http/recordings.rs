@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_storage::recordings::{self, Filter, Recording};
+use switchboard_storage::recordings::{self, Filter, Recording, RecordingKind};
 use switchboard_storage::{Page, Uuid};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use utoipa::IntoParams;
@@ -34,6 +34,11 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 struct RecordingQuery {
     /// Only recordings of this call.
     call_id: Option<Uuid>,
+    /// Only `call` recordings or `voicemail`.
+    #[param(value_type = Option<String>)]
+    kind: Option<RecordingKind>,
+    /// Only the voicemail box of this extension.
+    extension_id: Option<Uuid>,
     /// Items per page, 1 to 500 (default 50).
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -55,6 +60,8 @@ async fn list_recordings(
     .request()?;
     let filter = Filter {
         call_id: query.call_id,
+        kind: query.kind,
+        extension_id: query.extension_id,
         owner: who.owner_filter(),
     };
     Ok(Json(

@@ -383,8 +383,9 @@ pub async fn start(
     core.set_local(advertised, &ports);
 
     let recordings_dir = config.data_dir.join("recordings");
-    let (recorder, recorder_thread) = Recorder::start(recordings_dir, records_tx.clone())
-        .context("starting the recording writer")?;
+    let (recorder, recorder_thread) =
+        Recorder::start(recordings_dir, records_tx.clone(), media_events_tx.clone())
+            .context("starting the recording writer")?;
     let recorder_stats = recorder.stats();
     let (media, threads) = MediaPlane::start(
         &config.media,

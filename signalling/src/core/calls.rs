@@ -1181,6 +1181,7 @@ impl Core {
             call: call.record.id,
             wall_ms,
             wideband: call.wideband.contains(&true),
+            voicemail: None,
         };
         self.outputs
             .push_back(Output::Media(MediaCommand::Record { session, action }));
@@ -1879,6 +1880,20 @@ impl Core {
         let (session, cause) = match event {
             MediaEvent::Inactive { session } => (session, "media_timeout"),
             MediaEvent::Failed { session } => (session, "media_failure"),
+            MediaEvent::RecordDone {
+                session,
+                recording,
+                duration_ms,
+                heard,
+            } => {
+                return self.app_record_done(
+                    now,
+                    wall_ms,
+                    session,
+                    recording,
+                    (duration_ms, heard),
+                );
+            }
             MediaEvent::PlayDone { session, id } => {
                 let current = self
                     .calls

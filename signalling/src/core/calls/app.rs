@@ -10,9 +10,13 @@
 //!   bridge when the callee hangs up;
 //! - `Hangup`: BYE to the caller (or a final response if the flow never answered).
 //!
+//! - `Record`: a voicemail, the caller's side alone in a mono file of the mailbox
+//!   extension's box (the writer ends it after the flow's silence; the flow's timer ends it
+//!   at its longest).
+//!
 //! Keys reach the flow from RFC 4733 events in the caller's RTP and from SIP INFO. Ring
-//! groups, numbers through trunks, `record` and `http` are not carried out on live calls yet:
-//! the flow sees a failed dial, a recording with nothing heard, or an HTTP error.
+//! groups, numbers through trunks and `http` are not carried out on live calls yet: the flow
+//! sees a failed dial or an HTTP error.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
@@ -22,14 +26,18 @@ use switchboard_media::sdp::Sdp;
 use switchboard_sip::message::{HeaderName, Method, Request};
 use switchboard_sip::transaction::ServerKey;
 
+use rand::RngExt as _;
+
 use super::{
-    Call, CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, Refusal, Refused, Side,
-    media, retry_later,
+    Call, CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, RecordingState, Refusal,
+    Refused, Side, media, retry_later,
 };
 use crate::core::{Core, Output};
 use crate::directory::Tenant;
-use crate::ivr::{Action, CallInfo, DialFailure, DialTarget, EndReason, Event, FlowRun};
-use crate::media::{MediaCommand, SessionId};
+use crate::ivr::{
+    Action, CallInfo, DialFailure, DialTarget, EndReason, Event, FlowRun, RecordRequest,
+};
+use crate::media::{MediaCommand, RecordAction, SessionId, Voicemail};
 use crate::peer::Peer;
 use crate::stats::SipStats;
 
@@ -55,6 +63,8 @@ pub(super) struct App {
     payload_type: u8,
     /// The latest play's id.
     play: u32,
+    /// The voicemail being recorded.
+    recording: Option<uuid::Uuid>,
 }
 
 /// What a finished flow leaves in the call record.
@@ -192,6 +202,7 @@ impl Core {
                     answer,
                     payload_type,
                     play: 0,
+                    recording: None,
                 })),
             },
         );
@@ -271,18 +282,12 @@ impl Core {
                 }
                 Action::Dial { target, .. } => self.app_dial(now, session, target),
                 Action::CancelDial => self.drop_forks(now, session),
-                Action::Record(_) => {
-                    tracing::warn!(
-                        session,
-                        "an IVR `record` node ran; recording is not available on live calls yet"
-                    );
-                    let done = Event::RecordDone {
-                        duration: std::time::Duration::ZERO,
-                        heard: false,
-                    };
-                    app.run.handle_event(done, now);
+                Action::Record(request) => self.app_record(wall_ms, session, request),
+                Action::StopRecord => {
+                    let action = RecordAction::Stop;
+                    self.outputs
+                        .push_back(Output::Media(MediaCommand::Record { session, action }));
                 }
-                Action::StopRecord => {}
                 Action::Http(request) => {
                     tracing::warn!(session, url = %request.url, "an IVR `http` node ran; HTTP is not available on live calls yet");
                     let done = Event::HttpDone {
@@ -325,6 +330,69 @@ impl Core {
         }
         self.call_event(session, super::CallEventKind::Answered);
         self.respond_to_caller(now, session, 200, Some(&answer));
+    }
+
+    /// Starts a voicemail: the caller alone, for the mailbox extension's box.
+    fn app_record(&mut self, wall_ms: u64, session: SessionId, request: RecordRequest) {
+        let recording =
+            uuid::Builder::from_unix_timestamp_millis(wall_ms, &self.rng.random()).into_uuid();
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let mailbox = request.mailbox.as_deref().and_then(|number| {
+            self.directory
+                .extension_by_number(call.tenant.id, number)
+                .map(|e| e.id)
+        });
+        let Some(app) = call.app.as_deref_mut() else {
+            return;
+        };
+        app.recording = Some(recording);
+        call.recording = Some((recording, RecordingState::Recording));
+        let action = RecordAction::Start {
+            recording,
+            tenant: call.tenant.id,
+            call: call.record.id,
+            wall_ms,
+            wideband: false,
+            voicemail: Some(Voicemail {
+                mailbox,
+                silence: request.silence,
+                beep: request.beep.then_some(app.payload_type),
+            }),
+        };
+        self.outputs
+            .push_back(Output::Media(MediaCommand::Record { session, action }));
+    }
+
+    /// The media plane finished a voicemail.
+    pub(super) fn app_record_done(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        recording: uuid::Uuid,
+        (duration_ms, heard): (u64, bool),
+    ) {
+        let Some(app) = self.app_mut(session) else {
+            return;
+        };
+        if app.recording != Some(recording) {
+            return;
+        }
+        app.recording = None;
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            call.recording = Some((recording, RecordingState::Stopped));
+        }
+        // Silence may have ended it: the worker stops copying packets.
+        let action = RecordAction::Stop;
+        self.outputs
+            .push_back(Output::Media(MediaCommand::Record { session, action }));
+        let done = Event::RecordDone {
+            duration: std::time::Duration::from_millis(duration_ms),
+            heard,
+        };
+        self.app_event(now, wall_ms, session, done);
     }
 
     /// Calls the dial's target: every registered contact of an extension.
