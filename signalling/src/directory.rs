@@ -38,6 +38,11 @@ pub struct Extension {
     pub secret: String,
     /// Whether its answered calls (made or received) are recorded.
     pub record_calls: bool,
+    /// Whether it may call numbers outside through trunks.
+    pub outbound_allowed: bool,
+    /// The number presented on its outbound calls (else the tenant has none to present and
+    /// the extension's own number goes).
+    pub caller_id: Option<String>,
 }
 
 impl std::fmt::Debug for Extension {
@@ -92,6 +97,49 @@ pub struct Trunk {
     /// Sources inbound INVITEs are accepted from: an IP trunk's allowed sources, a credential
     /// trunk's proxies (host names resolved by the shell).
     pub sources: Vec<Network>,
+    /// How calls go out through it.
+    pub outbound: Option<Box<Outbound>>,
+}
+
+/// How calls leave through a trunk.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The proxy's addresses, in order of preference (resolved by the shell).
+    pub proxies: Vec<std::net::SocketAddr>,
+    /// The host our Request-URI and To name (the proxy's name).
+    pub host: String,
+    /// Digest credentials for 401/407 challenges: username and password.
+    pub credentials: Option<(String, String)>,
+    /// Digits put in front of the number.
+    pub tech_prefix: String,
+    /// Extra headers on every INVITE (e.g. `X-Telnyx-Username`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("proxies", &self.proxies)
+            .field("host", &self.host)
+            .field("username", &self.credentials.as_ref().map(|c| &c.0))
+            .finish()
+    }
+}
+
+/// An outbound route: numbers starting with `prefix` (E.164 digits, no `+`) leave through
+/// `trunk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Leading digits; empty matches every number.
+    pub prefix: String,
+    /// The trunk.
+    pub trunk_id: Uuid,
+    /// Lower goes first among equally long prefixes.
+    pub priority: i32,
 }
 
 /// Where a number routes.
@@ -162,6 +210,10 @@ pub enum Update {
     FlowUpsert(PublishedFlow),
     /// A flow was deleted.
     FlowRemove(Uuid),
+    /// An outbound route was created or changed.
+    RouteUpsert(Route),
+    /// An outbound route was deleted.
+    RouteRemove(Uuid),
 }
 
 /// Tenants and extensions, indexed for call control.
@@ -176,6 +228,7 @@ pub struct Directory {
     numbers: HashMap<Uuid, Number>,
     by_e164: HashMap<String, Uuid>,
     flows: HashMap<Uuid, PublishedFlow>,
+    routes: HashMap<Uuid, Route>,
 }
 
 impl Directory {
@@ -248,6 +301,12 @@ impl Directory {
             Update::FlowRemove(id) => {
                 self.flows.remove(&id);
             }
+            Update::RouteUpsert(route) => {
+                self.routes.insert(route.id, route);
+            }
+            Update::RouteRemove(id) => {
+                self.routes.remove(&id);
+            }
         }
     }
 
@@ -256,6 +315,23 @@ impl Directory {
         self.trunks
             .values()
             .find(|t| t.sources.iter().any(|n| n.contains(ip)))
+    }
+
+    /// The route and trunk a number of `tenant` leaves through: the longest prefix of `digits`
+    /// (E.164 without `+`), then the lowest priority, among routes whose trunk can place calls.
+    pub fn route(&self, tenant: Uuid, digits: &str) -> Option<(&Route, &Trunk)> {
+        self.routes
+            .values()
+            .filter(|r| r.tenant_id == tenant && digits.starts_with(&r.prefix))
+            .filter_map(|r| {
+                let trunk = self.trunks.get(&r.trunk_id)?;
+                trunk
+                    .outbound
+                    .as_ref()
+                    .is_some_and(|o| !o.proxies.is_empty())
+                    .then_some((r, trunk))
+            })
+            .min_by_key(|(r, _)| (std::cmp::Reverse(r.prefix.len()), r.priority, r.id))
     }
 
     /// The published version of flow `id`.
@@ -312,6 +388,8 @@ mod tests {
             display_name: String::new(),
             secret: "pw".into(),
             record_calls: false,
+            outbound_allowed: false,
+            caller_id: None,
         }
     }
 
@@ -408,6 +486,7 @@ mod tests {
             tenant_id: tenant,
             name: "carrier".into(),
             sources: vec![net("192.0.2.0/28"), net("198.51.100.5/32")],
+            outbound: None,
         };
         directory.apply(Update::TrunkUpsert(trunk.clone()));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();

@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod extensions;
 pub mod ivr_flows;
 pub mod numbers;
+pub mod outbound_routes;
 pub mod prompts;
 pub mod recordings;
 pub mod registrations;

@@ -271,9 +271,10 @@ pub async fn sealed_password(db: &Db, id: Uuid) -> Result<Option<Vec<u8>>, Error
     .ok_or(Error::NotFound)
 }
 
-/// Deletes a trunk visible in `scope`.
+/// Deletes a trunk visible in `scope`, unless an outbound route uses it.
 pub async fn delete(db: &Db, scope: Scope, id: Uuid) -> Result<(), Error> {
     const SQL: &str = "DELETE FROM trunks WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)";
+    crate::outbound_routes::ensure_no_route_uses(db, id).await?;
     one_row(exec!(db, |pool| sqlx::query(SQL)
         .bind(id)
         .bind(scope.tenant()))?)

@@ -1097,6 +1097,94 @@ async fn a_voicemail_left_through_a_flow_is_in_the_box_and_downloadable() {
     assert!(bench.server.terminate().success());
 }
 
+#[tokio::test]
+async fn a_call_out_through_a_credential_trunk_answers_the_407() {
+    if sipp().is_none() {
+        return;
+    }
+    let mut bench = CallBench::new(&[]).await;
+    // The carrier is at 127.0.0.2: a credential trunk trusts its proxy as a source, and the
+    // phone calls from 127.0.0.1.
+    let carrier_port = free_udp_port();
+    let api = &bench.api;
+    let trunk = api
+        .create(
+            "/trunks",
+            json!({"name": "telnyx", "kind": "credential", "host": "127.0.0.2", "port": carrier_port,
+                   "username": "acme", "password": "trunk-pass",
+                   "custom_headers": {"X-Telnyx-Username": "acme"}}),
+        )
+        .await;
+    api.create(
+        "/outbound-routes",
+        json!({"name": "north-america", "prefix": "1", "trunk_id": trunk["id"]}),
+    )
+    .await;
+    let (_, extensions) = api.call(reqwest::Method::GET, "/extensions", None).await;
+    let caller = extensions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["number"] == "5001")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/extensions/{caller}"),
+            Some(json!({"outbound_allowed": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let carrier = sipp_command(
+        &bench.server,
+        bench.dir.path(),
+        "carrier_auth_uas.xml",
+        carrier_port,
+    )
+    .args([
+        "-i",
+        "127.0.0.2",
+        "-m",
+        "1",
+        "-mp",
+        &free_udp_port().to_string(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start the SIPp carrier");
+    let csv = credentials_csv(bench.dir.path(), "5001", "caller-secret", "");
+    let phone = sipp_command(
+        &bench.server,
+        bench.dir.path(),
+        "callee_hangup_uac.xml",
+        free_udp_port(),
+    )
+    .args(["-inf", &csv, "-s", "+15551234567", "-m", "1"])
+    .output()
+    .expect("run the SIPp phone");
+    let run = CallRun {
+        caller: phone,
+        callee: Some(carrier.wait_with_output().unwrap()),
+    };
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert!(
+        run.callee.as_ref().unwrap().status.success(),
+        "{}",
+        run.report()
+    );
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "callee");
+    assert_eq!(record["direction"], "outbound", "{record}");
+    assert_eq!(record["trunk_id"], trunk["id"], "{record}");
+    assert_eq!(record["to_number"], "+15551234567", "{record}");
+    assert!(bench.server.terminate().success());
+}
+
 /// Reads WebSocket messages (bounded in time) until `wanted` event types were seen in order;
 /// returns the events of those types.
 async fn expect_events<S>(socket: &mut S, wanted: &[&str]) -> Vec<Value>

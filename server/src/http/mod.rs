@@ -14,6 +14,7 @@ mod ice_servers;
 mod ivr_flows;
 mod numbers;
 mod ops;
+mod outbound_routes;
 mod prompts;
 mod recordings;
 mod registrations;
@@ -185,6 +186,13 @@ impl AppState {
         }
     }
 
+    /// Pushes the current state of an outbound route to the signalling core.
+    pub async fn sync_route(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_route(id).await;
+        }
+    }
+
     /// Pushes the current state of a number to the signalling core.
     pub async fn sync_number(&self, id: switchboard_storage::Uuid) {
         if let Some(sip) = &self.sip {
@@ -261,6 +269,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(extensions::routes())
         .merge(trunks::routes())
         .merge(numbers::routes())
+        .merge(outbound_routes::routes())
         .merge(ring_groups::routes())
         .merge(ivr_flows::routes())
         .merge(prompts::routes())

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_signalling::directory::{
-    Extension, Network, Number, NumberTarget, PublishedFlow, Tenant, Trunk, Update,
+    Extension, Network, Number, NumberTarget, Outbound, PublishedFlow, Route, Tenant, Trunk, Update,
 };
 use switchboard_signalling::ivr::Flow;
 use switchboard_storage::crypto::SecretBox;
 use switchboard_storage::ivr_flows;
 use switchboard_storage::numbers::{self, TargetType};
+use switchboard_storage::outbound_routes;
 use switchboard_storage::trunks::{self, TrunkKind};
 use switchboard_storage::{Db, Scope, Uuid, extensions, tenants};
 
@@ -38,6 +39,8 @@ fn extension_update(
         display_name: extension.display_name,
         secret,
         record_calls: extension.record_calls,
+        outbound_allowed: extension.outbound_allowed,
+        caller_id: extension.caller_id_number,
     }))
 }
 
@@ -55,7 +58,11 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
         updates.push(extension_update(secret_box, extension, &sealed)?);
     }
     for trunk in trunks::all(db).await? {
-        updates.push(trunk_update(trunk).await);
+        let sealed = trunks::sealed_password(db, trunk.id).await?;
+        updates.push(trunk_update(secret_box, trunk, sealed.as_deref()).await?);
+    }
+    for route in outbound_routes::all(db).await? {
+        updates.push(route_update(route));
     }
     for number in numbers::all(db).await? {
         updates.push(number_update(number));
@@ -124,12 +131,36 @@ async fn networks(entry: &str) -> Vec<Network> {
     }
 }
 
-/// A trunk as the core needs it: where its INVITEs may come from. An IP trunk lists them; a
-/// credential trunk's calls come from its proxies.
-async fn trunk_update(trunk: trunks::Trunk) -> Update {
+/// A trunk as the core needs it: where its INVITEs may come from (an IP trunk lists them; a
+/// credential trunk's calls come from its proxies), and how calls go out through it (its
+/// proxies resolved, port 5060 unless set; DNS SRV is not looked up).
+async fn trunk_update(
+    secret_box: &SecretBox,
+    trunk: trunks::Trunk,
+    sealed: Option<&[u8]>,
+) -> anyhow::Result<Update> {
     if !trunk.enabled {
-        return Update::TrunkRemove(trunk.id);
+        return Ok(Update::TrunkRemove(trunk.id));
     }
+    let password = sealed
+        .map(|sealed| secret_box.open_string(&trunks::password_context(trunk.id), sealed))
+        .transpose()
+        .with_context(|| format!("decrypting the password of trunk {}", trunk.name))?;
+    let port = trunk.port.unwrap_or(5060);
+    let mut proxies = Vec::new();
+    for host in std::iter::once(&trunk.host).chain(&trunk.secondary_host) {
+        for network in networks(host).await {
+            proxies.push(std::net::SocketAddr::new(network.addr, port));
+        }
+    }
+    let username = trunk.auth_username.clone().or(trunk.username.clone());
+    let outbound = Outbound {
+        proxies,
+        host: trunk.host.clone(),
+        credentials: username.zip(password),
+        tech_prefix: trunk.tech_prefix.clone(),
+        headers: trunk.custom_headers.clone().into_iter().collect(),
+    };
     let mut entries = trunk.allowed_sources.clone();
     if trunk.kind == TrunkKind::Credential {
         entries.push(trunk.host.clone());
@@ -139,12 +170,32 @@ async fn trunk_update(trunk: trunks::Trunk) -> Update {
     for entry in &entries {
         sources.extend(networks(entry).await);
     }
-    Update::TrunkUpsert(Trunk {
+    Ok(Update::TrunkUpsert(Trunk {
         id: trunk.id,
         tenant_id: trunk.tenant_id,
         name: trunk.name,
         sources,
+        outbound: Some(Box::new(outbound)),
+    }))
+}
+
+fn route_update(route: outbound_routes::OutboundRoute) -> Update {
+    Update::RouteUpsert(Route {
+        id: route.id,
+        tenant_id: route.tenant_id,
+        prefix: route.prefix,
+        trunk_id: route.trunk_id,
+        priority: route.priority,
     })
+}
+
+/// The current state of one outbound route: an upsert, or a removal if it is gone.
+pub(super) async fn route(db: &Db, id: Uuid) -> anyhow::Result<Update> {
+    match outbound_routes::get(db, Scope::All, id).await {
+        Ok(route) => Ok(route_update(route)),
+        Err(switchboard_storage::Error::NotFound) => Ok(Update::RouteRemove(id)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn number_update(number: numbers::Number) -> Update {
@@ -162,9 +213,12 @@ fn number_update(number: numbers::Number) -> Update {
 }
 
 /// The current state of one trunk: an upsert, or a removal if it is gone or disabled.
-pub(super) async fn trunk(db: &Db, id: Uuid) -> anyhow::Result<Update> {
+pub(super) async fn trunk(db: &Db, secret_box: &SecretBox, id: Uuid) -> anyhow::Result<Update> {
     match trunks::get(db, Scope::All, id).await {
-        Ok(trunk) => Ok(trunk_update(trunk).await),
+        Ok(trunk) => {
+            let sealed = trunks::sealed_password(db, id).await?;
+            trunk_update(secret_box, trunk, sealed.as_deref()).await
+        }
         Err(switchboard_storage::Error::NotFound) => Ok(Update::TrunkRemove(id)),
         Err(error) => Err(error.into()),
     }

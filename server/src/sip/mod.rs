@@ -150,7 +150,7 @@ impl SipHandle {
 
     /// Re-reads a trunk (its sources resolved again) into the core.
     pub async fn sync_trunk(&self, id: Uuid) {
-        match directory::trunk(&self.db, id).await {
+        match directory::trunk(&self.db, &self.secret_box, id).await {
             Ok(update) => self.send(update).await,
             Err(error) => tracing::warn!(%error, %id, "could not sync trunk to signalling"),
         }
@@ -161,6 +161,16 @@ impl SipHandle {
         match directory::flow(&self.db, id).await {
             Ok(update) => self.send(update).await,
             Err(error) => tracing::warn!(%error, %id, "could not sync IVR flow to signalling"),
+        }
+    }
+
+    /// Re-reads an outbound route into the core.
+    pub async fn sync_route(&self, id: Uuid) {
+        match directory::route(&self.db, id).await {
+            Ok(update) => self.send(update).await,
+            Err(error) => {
+                tracing::warn!(%error, %id, "could not sync outbound route to signalling");
+            }
         }
     }
 

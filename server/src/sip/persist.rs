@@ -125,10 +125,10 @@ fn started(start: &CallStart) -> Call {
         id: start.id,
         tenant_id: start.tenant_id,
         sip_call_id: start.sip_call_id.clone(),
-        direction: if start.trunk_id.is_some() {
-            Direction::Inbound
-        } else {
-            Direction::Internal
+        direction: match (start.trunk_id, start.from_extension) {
+            (Some(_), Some(_)) => Direction::Outbound,
+            (Some(_), None) => Direction::Inbound,
+            (None, _) => Direction::Internal,
         },
         from_uri: start.from_uri.clone(),
         to_uri: start.to_uri.clone(),

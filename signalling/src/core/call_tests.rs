@@ -60,6 +60,8 @@ impl World {
                 display_name: format!("Ext {number}"),
                 secret: secret.into(),
                 record_calls: false,
+                outbound_allowed: number == "1001",
+                caller_id: None,
             }));
         }
         let mut world = Self {
@@ -1025,6 +1027,7 @@ fn with_trunk(world: &mut World) -> (Uuid, Uuid) {
             addr: "192.0.2.48".parse().unwrap(),
             prefix: 29,
         }],
+        outbound: None,
     }));
     for (e164, target) in [
         ("+15551230002", NumberTarget::Extension(bob)),
@@ -1437,4 +1440,170 @@ fn an_ivr_takes_keys_from_sip_info_and_answers_refreshes_itself() {
             .any(|r| r.method == Method::Invite),
         "the flow dials Bob"
     );
+}
+
+/// A credential trunk whose proxy is at 192.0.2.60, and a route for North American numbers.
+fn with_outbound_trunk(world: &mut World, prefix: &str) -> Uuid {
+    use crate::directory::{Outbound, Route, Trunk};
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let trunk = Uuid::new_v4();
+    world.core.apply(Update::TrunkUpsert(Trunk {
+        id: trunk,
+        tenant_id: tenant,
+        name: "telnyx".into(),
+        sources: Vec::new(),
+        outbound: Some(Box::new(Outbound {
+            proxies: vec![SocketAddr::from(([192, 0, 2, 60], 5060))],
+            host: "sip.carrier.example".into(),
+            credentials: Some(("acme".into(), "trunk-pass".into())),
+            tech_prefix: String::new(),
+            headers: vec![("X-Telnyx-Username".into(), "acme".into())],
+        })),
+    }));
+    world.core.apply(Update::RouteUpsert(Route {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        prefix: prefix.into(),
+        trunk_id: trunk,
+        priority: 10,
+    }));
+    trunk
+}
+
+#[test]
+fn a_call_out_through_a_trunk_answers_its_407_once() {
+    use switchboard_sip::digest::Credentials;
+    let mut world = World::new(1, CoreConfig::default());
+    with_outbound_trunk(&mut world, "44");
+    // No route for North America yet.
+    world.call("5551234567");
+    assert_eq!(world.statuses(world.alice).last(), Some(&404));
+    assert_eq!(world.ended().expect("a CDR").cause, "no_route");
+    world.outputs.clear();
+
+    let trunk = with_outbound_trunk(&mut world, "1");
+    world.call("5551234567");
+    let proxy = peer(60);
+    let invite = world.requests(proxy).pop().expect("INVITE to the carrier");
+    assert_eq!(
+        invite.uri.to_string(),
+        "sip:+15551234567@sip.carrier.example"
+    );
+    assert_eq!(
+        invite.headers.get(&HeaderName::parse("X-Telnyx-Username")),
+        Some("acme")
+    );
+    assert_eq!(
+        invite
+            .headers
+            .get(&HeaderName::parse("P-Asserted-Identity")),
+        Some("<sip:1001@example.com>")
+    );
+    assert!(
+        invite
+            .headers
+            .get(&HeaderName::From)
+            .unwrap()
+            .contains("<sip:1001@example.com>")
+    );
+    let start = world
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::CallStarted(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(start.trunk_id, Some(trunk));
+    assert_eq!(start.to_number, "+15551234567");
+    assert!(start.from_extension.is_some());
+
+    // The carrier challenges; we answer once, in a new transaction with CSeq 2.
+    let mut challenge = transaction::response_to(&invite, 407, "Proxy Authentication Required");
+    let to = challenge.headers.get(&HeaderName::To).unwrap().to_owned();
+    challenge
+        .headers
+        .set(HeaderName::To, format!("{to};tag=carrier"));
+    challenge.headers.push(
+        HeaderName::ProxyAuthenticate,
+        "Digest realm=\"sip.carrier.example\", nonce=\"abc123\", algorithm=MD5, qop=\"auth\"",
+    );
+    world
+        .core
+        .handle_datagram(world.now, WALL, proxy, &challenge.to_bytes());
+    world.drain();
+    let sent = world.requests(proxy);
+    assert!(
+        sent.iter().any(|r| r.method == Method::Ack),
+        "the 407 is acknowledged"
+    );
+    let again = sent
+        .iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("the INVITE again");
+    assert_eq!(again.headers.get(&HeaderName::CSeq), Some("2 INVITE"));
+    assert_eq!(
+        again.headers.get(&HeaderName::CallId),
+        invite.headers.get(&HeaderName::CallId)
+    );
+    let credentials =
+        Credentials::parse(again.headers.get(&HeaderName::ProxyAuthorization).unwrap()).unwrap();
+    let ha1 = switchboard_sip::digest::ha1(
+        switchboard_sip::digest::Algorithm::Md5,
+        "acme",
+        "sip.carrier.example",
+        "trunk-pass",
+    );
+    assert!(credentials.check(&ha1, "INVITE"), "the answer verifies");
+    // A second challenge is not answered again: the call fails.
+    let mut second = transaction::response_to(again, 407, "Proxy Authentication Required");
+    second
+        .headers
+        .set(HeaderName::To, format!("{to};tag=carrier2"));
+    second.headers.push(
+        HeaderName::ProxyAuthenticate,
+        "Digest realm=\"sip.carrier.example\", nonce=\"def456\", algorithm=MD5",
+    );
+    world
+        .core
+        .handle_datagram(world.now, WALL, proxy, &second.to_bytes());
+    world.drain();
+    assert!(
+        world
+            .requests(proxy)
+            .iter()
+            .all(|r| r.method != Method::Invite)
+    );
+    assert!(world.statuses(world.alice).contains(&480));
+}
+
+#[test]
+fn an_extension_without_outbound_permission_is_refused() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_outbound_trunk(&mut world, "");
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let mut alice = world
+        .core
+        .directory
+        .extension_by_number(tenant, "1001")
+        .unwrap()
+        .clone();
+    alice.outbound_allowed = false;
+    world.core.apply(Update::ExtensionUpsert(alice));
+    world.call("+442071234567");
+    assert_eq!(world.statuses(world.alice).last(), Some(&403));
+    let end = world.ended().expect("a CDR");
+    assert_eq!(end.cause, "outbound_not_allowed");
+    assert_eq!(end.start.to_number, "+442071234567");
+    assert!(world.requests(peer(60)).is_empty());
 }

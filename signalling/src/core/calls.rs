@@ -28,6 +28,7 @@ use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
 mod app;
+mod outbound;
 
 pub use self::app::IvrSummary;
 use super::{Core, Output};
@@ -365,11 +366,15 @@ struct Forking<'a> {
     caller: (&'a str, &'a str),
     /// The callee's number (our To).
     callee: &'a str,
-    /// The tenant's domain.
+    /// The domain of our From (the tenant's).
     domain: &'a str,
+    /// The domain of our To (the tenant's, or a trunk's host).
+    to_domain: &'a str,
     /// Our offer, anchored on the callee-facing port.
     offer: &'a Sdp,
     max_forwards: u8,
+    /// More headers (a trunk's custom headers, P-Asserted-Identity).
+    headers: &'a [(String, String)],
 }
 
 /// A 2xx to an INVITE, retransmitted until its ACK (§13.3.1.4).
@@ -419,6 +424,9 @@ struct Call {
     wideband: [bool; 2],
     /// The IVR flow answering the call, if a number routed it to one.
     app: Option<Box<app::App>>,
+    /// For a call out through a trunk: the credentials for its challenge, and whether they
+    /// were sent already.
+    trunk_auth: Option<Box<(String, String, bool)>>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -666,6 +674,14 @@ impl Core {
             (Caller::Trunk { .. }, None) => None,
         };
         let Some(callee) = callee else {
+            // No extension has it: a number outside, through a trunk.
+            if let Caller::Extension(extension) = &caller
+                && let Ok(e164) = crate::e164::normalize(&dialled)
+            {
+                let call = (key.clone(), request.clone(), from);
+                let caller = extension.clone();
+                return self.start_outbound(now, wall_ms, call, (tenant, caller), record, e164);
+            }
             return self.refuse(now, refused, record, UNKNOWN_NUMBER, |_| {});
         };
         record.to_extension = Some(callee.id);
@@ -721,8 +737,10 @@ impl Core {
                 caller: (caller.display(), caller.number()),
                 callee: &callee.number,
                 domain: &tenant.domain,
+                to_domain: &tenant.domain,
                 offer: &b_offer,
                 max_forwards,
+                headers: &[],
             },
         );
         let ring_deadline = now + self.config.ring_timeout;
@@ -756,6 +774,7 @@ impl Core {
                 b_dtmf: None,
                 wideband: [media::is_wideband(&offer), false],
                 app: None,
+                trunk_auth: None,
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -801,8 +820,11 @@ impl Core {
             );
             headers.push(
                 HeaderName::To,
-                format!("<sip:{}@{}>", forking.callee, forking.domain),
+                format!("<sip:{}@{}>", forking.callee, forking.to_domain),
             );
+            for (name, value) in forking.headers {
+                headers.push(HeaderName::parse(name), value.clone());
+            }
             headers.push(HeaderName::CallId, b_call_id.clone());
             headers.push(HeaderName::CSeq, "1 INVITE");
             headers.push(HeaderName::Contact, format!("<{}>", self.our_contact(peer)));
@@ -901,6 +923,18 @@ impl Core {
         key: &ClientKey,
         response: Response,
     ) {
+        if matches!(response.status, 401 | 407) {
+            let index = self
+                .calls
+                .calls
+                .get(&session)
+                .and_then(|c| c.forks.iter().position(|f| &f.key == key));
+            if let Some(index) = index
+                && self.answer_trunk_challenge(now, session, index, &response)
+            {
+                return;
+            }
+        }
         let Some(call) = self.calls.calls.get_mut(&session) else {
             return;
         };
@@ -939,6 +973,7 @@ impl Core {
             self.fork_answered(now, wall_ms, session, index, response);
             return;
         }
+
         call.forks[index].state = ForkState::Done(status);
         self.calls.by_fork.remove(key);
         self.fork_ended(now, wall_ms, session);

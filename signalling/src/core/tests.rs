@@ -45,6 +45,8 @@ impl Phone {
             display_name: "Alice".into(),
             secret: "s3cret-pass".into(),
             record_calls: false,
+            outbound_allowed: false,
+            caller_id: None,
         }));
         let peer = Peer {
             transport: Transport::Udp,
@@ -304,6 +306,8 @@ fn unknown_user_wrong_realm_and_foreign_aor() {
         display_name: String::new(),
         secret: "other-pass".into(),
         record_calls: false,
+        outbound_allowed: false,
+        caller_id: None,
     }));
     let good = challenge.answer("1001", "s3cret-pass", "REGISTER", "sip:example.com", "c", 2);
     let text = phone

@@ -204,6 +204,7 @@ impl Core {
                     play: 0,
                     recording: None,
                 })),
+                trunk_auth: None,
             },
         );
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -446,8 +447,10 @@ impl Core {
                 caller: ("", &caller),
                 callee: &callee.number,
                 domain: &domain,
+                to_domain: &domain,
                 offer: &offer,
                 max_forwards: 69,
+                headers: &[],
             },
         );
         let Some(call) = self.calls.calls.get_mut(&session) else {

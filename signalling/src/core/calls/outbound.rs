@@ -1,0 +1,235 @@
+//! Calls out through a trunk: an extension dials a number no extension has; the outbound
+//! routes pick a trunk by the longest prefix of the number's E.164 digits, then priority; one
+//! INVITE of ours goes to the trunk's proxy, with the trunk's tech prefix, custom headers and
+//! our caller ID in From and P-Asserted-Identity (RFC 3325). A 401 or 407 is answered once
+//! with the trunk's credentials (a new transaction, CSeq + 1, RFC 3261 §22.2); the transaction
+//! layer acknowledges the challenge itself. From there the call is an ordinary fork: its 2xx
+//! is acknowledged along the route set the response's Record-Route gave (§12.1.2).
+
+use std::time::Instant;
+
+use switchboard_sip::digest::Challenge;
+use switchboard_sip::message::{HeaderName, Request, Response};
+use switchboard_sip::transaction::ServerKey;
+
+use super::{
+    Call, CallStart, Disposition, NO_OFFER, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later,
+};
+use crate::core::{Core, Output};
+use crate::directory::{Extension, Tenant};
+use crate::media::{MediaCommand, SessionId};
+use crate::peer::{Peer, Transport};
+use crate::stats::SipStats;
+
+/// The caller may not call outside (`outbound_allowed` is off).
+const OUTBOUND_FORBIDDEN: Refusal = Refusal {
+    status: 403,
+    reason: "Forbidden",
+    disposition: Disposition::Failed,
+    cause: "outbound_not_allowed",
+};
+/// No outbound route matches the number (or its trunk has no reachable proxy).
+const NO_ROUTE: Refusal = Refusal {
+    status: 404,
+    reason: "Not Found",
+    disposition: Disposition::Failed,
+    cause: "no_route",
+};
+
+impl Core {
+    /// An extension dialled `e164`, which no extension has: out through a trunk.
+    pub(super) fn start_outbound(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        (key, request, from): (ServerKey, Request, Peer),
+        (tenant, caller): (Tenant, Extension),
+        mut record: CallStart,
+        e164: String,
+    ) {
+        let refused = Refused {
+            key: &key,
+            request: &request,
+            caller: from,
+        };
+        record.to_number = e164.clone();
+        if !caller.outbound_allowed {
+            return self.refuse(now, refused, record, OUTBOUND_FORBIDDEN, |_| {});
+        }
+        let digits = e164.trim_start_matches('+');
+        let Some((trunk_id, outbound)) = self
+            .directory
+            .route(tenant.id, digits)
+            .and_then(|(_, trunk)| Some((trunk.id, trunk.outbound.clone()?)))
+        else {
+            return self.refuse(now, refused, record, NO_ROUTE, |_| {});
+        };
+        record.trunk_id = Some(trunk_id);
+        let offer = match super::sdp_of(&request.body, &request.headers) {
+            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() => sdp,
+            _ => return self.refuse(now, refused, record, NO_OFFER, |_| {}),
+        };
+        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+            return self.refuse(now, refused, record, NO_PORTS, retry_later);
+        };
+        let session = self.next_session();
+        let a_dtmf = media::telephone_event(&offer);
+        self.outputs.push_back(Output::Media(MediaCommand::Create {
+            session,
+            a_port,
+            b_port,
+            a_expected: media::audio_address(&offer),
+            b_expected: None,
+            a_dtmf,
+            call: record.id,
+        }));
+        SipStats::inc(&self.stats.calls);
+        self.outputs.push_back(Output::CallStarted(record.clone()));
+
+        let user = format!("{}{e164}", outbound.tech_prefix);
+        let host = match outbound.host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => outbound.host.clone(),
+        };
+        let caller_id = caller.caller_id.clone().unwrap_or(caller.number.clone());
+        let mut headers = outbound.headers.clone();
+        headers.push((
+            "P-Asserted-Identity".into(),
+            format!("<sip:{caller_id}@{}>", tenant.domain),
+        ));
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: outbound.proxies[0],
+            conn: None,
+        };
+        let b_offer = media::anchor(&offer, self.advertised, b_port);
+        let forks = self.fork_to(
+            now,
+            session,
+            vec![(format!("sip:{user}@{host}"), peer)],
+            super::Forking {
+                caller: (&caller.display_name, &caller_id),
+                callee: &user,
+                domain: &tenant.domain,
+                to_domain: &host,
+                offer: &b_offer,
+                max_forwards: 70,
+                headers: &headers,
+            },
+        );
+        let ring_deadline = now + self.config.ring_timeout;
+        self.calls
+            .timers
+            .push(std::cmp::Reverse((ring_deadline, session)));
+        self.calls.by_invite.insert(key.clone(), session);
+        let a_tag = self.random_token();
+        self.calls.insert(
+            session,
+            Call {
+                record_policy: tenant.record_calls || caller.record_calls,
+                record,
+                tenant,
+                a_key: key,
+                a_invite: request,
+                a_peer: from,
+                a_tag,
+                a_dialog: None,
+                forks,
+                winner: None,
+                b_dialog: None,
+                a_port,
+                b_port,
+                answered_wall_ms: None,
+                ring_deadline: Some(ring_deadline),
+                ok: None,
+                relaying: false,
+                rang: false,
+                held: false,
+                recording: None,
+                a_dtmf,
+                b_dtmf: None,
+                wideband: [media::is_wideband(&offer), false],
+                app: None,
+                trunk_auth: outbound
+                    .credentials
+                    .map(|(user, password)| Box::new((user, password, false))),
+            },
+        );
+        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if self.calls.calls[&session].forks.is_empty() {
+            let cause = "no_usable_contact";
+            self.fail_call(now, wall_ms, session, 503, Disposition::Failed, cause);
+        }
+    }
+
+    /// A 401/407 to our INVITE through a trunk: sends it again with the trunk's credentials,
+    /// once. Returns false when there is nothing to answer with (the challenge then fails the
+    /// call like any final response).
+    pub(super) fn answer_trunk_challenge(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        index: usize,
+        response: &Response,
+    ) -> bool {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return false;
+        };
+        let Some(auth) = call.trunk_auth.as_deref_mut() else {
+            return false;
+        };
+        if auth.2 {
+            return false;
+        }
+        let (header, answer_header) = if response.status == 407 {
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
+        } else {
+            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+        };
+        let Some(challenge) = response
+            .headers
+            .get_all(&header)
+            .find_map(|value| Challenge::parse(value).ok())
+        else {
+            return false;
+        };
+        auth.2 = true;
+        let (user, password) = (auth.0.clone(), auth.1.clone());
+        let fork = &call.forks[index];
+        let (old_key, peer) = (fork.key.clone(), fork.peer);
+        let mut invite = fork.invite.clone();
+        let uri = invite.uri.to_string();
+        let cnonce = self.random_token();
+        let answer = challenge.answer(&user, &password, "INVITE", &uri, &cnonce, 1);
+        let seq = cseq_of(&invite.headers).map_or(1, |c| c.seq) + 1;
+        invite.headers.set(HeaderName::Via, self.our_via(peer));
+        invite
+            .headers
+            .set(HeaderName::CSeq, format!("{seq} INVITE"));
+        invite.headers.push(answer_header, answer);
+        match self.transactions.send_request(
+            now,
+            invite.clone(),
+            peer,
+            peer.transport.is_reliable(),
+        ) {
+            Ok(key) => {
+                self.calls.by_fork.remove(&old_key);
+                self.calls.by_fork.insert(key.clone(), session);
+                if let Some(call) = self.calls.calls.get_mut(&session) {
+                    let fork = &mut call.forks[index];
+                    fork.key = key;
+                    fork.invite = invite;
+                }
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "could not resend the INVITE with credentials");
+                false
+            }
+        }
+    }
+}
