@@ -278,6 +278,11 @@ impl Collector for SipCollector {
                 "INVITEs for one of our numbers refused (403): no credentials, not from a trunk",
                 &s.trunk_refused,
             ),
+            (
+                "switchboard_trunk_register_failures",
+                "Trunk registrations refused by the carrier or unanswered",
+                &s.trunk_register_failures,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(SipStats::get(value));
@@ -303,6 +308,11 @@ impl Collector for SipCollector {
                 "switchboard_calls_active",
                 "Calls ringing or answered",
                 &s.active_calls,
+            ),
+            (
+                "switchboard_trunks_registered",
+                "Trunks registered with their carrier",
+                &s.trunks_registered,
             ),
         ];
         for (name, help, value) in gauges {

@@ -99,6 +99,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/trunks/{id}"),
     ("DELETE", "/api/v1/trunks/{id}"),
     ("PATCH", "/api/v1/trunks/{id}"),
+    ("GET", "/api/v1/trunks/{id}/registration"),
     ("GET", "/api/v1/users"),
     ("POST", "/api/v1/users"),
     ("GET", "/api/v1/users/{id}"),

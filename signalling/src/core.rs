@@ -17,6 +17,7 @@
 //! answer 403 for the rest of the window. Both maps are bounded.
 
 mod calls;
+mod trunk_reg;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,6 +43,7 @@ pub use self::calls::{
     CallEnd, CallEvent, CallEventKind, CallStart, Disposition, HangupSide, IvrSummary,
     RecordingError, RecordingRequest, RecordingState,
 };
+pub use self::trunk_reg::{TrunkRegChange, TrunkRegState};
 use crate::directory::{Directory, Extension, Tenant, Update};
 use crate::media::{MediaCommand, PortAllocator};
 use crate::peer::{Peer, Transport};
@@ -135,6 +137,8 @@ pub enum Output {
     CallEnded(CallEnd),
     /// A live call rang, was answered, held or resumed (for event subscribers).
     CallEvent(CallEvent),
+    /// A trunk's registration with its carrier changed.
+    TrunkRegistration(TrunkRegChange),
 }
 
 /// Failure counting with a bounded map and fixed windows.
@@ -206,6 +210,8 @@ pub struct Core {
     advertised: IpAddr,
     /// Our listening port per transport.
     local_ports: HashMap<Transport, u16>,
+    /// Our registrations with carriers.
+    trunk_regs: trunk_reg::TrunkRegs,
 }
 
 impl Core {
@@ -240,6 +246,7 @@ impl Core {
             ports: PortAllocator::new(config.rtp_ports.0, config.rtp_ports.1),
             advertised: IpAddr::V4(Ipv4Addr::LOCALHOST),
             local_ports: HashMap::new(),
+            trunk_regs: trunk_reg::TrunkRegs::default(),
             config,
         }
     }
@@ -275,11 +282,23 @@ impl Core {
     }
 
     /// Applies a directory change.
+    ///
+    /// A trunk that registers with its carrier sends its first REGISTER at the next
+    /// [`Self::handle_timeout`] (the shell runs one after applying changes).
     pub fn apply(&mut self, update: Update) {
         if let Update::ExtensionRemove(id) = &update {
             self.registrar.remove_extension(*id);
         }
+        let trunk = match &update {
+            Update::TrunkUpsert(trunk) => Some(trunk.id),
+            Update::TrunkRemove(id) => Some(*id),
+            _ => None,
+        };
         self.directory.apply(update);
+        if let Some(id) = trunk {
+            let current = self.directory.trunk(id).cloned();
+            self.trunk_changed(current.as_ref(), id);
+        }
     }
 
     /// Sets the tenant whose domain takes requests for unknown hosts.
@@ -311,6 +330,7 @@ impl Core {
             self.transactions.poll_timeout(),
             self.registrar.poll_timeout(),
             self.calls.poll_timeout(),
+            self.trunk_regs.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -323,6 +343,7 @@ impl Core {
         self.transactions.handle_timeout(now);
         self.drain_transactions(now, self.last_wall_ms);
         self.call_timers(now, self.last_wall_ms);
+        self.trunk_reg_timers(now);
         for change in self.registrar.expire(now) {
             self.outputs.push_back(Output::Registration(change));
         }
@@ -396,9 +417,15 @@ impl Core {
                 }
             }
             Event::Response { key, response } => {
-                self.call_response(now, wall_ms, &key, response);
+                if !self.trunk_reg_response(now, &key, &response) {
+                    self.call_response(now, wall_ms, &key, response);
+                }
             }
-            Event::Timeout { key } => self.call_timeout(now, wall_ms, &key),
+            Event::Timeout { key } => {
+                if !self.trunk_reg_timeout(now, &key) {
+                    self.call_timeout(now, wall_ms, &key);
+                }
+            }
             Event::AckTimeout { .. } => {}
         }
     }

@@ -114,6 +114,8 @@ pub struct Outbound {
     pub tech_prefix: String,
     /// Extra headers on every INVITE (e.g. `X-Telnyx-Username`).
     pub headers: Vec<(String, String)>,
+    /// Register with the carrier as this user (its address of record is `user@host`).
+    pub register: Option<String>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -308,6 +310,11 @@ impl Directory {
                 self.routes.remove(&id);
             }
         }
+    }
+
+    /// A trunk by id.
+    pub fn trunk(&self, id: Uuid) -> Option<&Trunk> {
+        self.trunks.get(&id)
     }
 
     /// The trunk whose sources include `ip`, if any.

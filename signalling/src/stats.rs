@@ -32,6 +32,10 @@ pub struct SipStats {
     pub rate_limited: AtomicU64,
     /// INVITEs accepted from a trunk's source address.
     pub trunk_calls: AtomicU64,
+    /// Trunks registered with their carrier now.
+    pub trunks_registered: AtomicU64,
+    /// Trunk registrations that failed (refused, timed out).
+    pub trunk_register_failures: AtomicU64,
     /// INVITEs for one of our numbers refused with 403: no credentials and not from a trunk.
     pub trunk_refused: AtomicU64,
     /// Live bindings.

@@ -1185,6 +1185,52 @@ async fn a_call_out_through_a_credential_trunk_answers_the_407() {
     assert!(bench.server.terminate().success());
 }
 
+#[tokio::test]
+async fn a_trunk_registers_with_its_carrier_and_refreshes_before_expiry() {
+    if sipp().is_none() {
+        return;
+    }
+    let bench = CallBench::new(&[]).await;
+    let carrier_port = free_udp_port();
+    let carrier = sipp_command(
+        &bench.server,
+        bench.dir.path(),
+        "carrier_register_uas.xml",
+        carrier_port,
+    )
+    .args(["-i", "127.0.0.2", "-m", "1"])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start the SIPp registrar");
+    let trunk = bench
+        .api
+        .create(
+            "/trunks",
+            json!({"name": "telnyx", "kind": "credential", "host": "127.0.0.2", "port": carrier_port,
+                   "username": "acme", "password": "trunk-pass", "register": true}),
+        )
+        .await;
+    // The registrar challenges, checks the answer, grants 4 s, and takes the refresh.
+    let output = carrier.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = format!("/trunks/{}/registration", trunk["id"].as_str().unwrap());
+    let (status, registration) = bench.api.call(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(registration["state"], "registered", "{registration}");
+    assert_eq!(registration["expires"], 4, "{registration}");
+    assert_eq!(
+        metric(&bench.server, "switchboard_trunks_registered").await,
+        1
+    );
+    assert!(bench.server.terminate().success());
+}
+
 /// Reads WebSocket messages (bounded in time) until `wanted` event types were seen in order;
 /// returns the events of those types.
 async fn expect_events<S>(socket: &mut S, wanted: &[&str]) -> Vec<Value>

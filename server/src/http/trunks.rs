@@ -21,6 +21,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_trunks, create_trunk))
         .routes(routes!(get_trunk, update_trunk, delete_trunk))
+        .routes(routes!(get_registration))
 }
 
 /// A new trunk.
@@ -353,4 +354,58 @@ async fn delete_trunk(
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a trunk's registration with its carrier stands.
+#[derive(serde::Serialize, ToSchema)]
+struct Registration {
+    /// `not_registering` (the trunk does not register, or is disabled), `registering`,
+    /// `registered` or `failed` (retried after 30 s, doubling to 15 minutes).
+    state: &'static str,
+    /// Seconds the carrier granted (when registered).
+    expires: Option<u32>,
+    /// Why the last attempt failed (when failed).
+    reason: Option<String>,
+    /// When it came to this state.
+    since: Option<Timestamp>,
+}
+
+/// Read where a trunk's registration with its carrier stands.
+#[utoipa::path(get, path = "/trunks/{id}/registration", tag = "trunks", security(("bearer" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = Registration), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_registration(
+    State(state): State<AppState>,
+    who: Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Registration>> {
+    use switchboard_signalling::core::TrunkRegState;
+    who.require_admin()?;
+    trunks::get(&state.db, who.scope(), id).await?;
+    let current = state
+        .sip
+        .as_ref()
+        .and_then(|sip| sip.trunk_registration(id));
+    let registration = match current {
+        None => Registration {
+            state: "not_registering",
+            expires: None,
+            reason: None,
+            since: None,
+        },
+        Some((reg, since)) => {
+            let (state, expires, reason) = match reg {
+                TrunkRegState::Registering => ("registering", None, None),
+                TrunkRegState::Registered { expires } => ("registered", Some(expires), None),
+                TrunkRegState::Failed { reason } => ("failed", None, Some(reason)),
+                TrunkRegState::Unregistered => ("not_registering", None, None),
+            };
+            Registration {
+                state,
+                expires,
+                reason,
+                since: Some(since),
+            }
+        }
+    };
+    Ok(Json(registration))
 }

@@ -160,6 +160,7 @@ async fn trunk_update(
         credentials: username.zip(password),
         tech_prefix: trunk.tech_prefix.clone(),
         headers: trunk.custom_headers.clone().into_iter().collect(),
+        register: trunk.register.then(|| trunk.username.clone()).flatten(),
     };
     let mut entries = trunk.allowed_sources.clone();
     if trunk.kind == TrunkKind::Credential {

@@ -8,6 +8,7 @@ mod task;
 mod tcp;
 pub(crate) mod tls;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -70,10 +71,16 @@ pub(crate) enum Command {
     },
 }
 
+/// Where each trunk's registration with its carrier stands, and since when: written by the
+/// signalling task on every change, read by the control plane.
+pub(crate) type TrunkRegistrations =
+    Arc<std::sync::Mutex<HashMap<Uuid, (switchboard_signalling::core::TrunkRegState, Timestamp)>>>;
+
 /// What the rest of the server holds of SIP: cheap to clone.
 #[derive(Clone)]
 pub struct SipHandle {
     inbox: mpsc::Sender<Command>,
+    trunk_registrations: TrunkRegistrations,
     stats: Arc<SipStats>,
     media_stats: Arc<MediaStats>,
     recorder_stats: Arc<RecorderStats>,
@@ -82,6 +89,17 @@ pub struct SipHandle {
 }
 
 impl SipHandle {
+    /// Where trunk `id`'s registration stands, and since when (`None`: it does not register).
+    pub fn trunk_registration(
+        &self,
+        id: Uuid,
+    ) -> Option<(switchboard_signalling::core::TrunkRegState, Timestamp)> {
+        self.trunk_registrations
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&id).cloned())
+    }
+
     /// The core's counters.
     pub fn stats(&self) -> Arc<SipStats> {
         self.stats.clone()
@@ -416,6 +434,7 @@ pub async fn start(
     let stats = core.stats();
     let media_stats = media.stats();
     tasks.push(tokio::spawn(persist::run(db.clone(), records_rx)));
+    let trunk_registrations = TrunkRegistrations::default();
     let io = task::Io {
         udp,
         inbox,
@@ -425,11 +444,13 @@ pub async fn start(
         events,
         shutdown,
         db: db.clone(),
+        trunk_registrations: trunk_registrations.clone(),
     };
     tasks.push(tokio::spawn(task::run(core, io)));
     Ok(SipService {
         handle: SipHandle {
             inbox: inbox_tx,
+            trunk_registrations,
             stats,
             media_stats,
             recorder_stats,

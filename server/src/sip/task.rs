@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_signalling::core::{Core, Output};
+use switchboard_signalling::core::{Core, Output, TrunkRegState};
 use switchboard_signalling::media::{MediaCommand, MediaEvent};
 use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_storage::Timestamp;
@@ -43,6 +43,8 @@ pub(crate) struct Io {
     pub(crate) shutdown: CancellationToken,
     /// Prompts are read from here (by a task of their own: the signalling task never waits).
     pub(crate) db: switchboard_storage::Db,
+    /// Trunk registration states, for the control plane.
+    pub(crate) trunk_registrations: super::TrunkRegistrations,
 }
 
 /// Loads a prompt for a [`MediaCommand::Play`] and hands it to the media plane; a prompt that
@@ -87,6 +89,8 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     let sleep = tokio::time::sleep_until(far());
     tokio::pin!(sleep);
+    // Trunks loaded at start register now.
+    core.handle_timeout(Instant::now());
     loop {
         while let Some(output) = core.poll_output() {
             match output {
@@ -111,6 +115,15 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     record(&io, Record::CallEnd(end));
                 }
                 Output::CallEvent(event) => io.events.call_updated(&event),
+                Output::TrunkRegistration(change) => {
+                    if let Ok(mut map) = io.trunk_registrations.lock() {
+                        if change.state == TrunkRegState::Unregistered {
+                            map.remove(&change.trunk);
+                        } else {
+                            map.insert(change.trunk, (change.state, Timestamp::now()));
+                        }
+                    }
+                }
                 Output::Media(command @ MediaCommand::Play { .. }) => load_and_play(&io, command),
                 Output::Media(command) => io.media.send(command),
             }
@@ -146,6 +159,8 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                 }
                 Some(Command::Directory { update, applied }) => {
                     core.apply(update);
+                    // A trunk that registers sends its REGISTER at once.
+                    core.handle_timeout(Instant::now());
                     let _ = applied.send(());
                 }
                 Some(Command::Recording { call, request, reply }) => {

@@ -1463,6 +1463,7 @@ fn with_outbound_trunk(world: &mut World, prefix: &str) -> Uuid {
             credentials: Some(("acme".into(), "trunk-pass".into())),
             tech_prefix: String::new(),
             headers: vec![("X-Telnyx-Username".into(), "acme".into())],
+            register: None,
         })),
     }));
     world.core.apply(Update::RouteUpsert(Route {
@@ -1606,4 +1607,155 @@ fn an_extension_without_outbound_permission_is_refused() {
     assert_eq!(end.cause, "outbound_not_allowed");
     assert_eq!(end.start.to_number, "+442071234567");
     assert!(world.requests(peer(60)).is_empty());
+}
+
+fn registrations(world: &World) -> Vec<crate::core::TrunkRegState> {
+    world
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::TrunkRegistration(change) => Some(change.state.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The carrier answers `request` with `status`, adding `extra` headers.
+fn carrier_answers(
+    world: &mut World,
+    request: &Request,
+    status: u16,
+    extra: &[(HeaderName, &str)],
+) {
+    let mut response = transaction::response_to(request, status, "Whatever");
+    for (name, value) in extra {
+        response.headers.push(name.clone(), *value);
+    }
+    let bytes = response.to_bytes();
+    world
+        .core
+        .handle_datagram(world.now, WALL, peer(60), &bytes);
+    world.drain();
+}
+
+#[test]
+fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
+    use switchboard_sip::header::CSeq;
+
+    use crate::core::TrunkRegState;
+    use crate::directory::{Outbound, Trunk};
+    let mut world = World::new(0, CoreConfig::default());
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let trunk = Trunk {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        name: "telnyx".into(),
+        sources: Vec::new(),
+        outbound: Some(Box::new(Outbound {
+            proxies: vec![SocketAddr::from(([192, 0, 2, 60], 5060))],
+            host: "sip.carrier.example".into(),
+            credentials: Some(("acme".into(), "trunk-pass".into())),
+            tech_prefix: String::new(),
+            headers: Vec::new(),
+            register: Some("acme".into()),
+        })),
+    };
+    world.core.apply(Update::TrunkUpsert(trunk.clone()));
+    world.advance(Duration::ZERO);
+    world.core.handle_timeout(world.now);
+    world.drain();
+    let proxy = peer(60);
+    let challenge = "Digest realm=\"carrier\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"";
+    for round in 0..2 {
+        let register = world.requests(proxy).pop().expect("a REGISTER");
+        assert_eq!(register.method, Method::Register);
+        assert_eq!(register.uri.to_string(), "sip:sip.carrier.example");
+        assert!(
+            register
+                .headers
+                .get(&HeaderName::To)
+                .unwrap()
+                .contains("sip:acme@sip.carrier.example")
+        );
+        assert!(register.headers.get(&HeaderName::Authorization).is_none());
+        carrier_answers(
+            &mut world,
+            &register,
+            401,
+            &[(HeaderName::WwwAuthenticate, challenge)],
+        );
+        let again = world
+            .requests(proxy)
+            .pop()
+            .expect("the REGISTER with credentials");
+        let (first, second) = (
+            CSeq::parse(register.headers.get(&HeaderName::CSeq).unwrap())
+                .unwrap()
+                .seq,
+            CSeq::parse(again.headers.get(&HeaderName::CSeq).unwrap())
+                .unwrap()
+                .seq,
+        );
+        assert_eq!(second, first + 1);
+        assert!(
+            again
+                .headers
+                .get(&HeaderName::Authorization)
+                .unwrap()
+                .contains("username=\"acme\"")
+        );
+        let contact = again.headers.get(&HeaderName::Contact).unwrap().to_owned();
+        let granted = format!("{contact};expires=60");
+        carrier_answers(
+            &mut world,
+            &again,
+            200,
+            &[(HeaderName::Contact, granted.as_str())],
+        );
+        assert_eq!(
+            registrations(&world).last(),
+            Some(&TrunkRegState::Registered { expires: 60 }),
+            "round {round}"
+        );
+        assert_eq!(SipStats::get(&world.core.stats().trunks_registered), 1);
+        world.outputs.clear();
+        // Refreshed at half the granted time, well before it runs out.
+        world.advance(Duration::from_secs(29));
+        assert!(world.requests(proxy).is_empty());
+        world.advance(Duration::from_secs(1));
+    }
+    // A refusal is retried after 30 s.
+    let register = world.requests(proxy).pop().expect("a REGISTER");
+    carrier_answers(&mut world, &register, 403, &[]);
+    assert!(
+        matches!(registrations(&world).last(), Some(TrunkRegState::Failed { reason }) if reason.starts_with("403"))
+    );
+    assert_eq!(
+        SipStats::get(&world.core.stats().trunk_register_failures),
+        1
+    );
+    world.advance(Duration::from_secs(29));
+    assert!(world.requests(proxy).is_empty());
+    world.advance(Duration::from_secs(1));
+    let register = world.requests(proxy).pop().expect("the retry");
+    carrier_answers(&mut world, &register, 200, &[(HeaderName::Expires, "120")]);
+    assert_eq!(
+        registrations(&world).last(),
+        Some(&TrunkRegState::Registered { expires: 120 })
+    );
+    // Removing the trunk unregisters it.
+    world.core.apply(Update::TrunkRemove(trunk.id));
+    world.drain();
+    let bye = world.requests(proxy).pop().expect("the unregister");
+    assert_eq!(bye.headers.get(&HeaderName::Expires), Some("0"));
+    assert_eq!(
+        registrations(&world).last(),
+        Some(&TrunkRegState::Unregistered)
+    );
+    assert_eq!(SipStats::get(&world.core.stats().trunks_registered), 0);
 }

@@ -546,7 +546,7 @@ impl Core {
     }
 
     /// Our Via for a new request over `transport`.
-    fn our_via(&mut self, peer: Peer) -> String {
+    pub(super) fn our_via(&mut self, peer: Peer) -> String {
         let branch = self.random_token();
         let sent_by = self.local_for(peer.transport);
         format!(
