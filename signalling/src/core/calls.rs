@@ -360,6 +360,14 @@ impl Side {
     }
 }
 
+/// A media session [`Core::open_session`] opened for a new call.
+#[derive(Clone, Copy, Debug)]
+struct Opened {
+    session: SessionId,
+    a_port: u16,
+    b_port: u16,
+}
+
 /// What the INVITEs of a fork say.
 struct Forking<'a> {
     /// Display name and number of the caller (our From).
@@ -707,23 +715,11 @@ impl Core {
                 });
             }
         };
-        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+        let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
         };
-        let session = self.next_session();
-        let a_tag = self.random_token();
-        self.outputs.push_back(Output::Media(MediaCommand::Create {
-            session,
-            a_port,
-            b_port,
-            a_expected: media::audio_address(&offer),
-            b_expected: None,
-            a_dtmf: media::telephone_event(&offer),
-            call: record.id,
-        }));
-        SipStats::inc(&self.stats.calls);
-        self.outputs.push_back(Output::CallStarted(record.clone()));
-        let b_offer = media::anchor(&offer, self.advertised, b_port);
+        let session = opened.session;
+        let b_offer = media::anchor(&offer, self.advertised, opened.b_port);
         let max_forwards = request
             .headers
             .get(&HeaderName::MaxForwards)
@@ -745,38 +741,12 @@ impl Core {
         );
         let ring_deadline = now + self.config.ring_timeout;
         self.calls.timers.push(Reverse((ring_deadline, session)));
-        self.calls.by_invite.insert(key.clone(), session);
-        let tenant_records = tenant.record_calls;
-        self.calls.insert(
-            session,
-            Call {
-                record,
-                tenant,
-                a_key: key,
-                a_invite: request,
-                a_peer: from,
-                a_tag,
-                a_dialog: None,
-                forks,
-                winner: None,
-                b_dialog: None,
-                a_port,
-                b_port,
-                answered_wall_ms: None,
-                ring_deadline: Some(ring_deadline),
-                ok: None,
-                relaying: false,
-                rang: false,
-                held: false,
-                record_policy: tenant_records || caller_records || callee.record_calls,
-                recording: None,
-                a_dtmf: media::telephone_event(&offer),
-                b_dtmf: None,
-                wideband: [media::is_wideband(&offer), false],
-                app: None,
-                trunk_auth: None,
-            },
-        );
+        let record_policy = tenant.record_calls || caller_records || callee.record_calls;
+        let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
+        call.forks = forks;
+        call.ring_deadline = Some(ring_deadline);
+        call.record_policy = record_policy;
+        self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
         if self.calls.calls[&session].forks.is_empty() {
             self.fail_call(
@@ -787,6 +757,79 @@ impl Core {
                 Disposition::Failed,
                 "no_usable_contact",
             );
+        }
+    }
+
+    /// Opens the media session of a new call: both ports, the worker's session (the caller's
+    /// side from `offer`, telephone-event from `dtmf_from`), and the call's record. Returns
+    /// the session and its ports; `None` when the port range is used up.
+    fn open_session(&mut self, record: &CallStart, offer: &Sdp, dtmf_from: &Sdp) -> Option<Opened> {
+        let a_port = self.ports.allocate()?;
+        let Some(b_port) = self.ports.allocate() else {
+            self.ports.release(a_port);
+            return None;
+        };
+        let session = self.next_session();
+        self.outputs.push_back(Output::Media(MediaCommand::Create {
+            session,
+            a_port,
+            b_port,
+            a_expected: media::audio_address(offer),
+            b_expected: None,
+            a_dtmf: media::telephone_event(dtmf_from),
+            call: record.id,
+        }));
+        SipStats::inc(&self.stats.calls);
+        self.outputs.push_back(Output::CallStarted(record.clone()));
+        Some(Opened {
+            session,
+            a_port,
+            b_port,
+        })
+    }
+
+    /// A call for the session [`Self::open_session`] just opened, with nothing forked yet;
+    /// its INVITE's server transaction finds it from now on.
+    fn new_call(
+        &mut self,
+        opened: Opened,
+        record: CallStart,
+        tenant: Tenant,
+        (key, request, from): (ServerKey, Request, Peer),
+        offer: &Sdp,
+    ) -> Call {
+        let Opened {
+            session,
+            a_port,
+            b_port,
+        } = opened;
+        self.calls.by_invite.insert(key.clone(), session);
+        Call {
+            record,
+            tenant,
+            a_key: key,
+            a_invite: request,
+            a_peer: from,
+            a_tag: self.random_token(),
+            a_dialog: None,
+            forks: Vec::new(),
+            winner: None,
+            b_dialog: None,
+            a_port,
+            b_port,
+            answered_wall_ms: None,
+            ring_deadline: None,
+            ok: None,
+            relaying: false,
+            rang: false,
+            held: false,
+            record_policy: false,
+            recording: None,
+            a_dtmf: media::telephone_event(offer),
+            b_dtmf: None,
+            wideband: [media::is_wideband(offer), false],
+            app: None,
+            trunk_auth: None,
         }
     }
 

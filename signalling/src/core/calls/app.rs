@@ -29,7 +29,7 @@ use switchboard_sip::transaction::ServerKey;
 use rand::RngExt as _;
 
 use super::{
-    Call, CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, RecordingState, Refusal,
+    CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, RecordingState, Refusal,
     Refused, Side, media, retry_later,
 };
 use crate::core::{Core, Output};
@@ -144,22 +144,10 @@ impl Core {
                 );
             });
         };
-        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+        let Some(opened) = self.open_session(&record, &offer, &answer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
         };
-        let session = self.next_session();
-        let a_dtmf = media::telephone_event(&answer);
-        self.outputs.push_back(Output::Media(MediaCommand::Create {
-            session,
-            a_port,
-            b_port,
-            a_expected: media::audio_address(&offer),
-            b_expected: None,
-            a_dtmf,
-            call: record.id,
-        }));
-        SipStats::inc(&self.stats.calls);
-        self.outputs.push_back(Output::CallStarted(record.clone()));
+        let session = opened.session;
         let call_info = CallInfo {
             caller: record.from_number.clone(),
             did: record.did.clone().unwrap_or_default(),
@@ -167,46 +155,17 @@ impl Core {
         let wall = jiff::Timestamp::from_millisecond(i64::try_from(wall_ms).unwrap_or(0))
             .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let run = FlowRun::start(flow, call_info, MAX_STEPS, now, wall);
-        self.calls.by_invite.insert(key.clone(), session);
-        let a_tag = self.random_token();
-        self.calls.insert(
-            session,
-            Call {
-                record,
-                a_key: key,
-                a_invite: request,
-                a_peer: from,
-                a_tag,
-                a_dialog: None,
-                forks: Vec::new(),
-                winner: None,
-                b_dialog: None,
-                a_port,
-                b_port,
-                answered_wall_ms: None,
-                ring_deadline: None,
-                ok: None,
-                relaying: false,
-                rang: false,
-                held: false,
-                record_policy: false,
-                recording: None,
-                a_dtmf,
-                b_dtmf: None,
-                wideband: [false, false],
-                tenant,
-                app: Some(Box::new(App {
-                    run,
-                    flow_id,
-                    flow_version,
-                    answer,
-                    payload_type,
-                    play: 0,
-                    recording: None,
-                })),
-                trunk_auth: None,
-            },
-        );
+        let mut call = self.new_call(opened, record, tenant, (key, request, from), &answer);
+        call.app = Some(Box::new(App {
+            run,
+            flow_id,
+            flow_version,
+            answer,
+            payload_type,
+            play: 0,
+            recording: None,
+        }));
+        self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
         self.drive_app(now, wall_ms, session);
     }

@@ -13,11 +13,11 @@ use switchboard_sip::message::{HeaderName, Request, Response};
 use switchboard_sip::transaction::ServerKey;
 
 use super::{
-    Call, CallStart, Disposition, NO_OFFER, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later,
+    CallStart, Disposition, NO_OFFER, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later,
 };
-use crate::core::{Core, Output};
+use crate::core::Core;
 use crate::directory::{Extension, Tenant};
-use crate::media::{MediaCommand, SessionId};
+use crate::media::SessionId;
 use crate::peer::{Peer, Transport};
 use crate::stats::SipStats;
 
@@ -69,22 +69,10 @@ impl Core {
             Some(Ok(sdp)) if media::audio_address(&sdp).is_some() => sdp,
             _ => return self.refuse(now, refused, record, NO_OFFER, |_| {}),
         };
-        let (Some(a_port), Some(b_port)) = (self.ports.allocate(), self.ports.allocate()) else {
+        let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
         };
-        let session = self.next_session();
-        let a_dtmf = media::telephone_event(&offer);
-        self.outputs.push_back(Output::Media(MediaCommand::Create {
-            session,
-            a_port,
-            b_port,
-            a_expected: media::audio_address(&offer),
-            b_expected: None,
-            a_dtmf,
-            call: record.id,
-        }));
-        SipStats::inc(&self.stats.calls);
-        self.outputs.push_back(Output::CallStarted(record.clone()));
+        let (session, b_port) = (opened.session, opened.b_port);
 
         let user = format!("{}{e164}", outbound.tech_prefix);
         let host = match outbound.host.parse::<std::net::Ipv6Addr>() {
@@ -121,40 +109,15 @@ impl Core {
         self.calls
             .timers
             .push(std::cmp::Reverse((ring_deadline, session)));
-        self.calls.by_invite.insert(key.clone(), session);
-        let a_tag = self.random_token();
-        self.calls.insert(
-            session,
-            Call {
-                record_policy: tenant.record_calls || caller.record_calls,
-                record,
-                tenant,
-                a_key: key,
-                a_invite: request,
-                a_peer: from,
-                a_tag,
-                a_dialog: None,
-                forks,
-                winner: None,
-                b_dialog: None,
-                a_port,
-                b_port,
-                answered_wall_ms: None,
-                ring_deadline: Some(ring_deadline),
-                ok: None,
-                relaying: false,
-                rang: false,
-                held: false,
-                recording: None,
-                a_dtmf,
-                b_dtmf: None,
-                wideband: [media::is_wideband(&offer), false],
-                app: None,
-                trunk_auth: outbound
-                    .credentials
-                    .map(|(user, password)| Box::new((user, password, false))),
-            },
-        );
+        let record_policy = tenant.record_calls || caller.record_calls;
+        let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
+        call.forks = forks;
+        call.ring_deadline = Some(ring_deadline);
+        call.record_policy = record_policy;
+        call.trunk_auth = outbound
+            .credentials
+            .map(|(user, password)| Box::new((user, password, false)));
+        self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
         if self.calls.calls[&session].forks.is_empty() {
             let cause = "no_usable_contact";
