@@ -168,6 +168,23 @@ pub struct Number {
     pub target: NumberTarget,
 }
 
+/// A ring group: members rung together, or one after another for `ring_timeout` each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingGroup {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Name (IVR `dial` nodes name groups).
+    pub name: String,
+    /// Member extensions, in ringing order.
+    pub members: Vec<Uuid>,
+    /// One member at a time, in order.
+    pub sequential: bool,
+    /// How long to ring (each member, when sequential).
+    pub ring_timeout: std::time::Duration,
+}
+
 /// The published version of an IVR flow, compiled.
 #[derive(Clone, Debug)]
 pub struct PublishedFlow {
@@ -216,6 +233,10 @@ pub enum Update {
     RouteUpsert(Route),
     /// An outbound route was deleted.
     RouteRemove(Uuid),
+    /// A ring group was created or changed.
+    RingGroupUpsert(RingGroup),
+    /// A ring group was deleted.
+    RingGroupRemove(Uuid),
 }
 
 /// Tenants and extensions, indexed for call control.
@@ -231,6 +252,7 @@ pub struct Directory {
     by_e164: HashMap<String, Uuid>,
     flows: HashMap<Uuid, PublishedFlow>,
     routes: HashMap<Uuid, Route>,
+    ring_groups: HashMap<Uuid, RingGroup>,
 }
 
 impl Directory {
@@ -309,7 +331,25 @@ impl Directory {
             Update::RouteRemove(id) => {
                 self.routes.remove(&id);
             }
+            Update::RingGroupUpsert(group) => {
+                self.ring_groups.insert(group.id, group);
+            }
+            Update::RingGroupRemove(id) => {
+                self.ring_groups.remove(&id);
+            }
         }
+    }
+
+    /// A ring group by id.
+    pub fn ring_group(&self, id: Uuid) -> Option<&RingGroup> {
+        self.ring_groups.get(&id)
+    }
+
+    /// A ring group of `tenant` by name.
+    pub fn ring_group_by_name(&self, tenant: Uuid, name: &str) -> Option<&RingGroup> {
+        self.ring_groups
+            .values()
+            .find(|g| g.tenant_id == tenant && g.name == name)
     }
 
     /// A trunk by id.

@@ -173,6 +173,20 @@ pub async fn list(db: &Db, scope: Scope, page: &PageRequest) -> Result<Page<Ring
     Ok(Page::from_rows(groups, page, |g| g.id))
 }
 
+/// Every ring group of every tenant (what the signalling core loads at start).
+pub async fn all(db: &Db) -> Result<Vec<RingGroup>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM ring_groups ORDER BY id");
+    let rows: Vec<Row> = run!(db, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+        .fetch_all(pool)
+        .await)?;
+    let mut groups = Vec::with_capacity(rows.len());
+    for row in rows {
+        let members = members(db, row.id).await?;
+        groups.push(row.into_group(members)?);
+    }
+    Ok(groups)
+}
+
 /// Writes the name, strategy, timeout and members of `group`.
 pub async fn update(db: &Db, group: &RingGroup) -> Result<RingGroup, Error> {
     const GROUP: &str = "UPDATE ring_groups SET name = $3, strategy = $4, ring_timeout_secs = $5, \

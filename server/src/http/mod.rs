@@ -186,6 +186,13 @@ impl AppState {
         }
     }
 
+    /// Pushes the current state of a ring group to the signalling core.
+    pub async fn sync_ring_group(&self, id: switchboard_storage::Uuid) {
+        if let Some(sip) = &self.sip {
+            sip.sync_ring_group(id).await;
+        }
+    }
+
     /// Pushes the current state of an outbound route to the signalling core.
     pub async fn sync_route(&self, id: switchboard_storage::Uuid) {
         if let Some(sip) = &self.sip {

@@ -111,6 +111,7 @@ async fn create_ring_group(
     };
     check(&mut group)?;
     ring_groups::create(&state.db, &group).await?;
+    state.sync_ring_group(group.id).await;
     state
         .audit(
             &who,
@@ -157,6 +158,7 @@ async fn update_ring_group(
     group.members = body.members.unwrap_or(group.members);
     check(&mut group)?;
     let group = ring_groups::update(&state.db, &group).await?;
+    state.sync_ring_group(id).await;
     state
         .audit(
             &who,
@@ -185,6 +187,7 @@ async fn delete_ring_group(
     who.require_admin()?;
     let group = ring_groups::get(&state.db, who.scope(), id).await?;
     ring_groups::delete(&state.db, who.scope(), id).await?;
+    state.sync_ring_group(id).await;
     state
         .audit(
             &who,

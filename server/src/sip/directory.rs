@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_signalling::directory::{
-    Extension, Network, Number, NumberTarget, Outbound, PublishedFlow, Route, Tenant, Trunk, Update,
+    Extension, Network, Number, NumberTarget, Outbound, PublishedFlow, RingGroup, Route, Tenant,
+    Trunk, Update,
 };
 use switchboard_signalling::ivr::Flow;
 use switchboard_storage::crypto::SecretBox;
 use switchboard_storage::ivr_flows;
 use switchboard_storage::numbers::{self, TargetType};
 use switchboard_storage::outbound_routes;
+use switchboard_storage::ring_groups::{self, Strategy};
 use switchboard_storage::trunks::{self, TrunkKind};
 use switchboard_storage::{Db, Scope, Uuid, extensions, tenants};
 
@@ -63,6 +65,9 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
     }
     for route in outbound_routes::all(db).await? {
         updates.push(route_update(route));
+    }
+    for group in ring_groups::all(db).await? {
+        updates.push(ring_group_update(group));
     }
     for number in numbers::all(db).await? {
         updates.push(number_update(number));
@@ -178,6 +183,26 @@ async fn trunk_update(
         sources,
         outbound: Some(Box::new(outbound)),
     }))
+}
+
+fn ring_group_update(group: ring_groups::RingGroup) -> Update {
+    Update::RingGroupUpsert(RingGroup {
+        id: group.id,
+        tenant_id: group.tenant_id,
+        name: group.name,
+        members: group.members,
+        sequential: group.strategy == Strategy::Sequential,
+        ring_timeout: Duration::from_secs(u64::from(group.ring_timeout_secs)),
+    })
+}
+
+/// The current state of one ring group: an upsert, or a removal if it is gone.
+pub(super) async fn ring_group(db: &Db, id: Uuid) -> anyhow::Result<Update> {
+    match ring_groups::get(db, Scope::All, id).await {
+        Ok(group) => Ok(ring_group_update(group)),
+        Err(switchboard_storage::Error::NotFound) => Ok(Update::RingGroupRemove(id)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn route_update(route: outbound_routes::OutboundRoute) -> Update {

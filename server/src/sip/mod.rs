@@ -182,6 +182,14 @@ impl SipHandle {
         }
     }
 
+    /// Re-reads a ring group into the core.
+    pub async fn sync_ring_group(&self, id: Uuid) {
+        match directory::ring_group(&self.db, id).await {
+            Ok(update) => self.send(update).await,
+            Err(error) => tracing::warn!(%error, %id, "could not sync ring group to signalling"),
+        }
+    }
+
     /// Re-reads an outbound route into the core.
     pub async fn sync_route(&self, id: Uuid) {
         match directory::route(&self.db, id).await {

@@ -1107,13 +1107,10 @@ fn trunk_refusals_say_why() {
     assert_eq!(end.cause, "unallocated_number");
     assert_eq!((end.start.trunk_id, end.start.did), (Some(trunk), None));
     world.outputs.clear();
-    // A number routed somewhere calls cannot reach yet.
+    // A number routed to a ring group that is gone.
     world.send(carrier, &carrier_invite(2, "+15551230009"));
-    assert_eq!(world.statuses(carrier).last(), Some(&480));
-    assert_eq!(
-        world.ended().expect("a CDR").cause,
-        "destination_not_supported"
-    );
+    assert_eq!(world.statuses(carrier).last(), Some(&404));
+    assert_eq!(world.ended().expect("a CDR").cause, "unallocated_number");
     world.outputs.clear();
 
     // The same number from an address no trunk lists: 403, counted, no record.
@@ -1758,4 +1755,142 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
         Some(&TrunkRegState::Unregistered)
     );
     assert_eq!(SipStats::get(&world.core.stats().trunks_registered), 0);
+}
+
+#[test]
+fn a_sequential_ring_group_rings_members_in_turn_and_records_who_answered() {
+    use crate::directory::{Number, NumberTarget, RingGroup};
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let id_of = |world: &World, n: &str| {
+        world
+            .core
+            .directory
+            .extension_by_number(tenant, n)
+            .unwrap()
+            .id
+    };
+    let (alice, bob) = (id_of(&world, "1001"), id_of(&world, "1002"));
+    // Alice's phone registers too; 1003 has none and is skipped.
+    let alice_phone = world.alice;
+    world.register(alice_phone, "1001", "alice-pass", 9);
+    world
+        .core
+        .apply(Update::ExtensionUpsert(crate::directory::Extension {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            number: "1003".into(),
+            display_name: String::new(),
+            secret: "x".into(),
+            record_calls: false,
+            outbound_allowed: false,
+            caller_id: None,
+        }));
+    let nobody = id_of(&world, "1003");
+    let group = Uuid::new_v4();
+    world.core.apply(Update::RingGroupUpsert(RingGroup {
+        id: group,
+        tenant_id: tenant,
+        name: "sales".into(),
+        members: vec![nobody, bob, alice],
+        sequential: true,
+        ring_timeout: Duration::from_secs(5),
+    }));
+    world.core.apply(Update::NumberUpsert(Number {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        e164: "+15551230007".into(),
+        target: NumberTarget::RingGroup(group),
+    }));
+    world.outputs.clear();
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230007"));
+    let bob_phone = world.bob[0];
+    assert!(
+        world
+            .requests(bob_phone)
+            .iter()
+            .any(|r| r.method == Method::Invite),
+        "1003 skipped, Bob first"
+    );
+    assert!(world.requests(alice_phone).is_empty());
+    world.advance(Duration::from_secs(5));
+    assert!(
+        world
+            .requests(bob_phone)
+            .iter()
+            .any(|r| r.method == Method::Cancel)
+    );
+    let invite = world
+        .requests(alice_phone)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("then Alice");
+    world.answer_from(
+        alice_phone,
+        &invite,
+        200,
+        Some(sdp("192.0.2.10", 4000, "sendrecv")),
+    );
+    assert!(world.statuses(carrier).contains(&200));
+    world
+        .core
+        .handle_media_event(world.now, WALL, MediaEvent::Inactive { session: 1 });
+    world.drain();
+    let end = world.ended().expect("a CDR");
+    assert_eq!(end.start.to_extension, Some(alice));
+    assert_eq!(end.start.to_number, "sales");
+}
+
+#[test]
+fn a_simultaneous_ring_group_rings_everyone_and_fails_when_nobody_answers() {
+    use crate::directory::{Number, NumberTarget, RingGroup};
+    let mut world = World::new(2, CoreConfig::default());
+    with_trunk(&mut world);
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let bob = world
+        .core
+        .directory
+        .extension_by_number(tenant, "1002")
+        .unwrap()
+        .id;
+    let group = Uuid::new_v4();
+    world.core.apply(Update::RingGroupUpsert(RingGroup {
+        id: group,
+        tenant_id: tenant,
+        name: "support".into(),
+        members: vec![bob],
+        sequential: false,
+        ring_timeout: Duration::from_secs(8),
+    }));
+    world.core.apply(Update::NumberUpsert(Number {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        e164: "+15551230008".into(),
+        target: NumberTarget::RingGroup(group),
+    }));
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230008"));
+    for phone in world.bob.clone() {
+        assert!(
+            world
+                .requests(phone)
+                .iter()
+                .any(|r| r.method == Method::Invite)
+        );
+    }
+    world.advance(Duration::from_secs(8));
+    assert_eq!(world.statuses(carrier).last(), Some(&480));
+    assert_eq!(world.ended().expect("a CDR").cause, "no_answer");
 }

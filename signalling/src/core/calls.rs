@@ -28,6 +28,7 @@ use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
 mod app;
+mod hunt;
 mod outbound;
 
 pub use self::app::IvrSummary;
@@ -266,13 +267,6 @@ const NO_OFFER: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "incompatible_destination",
 };
-/// The number routes to a ring group, which calls cannot reach yet.
-const TARGET_UNSUPPORTED: Refusal = Refusal {
-    status: 480,
-    reason: "Temporarily Unavailable",
-    disposition: Disposition::Failed,
-    cause: "destination_not_supported",
-};
 /// The RTP port range is used up.
 const NO_PORTS: Refusal = Refusal {
     status: 503,
@@ -330,6 +324,8 @@ struct Fork {
     invite: Request,
     peer: Peer,
     state: ForkState,
+    /// The extension it rings, if it rings one.
+    callee: Option<Uuid>,
 }
 
 /// What a client transaction of a call is for.
@@ -374,6 +370,8 @@ struct Forking<'a> {
     caller: (&'a str, &'a str),
     /// The callee's number (our To).
     callee: &'a str,
+    /// The callee's extension, if it is one.
+    callee_id: Option<Uuid>,
     /// The domain of our From (the tenant's).
     domain: &'a str,
     /// The domain of our To (the tenant's, or a trunk's host).
@@ -435,6 +433,8 @@ struct Call {
     /// For a call out through a trunk: the credentials for its challenge, and whether they
     /// were sent already.
     trunk_auth: Option<Box<(String, String, bool)>>,
+    /// A sequential ring group's members still to ring.
+    hunt: Option<Box<hunt::Hunt>>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -673,8 +673,13 @@ impl Core {
                         let call = (key.clone(), request.clone(), from);
                         return self.start_app(now, wall_ms, call, tenant, record, flow);
                     }
-                    Some(NumberTarget::RingGroup(_)) => {
-                        return self.refuse(now, refused, record, TARGET_UNSUPPORTED, |_| {});
+                    Some(NumberTarget::RingGroup(id)) => {
+                        let Some(group) = self.directory.ring_group(id).cloned() else {
+                            return self.refuse(now, refused, record, UNKNOWN_NUMBER, |_| {});
+                        };
+                        let call = (key.clone(), request.clone(), from);
+                        let who = (caller.display().to_owned(), caller.number().to_owned());
+                        return self.start_group(now, wall_ms, call, (tenant, who), record, group);
                     }
                     None => None,
                 }
@@ -732,6 +737,7 @@ impl Core {
             Forking {
                 caller: (caller.display(), caller.number()),
                 callee: &callee.number,
+                callee_id: Some(callee.id),
                 domain: &tenant.domain,
                 to_domain: &tenant.domain,
                 offer: &b_offer,
@@ -830,6 +836,7 @@ impl Core {
             wideband: [media::is_wideband(offer), false],
             app: None,
             trunk_auth: None,
+            hunt: None,
         }
     }
 
@@ -897,6 +904,7 @@ impl Core {
                         invite,
                         peer,
                         state: ForkState::Trying,
+                        callee: forking.callee_id,
                     });
                 }
                 Err(error) => tracing::debug!(%error, "could not fork INVITE"),
@@ -1054,6 +1062,9 @@ impl Core {
             } else {
                 (480, Disposition::Failed, "no_user_response")
             };
+        if self.hunt_next(now, session) {
+            return;
+        }
         if self.is_app(session) {
             return self.app_dial_failed(now, wall_ms, session, status);
         }
@@ -1096,6 +1107,10 @@ impl Core {
         call.winner = Some(index);
         call.forks[index].state = ForkState::Answered;
         call.ring_deadline = None;
+        call.hunt = None;
+        if let Some(callee) = call.forks[index].callee {
+            call.record.to_extension = Some(callee);
+        }
         call.answered_wall_ms.get_or_insert(wall_ms);
         let Some(Ok(answer)) = sdp_of(&response.body, &response.headers) else {
             // A 2xx without an answer to our offer: acknowledge, hang up, fail the call.
@@ -1394,7 +1409,9 @@ impl Core {
                 }
             }
             headers.push(HeaderName::MaxForwards, "70");
-            headers.push(HeaderName::CSeq, "1 CANCEL");
+            // The INVITE's number: 2 after a trunk's challenge was answered.
+            let seq = cseq_of(&fork.invite.headers).map_or(1, |c| c.seq);
+            headers.push(HeaderName::CSeq, format!("{seq} CANCEL"));
             let cancel = Request {
                 method: Method::Cancel,
                 uri: fork.invite.uri.clone(),
@@ -1911,6 +1928,9 @@ impl Core {
             };
             if call.ring_deadline.is_some_and(|deadline| deadline <= now) && call.winner.is_none() {
                 call.ring_deadline = None;
+                if self.ring_timed_out(now, wall_ms, session) {
+                    continue;
+                }
                 self.fail_call(
                     now,
                     wall_ms,

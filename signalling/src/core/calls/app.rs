@@ -365,13 +365,36 @@ impl Core {
         let Some(call) = self.calls.calls.get(&session) else {
             return;
         };
-        let DialTarget::Extension(number) = target else {
-            tracing::warn!(
-                session,
-                ?target,
-                "IVR dial to a ring group or a number is not available yet"
-            );
-            return failed(self, DialFailure::Failed);
+        let number = match target {
+            DialTarget::Extension(number) => number,
+            DialTarget::RingGroup(name) => {
+                let group = self
+                    .directory
+                    .ring_group_by_name(call.tenant.id, &name)
+                    .cloned();
+                let (Some(group), Some(answer)) =
+                    (group, call.app.as_ref().map(|a| a.answer.clone()))
+                else {
+                    return failed(self, DialFailure::Failed);
+                };
+                let offer = media::anchor(&answer, self.advertised, call.b_port);
+                let caller = (String::new(), call.record.from_number.clone());
+                if let Some(call) = self.calls.calls.get_mut(&session) {
+                    call.record.to_number = group.name.clone();
+                }
+                if !self.ring_group(now, session, &group, offer, caller) {
+                    failed(self, DialFailure::NoAnswer);
+                }
+                return;
+            }
+            DialTarget::Number { .. } => {
+                tracing::warn!(
+                    session,
+                    ?target,
+                    "IVR dial to a number is not available yet"
+                );
+                return failed(self, DialFailure::Failed);
+            }
         };
         let Some(callee) = self
             .directory
@@ -405,6 +428,7 @@ impl Core {
             Forking {
                 caller: ("", &caller),
                 callee: &callee.number,
+                callee_id: Some(callee.id),
                 domain: &domain,
                 to_domain: &domain,
                 offer: &offer,
@@ -433,6 +457,8 @@ impl Core {
                 self.calls.by_fork.remove(&fork.key);
             }
             call.winner = None;
+            call.hunt = None;
+            call.ring_deadline = None;
         }
     }
 

@@ -98,6 +98,7 @@ impl Core {
             super::Forking {
                 caller: (&caller.display_name, &caller_id),
                 callee: &user,
+                callee_id: None,
                 domain: &tenant.domain,
                 to_domain: &host,
                 offer: &b_offer,
