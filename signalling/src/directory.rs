@@ -352,6 +352,13 @@ impl Directory {
             .find(|g| g.tenant_id == tenant && g.name == name)
     }
 
+    /// A trunk of `tenant` by name.
+    pub fn trunk_by_name(&self, tenant: Uuid, name: &str) -> Option<&Trunk> {
+        self.trunks
+            .values()
+            .find(|t| t.tenant_id == tenant && t.name == name)
+    }
+
     /// A trunk by id.
     pub fn trunk(&self, id: Uuid) -> Option<&Trunk> {
         self.trunks.get(&id)

@@ -1894,3 +1894,74 @@ fn a_simultaneous_ring_group_rings_everyone_and_fails_when_nobody_answers() {
     assert_eq!(world.statuses(carrier).last(), Some(&480));
     assert_eq!(world.ended().expect("a CDR").cause, "no_answer");
 }
+
+#[test]
+fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
+    use crate::directory::{Number, NumberTarget, PublishedFlow};
+    let mut world = World::new(0, CoreConfig::default());
+    with_trunk(&mut world);
+    with_outbound_trunk(&mut world, "1");
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let flow = crate::ivr::Flow::parse(&serde_json::json!({
+        "entry": "forward",
+        "nodes": {"forward": {"verb": "dial", "number": "5551112222", "next": "bye"},
+                  "bye": {"verb": "hangup"}}
+    }))
+    .unwrap();
+    let id = Uuid::new_v4();
+    world.core.apply(Update::FlowUpsert(PublishedFlow {
+        id,
+        tenant_id: tenant,
+        version: 1,
+        flow: std::sync::Arc::new(flow),
+    }));
+    world.core.apply(Update::NumberUpsert(Number {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        e164: "+15551230006".into(),
+        target: NumberTarget::IvrFlow(id),
+    }));
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230006"));
+    assert_eq!(world.statuses(carrier), [100], "the flow has not answered");
+    let proxy = peer(60);
+    let invite = world.requests(proxy).pop().expect("INVITE to the carrier");
+    assert_eq!(
+        invite.uri.to_string(),
+        "sip:+15551112222@sip.carrier.example"
+    );
+    assert!(
+        invite
+            .headers
+            .get(&HeaderName::From)
+            .unwrap()
+            .contains("+15550001111")
+    );
+    assert_eq!(
+        invite.headers.get(&HeaderName::parse("Diversion")),
+        Some("<sip:+15551230006@example.com>;reason=unconditional")
+    );
+    world.answer_from(proxy, &invite, 180, None);
+    assert_eq!(world.statuses(carrier), [180], "the caller hears ringing");
+    world.answer_from(
+        proxy,
+        &invite,
+        200,
+        Some(sdp("192.0.2.60", 9000, "sendrecv")),
+    );
+    let ok = world.responses(carrier);
+    assert_eq!(
+        ok.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200],
+        "answered with the callee"
+    );
+    assert_eq!(
+        Sdp::parse(&ok[0].body).unwrap().media[0].formats,
+        ["0", "101"]
+    );
+}

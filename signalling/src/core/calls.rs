@@ -1002,7 +1002,12 @@ impl Core {
             }
             call.forks[index].state = ForkState::Early;
             if call.app.is_some() {
-                // The flow answered the caller already: nothing to relay.
+                // A flow's dial: the caller hears ringing unless the flow answered already
+                // (the callee's early media is not relayed: the flow owns the caller's SDP).
+                if call.a_dialog.is_none() && !call.rang {
+                    call.rang = true;
+                    self.respond_to_caller(now, session, 180, None);
+                }
                 return;
             }
             if !call.rang {
@@ -1157,6 +1162,10 @@ impl Core {
         };
         call.b_dialog = Some(dialog);
         if call.app.is_some() {
+            if call.a_dialog.is_none() {
+                // The flow dialled before answering: the callee's answer answers the caller.
+                self.app_answer(now, wall_ms, session);
+            }
             return self.app_event(now, wall_ms, session, crate::ivr::Event::DialAnswered);
         }
         let a_dialog = Dialog::from_uas(&call.a_invite, &call.a_tag, DialogState::Confirmed);

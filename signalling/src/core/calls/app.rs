@@ -28,6 +28,7 @@ use switchboard_sip::transaction::ServerKey;
 
 use rand::RngExt as _;
 
+use super::outbound::TrunkCaller;
 use super::{
     CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, RecordingState, Refusal,
     Refused, Side, media, retry_later,
@@ -267,10 +268,14 @@ impl Core {
     }
 
     /// 200 OK to the caller with our answer; the caller's side of the dialog is confirmed.
-    fn app_answer(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
+    pub(super) fn app_answer(&mut self, now: Instant, wall_ms: u64, session: SessionId) {
         let Some(call) = self.calls.calls.get_mut(&session) else {
             return;
         };
+        if call.a_dialog.is_some() {
+            // Answered already (a dial the callee answered before the flow did).
+            return;
+        }
         let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
             return;
         };
@@ -387,13 +392,8 @@ impl Core {
                 }
                 return;
             }
-            DialTarget::Number { .. } => {
-                tracing::warn!(
-                    session,
-                    ?target,
-                    "IVR dial to a number is not available yet"
-                );
-                return failed(self, DialFailure::Failed);
+            DialTarget::Number { number, trunk } => {
+                return self.app_dial_number(now, session, &number, trunk.as_deref());
             }
         };
         let Some(callee) = self
@@ -446,6 +446,75 @@ impl Core {
         call.rang = false;
         if call.forks.is_empty() {
             failed(self, DialFailure::Failed);
+        }
+    }
+
+    /// Passes the call on to a number outside: through the named trunk, or the one the
+    /// outbound routes pick; the caller's number is presented, with the number they called
+    /// in Diversion.
+    fn app_dial_number(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        number: &str,
+        trunk: Option<&str>,
+    ) {
+        let failed = |core: &mut Self| {
+            if let Some(app) = core.app_mut(session) {
+                app.run
+                    .handle_event(Event::DialFailed(DialFailure::Failed), now);
+            }
+        };
+        let Some(call) = self.calls.calls.get(&session) else {
+            return;
+        };
+        let Ok(e164) = crate::e164::normalize(number) else {
+            return failed(self);
+        };
+        let tenant = call.tenant.id;
+        let chosen = match trunk {
+            Some(name) => self.directory.trunk_by_name(tenant, name),
+            None => self
+                .directory
+                .route(tenant, e164.trim_start_matches('+'))
+                .map(|(_, trunk)| trunk),
+        };
+        let (Some(outbound), Some(answer)) = (
+            chosen.and_then(|t| t.outbound.clone()),
+            call.app.as_ref().map(|a| a.answer.clone()),
+        ) else {
+            return failed(self);
+        };
+        let offer = media::anchor(&answer, self.advertised, call.b_port);
+        let (caller, domain, did) = (
+            call.record.from_number.clone(),
+            call.tenant.domain.clone(),
+            call.record.did.clone(),
+        );
+        let forks = self.fork_trunk(
+            now,
+            session,
+            &outbound,
+            &e164,
+            TrunkCaller {
+                display: "",
+                number: &caller,
+                domain: &domain,
+                diversion: did.as_deref(),
+            },
+            &offer,
+        );
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        call.record.to_number = e164;
+        call.forks = forks;
+        call.winner = None;
+        call.trunk_auth = outbound
+            .credentials
+            .map(|(user, password)| Box::new((user, password, false)));
+        if call.forks.is_empty() {
+            failed(self);
         }
     }
 

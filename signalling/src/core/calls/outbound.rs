@@ -16,10 +16,11 @@ use super::{
     CallStart, Disposition, NO_OFFER, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later,
 };
 use crate::core::Core;
-use crate::directory::{Extension, Tenant};
+use crate::directory::{Extension, Outbound, Tenant};
 use crate::media::SessionId;
 use crate::peer::{Peer, Transport};
 use crate::stats::SipStats;
+use switchboard_media::sdp::Sdp;
 
 /// The caller may not call outside (`outbound_allowed` is off).
 const OUTBOUND_FORBIDDEN: Refusal = Refusal {
@@ -35,6 +36,18 @@ const NO_ROUTE: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "no_route",
 };
+
+/// Who a call through a trunk presents.
+pub(super) struct TrunkCaller<'a> {
+    /// Display name.
+    pub(super) display: &'a str,
+    /// Caller ID number.
+    pub(super) number: &'a str,
+    /// Our domain for From, P-Asserted-Identity and Diversion.
+    pub(super) domain: &'a str,
+    /// The number the call was for, when it is passed on.
+    pub(super) diversion: Option<&'a str>,
+}
 
 impl Core {
     /// An extension dialled `e164`, which no extension has: out through a trunk.
@@ -74,37 +87,20 @@ impl Core {
         };
         let (session, b_port) = (opened.session, opened.b_port);
 
-        let user = format!("{}{e164}", outbound.tech_prefix);
-        let host = match outbound.host.parse::<std::net::Ipv6Addr>() {
-            Ok(v6) => format!("[{v6}]"),
-            Err(_) => outbound.host.clone(),
-        };
         let caller_id = caller.caller_id.clone().unwrap_or(caller.number.clone());
-        let mut headers = outbound.headers.clone();
-        headers.push((
-            "P-Asserted-Identity".into(),
-            format!("<sip:{caller_id}@{}>", tenant.domain),
-        ));
-        let peer = Peer {
-            transport: Transport::Udp,
-            addr: outbound.proxies[0],
-            conn: None,
-        };
         let b_offer = media::anchor(&offer, self.advertised, b_port);
-        let forks = self.fork_to(
+        let forks = self.fork_trunk(
             now,
             session,
-            vec![(format!("sip:{user}@{host}"), peer)],
-            super::Forking {
-                caller: (&caller.display_name, &caller_id),
-                callee: &user,
-                callee_id: None,
+            &outbound,
+            &e164,
+            TrunkCaller {
+                display: &caller.display_name,
+                number: &caller_id,
                 domain: &tenant.domain,
-                to_domain: &host,
-                offer: &b_offer,
-                max_forwards: 70,
-                headers: &headers,
+                diversion: None,
             },
+            &b_offer,
         );
         let ring_deadline = now + self.config.ring_timeout;
         self.calls
@@ -124,6 +120,59 @@ impl Core {
             let cause = "no_usable_contact";
             self.fail_call(now, wall_ms, session, 503, Disposition::Failed, cause);
         }
+    }
+
+    /// The INVITE through a trunk (its proxy, tech prefix and custom headers) for `e164`,
+    /// with the caller ID in From and P-Asserted-Identity (RFC 3325) and, for a call passed
+    /// on, a Diversion header naming the number that was called (RFC 5806).
+    pub(super) fn fork_trunk(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        outbound: &Outbound,
+        e164: &str,
+        caller: TrunkCaller<'_>,
+        offer: &Sdp,
+    ) -> Vec<super::Fork> {
+        let Some(&proxy) = outbound.proxies.first() else {
+            return Vec::new();
+        };
+        let user = format!("{}{e164}", outbound.tech_prefix);
+        let host = match outbound.host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => outbound.host.clone(),
+        };
+        let mut headers = outbound.headers.clone();
+        headers.push((
+            "P-Asserted-Identity".into(),
+            format!("<sip:{}@{}>", caller.number, caller.domain),
+        ));
+        if let Some(diverted) = caller.diversion {
+            headers.push((
+                "Diversion".into(),
+                format!("<sip:{diverted}@{}>;reason=unconditional", caller.domain),
+            ));
+        }
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: proxy,
+            conn: None,
+        };
+        self.fork_to(
+            now,
+            session,
+            vec![(format!("sip:{user}@{host}"), peer)],
+            super::Forking {
+                caller: (caller.display, caller.number),
+                callee: &user,
+                callee_id: None,
+                domain: caller.domain,
+                to_domain: &host,
+                offer,
+                max_forwards: 70,
+                headers: &headers,
+            },
+        )
     }
 
     /// A 401/407 to our INVITE through a trunk: sends it again with the trunk's credentials,
