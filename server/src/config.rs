@@ -41,6 +41,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// The TURN server: listeners, relay ports, credentials, quotas, peer policy.
     pub turn: TurnConfig,
+    /// Calls out through trunks: toll-fraud limits.
+    pub outbound: OutboundConfig,
     /// The database.
     pub database: DatabaseConfig,
     /// Logins and tokens.
@@ -61,6 +63,7 @@ impl Default for Config {
             sip: SipConfig::default(),
             media: MediaConfig::default(),
             turn: TurnConfig::default(),
+            outbound: OutboundConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -246,6 +249,28 @@ pub enum LatchingMode {
     SameAddress,
     /// Only the SDP's address and port.
     Strict,
+}
+
+/// `[outbound]`: limits on calls out through trunks, per tenant (toll-fraud guards).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// E.164 digit prefixes (without `+`) calls may go to; empty allows every number.
+    pub allowed_prefixes: Vec<String>,
+    /// Calls out at once per tenant.
+    pub max_concurrent_per_tenant: usize,
+    /// Answered minutes out per tenant per UTC day (0: no cap).
+    pub daily_minutes_per_tenant: u32,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            allowed_prefixes: Vec::new(),
+            max_concurrent_per_tenant: 100,
+            daily_minutes_per_tenant: 0,
+        }
+    }
 }
 
 /// `[media]`
@@ -565,6 +590,20 @@ impl Config {
         let fail = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
         if self.http.max_body_bytes < 1024 {
             return fail("http.max_body_bytes", "must be at least 1024");
+        }
+        let bad_prefix = self
+            .outbound
+            .allowed_prefixes
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 15 || !p.bytes().all(|b| b.is_ascii_digit()));
+        if bad_prefix {
+            return fail(
+                "outbound.allowed_prefixes",
+                "entries are 1-15 digits, the start of E.164 numbers without `+` (e.g. \"1\", \"44\")",
+            );
+        }
+        if self.outbound.max_concurrent_per_tenant == 0 {
+            return fail("outbound.max_concurrent_per_tenant", "must be at least 1");
         }
         if self.http.max_upload_bytes < 1024 {
             return fail("http.max_upload_bytes", "must be at least 1024");

@@ -91,6 +91,19 @@ pub struct CoreConfig {
     pub rtp_ports: (u16, u16),
     /// How long a blocked source stays blocked.
     pub block_duration: Duration,
+    /// Limits on calls out through trunks.
+    pub outbound: OutboundLimits,
+}
+
+/// Toll-fraud limits on calls out through trunks, per tenant.
+#[derive(Clone, Debug, Default)]
+pub struct OutboundLimits {
+    /// E.164 digit prefixes calls may go to; empty allows every number.
+    pub allowed_prefixes: Vec<String>,
+    /// Calls out at once (0: none).
+    pub max_concurrent_per_tenant: usize,
+    /// Answered minutes out per UTC day (0: no cap).
+    pub daily_minutes_per_tenant: u32,
 }
 
 impl Default for CoreConfig {
@@ -113,6 +126,10 @@ impl Default for CoreConfig {
             ring_timeout: Duration::from_secs(60),
             rtp_ports: (20_000, 39_999),
             block_duration: Duration::from_secs(600),
+            outbound: OutboundLimits {
+                max_concurrent_per_tenant: 100,
+                ..OutboundLimits::default()
+            },
         }
     }
 }

@@ -332,6 +332,18 @@ pub struct Filter {
     pub owner: Option<Uuid>,
 }
 
+/// Answered milliseconds of calls out through trunks per tenant, of calls answered since
+/// `since` (what the daily cap on minutes out counts).
+pub async fn outbound_ms_since(db: &Db, since: Timestamp) -> Result<Vec<(Uuid, i64)>, Error> {
+    const SQL: &str = "SELECT tenant_id, CAST(SUM(ended_at - answered_at) AS BIGINT) FROM calls \
+        WHERE direction = 'outbound' AND answered_at >= $1 AND ended_at IS NOT NULL \
+        GROUP BY tenant_id";
+    Ok(run!(db, |pool| sqlx::query_as(SQL)
+        .bind(since)
+        .fetch_all(pool)
+        .await)?)
+}
+
 /// Call records visible in `scope` matching `filter`, newest first.
 pub async fn list(
     db: &Db,
@@ -428,6 +440,34 @@ pub(crate) mod tests {
             recording_id: None,
             media_stats: json!({}),
         }
+    }
+
+    #[tokio::test]
+    async fn outbound_minutes_are_summed_per_tenant_since_a_time() {
+        each_db(|db| async move {
+            let a = tenants::create(&db, "A", "a.example").await.unwrap();
+            let e1 = sample_extension(a.id, "1001");
+            extensions::create(&db, &e1, b"s").await.unwrap();
+            let call = |answered: i64, ended: i64, direction: Direction| Call {
+                direction,
+                answered_at: Some(Timestamp(answered)),
+                ended_at: Some(Timestamp(ended)),
+                disposition: Disposition::Answered,
+                ..sample(a.id, &e1, "+15551234567", answered - 1000)
+            };
+            for c in [
+                call(10_000, 70_000, Direction::Outbound),
+                call(100_000, 130_000, Direction::Outbound),
+                // Before the day began, and not out: not counted.
+                call(1_000, 5_000, Direction::Outbound),
+                call(100_000, 900_000, Direction::Internal),
+            ] {
+                insert(&db, &c).await.unwrap();
+            }
+            let used = outbound_ms_since(&db, Timestamp(9_000)).await.unwrap();
+            assert_eq!(used, [(a.id, 90_000)]);
+        })
+        .await;
     }
 
     #[tokio::test]

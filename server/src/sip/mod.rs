@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use bytes::Bytes;
 use switchboard_signalling::core::{
-    Core, CoreConfig, RecordingError, RecordingRequest, RecordingState,
+    Core, CoreConfig, OutboundLimits, RecordingError, RecordingRequest, RecordingState,
 };
 use switchboard_signalling::directory::Update;
 use switchboard_signalling::peer::{Peer, Transport};
@@ -265,6 +265,11 @@ fn core_config(config: &Config) -> CoreConfig {
         max_calls_per_second: config.media.max_calls_per_second,
         max_calls_per_second_per_tenant: config.media.max_calls_per_second_per_tenant,
         ring_timeout: config.media.ring_timeout,
+        outbound: OutboundLimits {
+            allowed_prefixes: config.outbound.allowed_prefixes.clone(),
+            max_concurrent_per_tenant: config.outbound.max_concurrent_per_tenant,
+            daily_minutes_per_tenant: config.outbound.daily_minutes_per_tenant,
+        },
         rtp_ports: (config.media.rtp_port_min, config.media.rtp_port_max),
         ..CoreConfig::default()
     }
@@ -333,6 +338,13 @@ pub async fn start(
         core.apply(update);
     }
     core.set_default_domain(&config.bootstrap.tenant_domain);
+    // Minutes out already used today count against the daily cap.
+    let wall_ms = u64::try_from(Timestamp::now().0).unwrap_or(0);
+    let midnight = wall_ms - wall_ms % 86_400_000;
+    let since = Timestamp(i64::try_from(midnight).unwrap_or(0));
+    for (tenant, ms) in calls::outbound_ms_since(db, since).await? {
+        core.seed_outbound_usage(tenant, wall_ms, u64::try_from(ms).unwrap_or(0));
+    }
     let (wall_now, now) = (Timestamp::now(), Instant::now());
     let live = registrations::live(db, Scope::All, None, wall_now).await?;
     let restored = live.len();

@@ -1965,3 +1965,51 @@ fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
         ["0", "101"]
     );
 }
+
+#[test]
+fn toll_fraud_limits_refuse_calls_out_with_a_record_that_says_why() {
+    use crate::core::OutboundLimits;
+    let limits = OutboundLimits {
+        allowed_prefixes: vec!["1".into()],
+        max_concurrent_per_tenant: 1,
+        daily_minutes_per_tenant: 1,
+    };
+    let config = CoreConfig {
+        outbound: limits,
+        ..CoreConfig::default()
+    };
+    let mut world = World::new(0, config.clone());
+    with_outbound_trunk(&mut world, "");
+    let refused = |world: &mut World, number: &str| {
+        world.outputs.clear();
+        world.call(number);
+        assert_eq!(world.statuses(world.alice).last(), Some(&403), "{number}");
+        world.ended().expect("a CDR").cause
+    };
+    assert_eq!(
+        refused(&mut world, "+442071234567"),
+        "destination_not_allowed"
+    );
+    // One call out at a time.
+    world.outputs.clear();
+    world.call("5551234567");
+    assert!(
+        world
+            .requests(peer(60))
+            .iter()
+            .any(|r| r.method == Method::Invite)
+    );
+    assert_eq!(refused(&mut world, "5551234568"), "outbound_call_limit");
+
+    // A minute out already used today (counted from the records at start).
+    let mut world = World::new(0, config);
+    with_outbound_trunk(&mut world, "");
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    world.core.seed_outbound_usage(tenant, WALL, 60_000);
+    assert_eq!(refused(&mut world, "5551234567"), "daily_minutes_exceeded");
+}

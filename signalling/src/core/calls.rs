@@ -449,9 +449,30 @@ pub(super) struct Calls {
     next_session: SessionId,
     /// Live calls per tenant (for the per-tenant limit without scanning every call).
     per_tenant: HashMap<Uuid, usize>,
+    /// Answered milliseconds of calls out per tenant, for the UTC day they are counted in.
+    outbound_used: HashMap<Uuid, (u64, u64)>,
 }
 
 impl Calls {
+    /// Answered milliseconds out of `tenant` on the UTC day of `wall_ms`.
+    pub(super) fn outbound_used_ms(&self, tenant: Uuid, wall_ms: u64) -> u64 {
+        let today = wall_ms / outbound::DAY_MS;
+        self.outbound_used
+            .get(&tenant)
+            .filter(|(day, _)| *day == today)
+            .map_or(0, |(_, ms)| *ms)
+    }
+
+    /// Counts `ms` answered out of `tenant` on the UTC day of `wall_ms`.
+    fn count_outbound(&mut self, tenant: Uuid, wall_ms: u64, ms: u64) {
+        let today = wall_ms / outbound::DAY_MS;
+        let entry = self.outbound_used.entry(tenant).or_insert((today, 0));
+        if entry.0 != today {
+            *entry = (today, 0);
+        }
+        entry.1 += ms;
+    }
+
     pub(super) fn len(&self) -> usize {
         self.calls.len()
     }
@@ -838,6 +859,13 @@ impl Core {
             trunk_auth: None,
             hunt: None,
         }
+    }
+
+    /// Counts minutes out that calls of `tenant` used earlier on the UTC day of `wall_ms` (the
+    /// shell reads them from the call records at start, so a restart does not reset the
+    /// day's cap).
+    pub fn seed_outbound_usage(&mut self, tenant: Uuid, wall_ms: u64, ms: u64) {
+        self.calls.count_outbound(tenant, wall_ms, ms);
     }
 
     /// Sends an INVITE of our own (a new dialog) to each of `bindings`, registered as forks
@@ -1569,8 +1597,12 @@ impl Core {
         self.ports.release(call.b_port);
         self.outputs
             .push_back(Output::Media(MediaCommand::Destroy { session }));
-        if call.answered_wall_ms.is_some() {
+        if let Some(answered) = call.answered_wall_ms {
             SipStats::inc(&self.stats.calls_answered);
+            if outbound::is_outbound(&call.record) {
+                let ms = wall_ms.saturating_sub(answered);
+                self.calls.count_outbound(call.tenant.id, wall_ms, ms);
+            }
         }
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
         self.outputs.push_back(Output::CallEnded(CallEnd {

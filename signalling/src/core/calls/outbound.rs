@@ -29,6 +29,27 @@ const OUTBOUND_FORBIDDEN: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "outbound_not_allowed",
 };
+/// The number is outside `outbound.allowed_prefixes`.
+const DESTINATION_FORBIDDEN: Refusal = Refusal {
+    status: 403,
+    reason: "Forbidden",
+    disposition: Disposition::Failed,
+    cause: "destination_not_allowed",
+};
+/// The tenant has `outbound.max_concurrent_per_tenant` calls out already.
+const OUTBOUND_LIMIT: Refusal = Refusal {
+    status: 403,
+    reason: "Forbidden",
+    disposition: Disposition::Failed,
+    cause: "outbound_call_limit",
+};
+/// The tenant used its `outbound.daily_minutes_per_tenant` today.
+const MINUTES_USED: Refusal = Refusal {
+    status: 403,
+    reason: "Forbidden",
+    disposition: Disposition::Failed,
+    cause: "daily_minutes_exceeded",
+};
 /// No outbound route matches the number (or its trunk has no reachable proxy).
 const NO_ROUTE: Refusal = Refusal {
     status: 404,
@@ -36,6 +57,14 @@ const NO_ROUTE: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "no_route",
 };
+
+/// Whether a call record is of a call out through a trunk (an extension's call to a trunk).
+pub(super) fn is_outbound(record: &CallStart) -> bool {
+    record.trunk_id.is_some() && record.from_extension.is_some()
+}
+
+/// Milliseconds in a day: outbound minutes are counted per UTC day.
+pub(super) const DAY_MS: u64 = 86_400_000;
 
 /// Who a call through a trunk presents.
 pub(super) struct TrunkCaller<'a> {
@@ -70,6 +99,28 @@ impl Core {
             return self.refuse(now, refused, record, OUTBOUND_FORBIDDEN, |_| {});
         }
         let digits = e164.trim_start_matches('+');
+        let limits = &self.config.outbound;
+        if !limits.allowed_prefixes.is_empty()
+            && !limits
+                .allowed_prefixes
+                .iter()
+                .any(|p| digits.starts_with(p.as_str()))
+        {
+            return self.refuse(now, refused, record, DESTINATION_FORBIDDEN, |_| {});
+        }
+        let live = self
+            .calls
+            .calls
+            .values()
+            .filter(|c| c.tenant.id == tenant.id && is_outbound(&c.record))
+            .count();
+        if live >= limits.max_concurrent_per_tenant {
+            return self.refuse(now, refused, record, OUTBOUND_LIMIT, |_| {});
+        }
+        let cap_ms = u64::from(limits.daily_minutes_per_tenant) * 60_000;
+        if cap_ms > 0 && self.calls.outbound_used_ms(tenant.id, wall_ms) >= cap_ms {
+            return self.refuse(now, refused, record, MINUTES_USED, |_| {});
+        }
         let Some((trunk_id, outbound)) = self
             .directory
             .route(tenant.id, digits)
