@@ -43,6 +43,8 @@ pub struct Config {
     pub turn: TurnConfig,
     /// Calls out through trunks: toll-fraud limits.
     pub outbound: OutboundConfig,
+    /// IVR flows.
+    pub ivr: IvrConfig,
     /// The database.
     pub database: DatabaseConfig,
     /// Logins and tokens.
@@ -64,6 +66,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             turn: TurnConfig::default(),
             outbound: OutboundConfig::default(),
+            ivr: IvrConfig::default(),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -249,6 +252,15 @@ pub enum LatchingMode {
     SameAddress,
     /// Only the SDP's address and port.
     Strict,
+}
+
+/// `[ivr]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IvrConfig {
+    /// Let `http` nodes reach loopback, private, link-local (cloud metadata) and other
+    /// special-purpose addresses. Off: a flow cannot probe the server's own network.
+    pub http_allow_private: bool,
 }
 
 /// `[outbound]`: limits on calls out through trunks, per tenant (toll-fraud guards).

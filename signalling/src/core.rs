@@ -156,6 +156,14 @@ pub enum Output {
     CallEvent(CallEvent),
     /// A trunk's registration with its carrier changed.
     TrunkRegistration(TrunkRegChange),
+    /// An IVR flow asks for a URL: fetch it and hand the answer to
+    /// [`Core::handle_http_done`].
+    Http {
+        /// The call's session.
+        session: crate::media::SessionId,
+        /// What to fetch.
+        request: crate::ivr::HttpRequest,
+    },
 }
 
 /// Failure counting with a bounded map and fixed windows.

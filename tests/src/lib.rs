@@ -289,9 +289,19 @@ pub fn peer(program: &str, version_arg: &str, package: &str) -> bool {
     found
 }
 
+/// An HTTP client. reqwest's rustls takes the process's crypto provider (the server
+/// installs ring for its IVR fetches, and Cargo unifies the feature for every crate of the
+/// workspace), so the tests install it too.
+pub fn http() -> reqwest::Client {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// The value of a metric, `name` with its labels as exposed (`x_total{a="b"}`).
 pub async fn metric(server: &Server, name: &str) -> u64 {
-    let text = reqwest::get(server.url("/metrics"))
+    let text = http()
+        .get(server.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -62,7 +62,7 @@ fn numbers(list: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn zero_config_start_login_restart_and_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = switchboard_tests::http();
 
     // First start in an empty directory: data goes to ./data, the admin password is printed.
     let mut server = Server::start(dir.path(), &[]);
@@ -141,7 +141,7 @@ async fn admin_password_from_the_environment() {
     );
     assert!(server.http.ip().is_loopback());
     login(
-        &reqwest::Client::new(),
+        &switchboard_tests::http(),
         &server,
         "ops@example.com",
         "chosen-by-the-operator",
@@ -242,7 +242,7 @@ async fn runs_on_postgres() {
         ("SWITCHBOARD_ADMIN_PASSWORD", "postgres-admin-pw"),
     ];
     let server = Server::start(dir.path(), &env);
-    let client = reqwest::Client::new();
+    let client = switchboard_tests::http();
     let token = login(&client, &server, "admin@localhost", "postgres-admin-pw").await;
     let list = create_and_list(&client, &server, &token, "2001").await;
     assert_eq!(numbers(&list), ["2001"]);

@@ -23,7 +23,7 @@ struct Api {
 
 impl Api {
     async fn login(server: &Server) -> Self {
-        let client = reqwest::Client::new();
+        let client = switchboard_tests::http();
         let base = server.url("/api/v1");
         let body: Value = client
             .post(format!("{base}/auth/login"))
@@ -337,7 +337,9 @@ async fn phones_register_with_md5_and_sha256_and_survive_kill_9() {
     let server = start(dir.path());
     let api = Api::login(&server).await;
     assert_eq!(api.wait_for_registrations(2).await.len(), 2);
-    let metrics = reqwest::get(server.url("/metrics"))
+    let metrics = switchboard_tests::http()
+        .get(server.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -550,7 +552,9 @@ async fn sipp_registers_through_the_digest_challenge() {
         3,
     );
     assert!(!output.status.success());
-    let metrics = reqwest::get(server.url("/metrics"))
+    let metrics = switchboard_tests::http()
+        .get(server.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -1012,6 +1016,86 @@ async fn an_ivr_flow_answers_a_carrier_call_takes_a_key_and_puts_it_through() {
         .unwrap_or_else(|| panic!("no IVR in {record}"));
     assert_eq!(ivr["flow_id"], flow_id, "{record}");
     assert_eq!(ivr["path"], json!(["menu", "call"]), "{record}");
+    assert!(bench.server.terminate().success());
+}
+
+#[tokio::test]
+async fn an_ivr_flow_looks_up_the_caller_over_http_and_dials_what_it_says() {
+    if sipp().is_none() {
+        return;
+    }
+    // A CRM on loopback (a thread of its own: the SIPp runs below block this runtime): it
+    // names the extension for the caller, and tells us what it was asked.
+    let crm = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let crm_address = crm.local_addr().unwrap();
+    let (asked_tx, asked) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let (mut stream, _) = crm.accept().unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let n = stream.read(&mut buffer).unwrap();
+        let _ = asked_tx.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        let body = r#"{"customer": {"extension": "5002"}}"#;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(reply.as_bytes()).unwrap();
+    });
+    let mut bench = CallBench::start(&[("SWITCHBOARD_IVR__HTTP_ALLOW_PRIVATE", "true")]).await;
+    let api = &bench.api;
+    api.create(
+        "/trunks",
+        json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
+    )
+    .await;
+    let flow = api
+        .create(
+            "/ivr-flows",
+            json!({"name": "crm", "graph": {"entry": "lookup", "nodes": {
+                "lookup": {"verb": "http", "url": format!("http://{crm_address}/route?from=${{caller}}"),
+                           "save": {"ext": "/customer/extension"},
+                           "transitions": {"success": "menu", "error": "bye"}},
+                "menu": {"verb": "gather", "transitions": {"match.2": "call"}},
+                "call": {"verb": "dial", "extension": "${ext}", "transitions": {"answered": "bye"}},
+                "bye": {"verb": "hangup"}
+            }}}),
+        )
+        .await;
+    let flow_id = flow["id"].as_str().unwrap();
+    api.create(&format!("/ivr-flows/{flow_id}/publish"), json!({}))
+        .await;
+    api.create(
+        "/numbers",
+        json!({"number": "+15551230009", "target": {"type": "ivr_flow", "id": flow_id}}),
+    )
+    .await;
+    let run = bench.run_carrier(
+        "127.0.0.1",
+        "ivr_carrier_uac.xml",
+        Some("dtmf_uas.xml"),
+        "+15551230009",
+    );
+    assert!(run.caller.status.success(), "{}", run.report());
+    assert!(
+        run.callee.as_ref().unwrap().status.success(),
+        "{}",
+        run.report()
+    );
+    let request = asked.recv_timeout(TIMEOUT).unwrap();
+    assert!(
+        request.starts_with("GET /route?from=%2B15550001111 HTTP/1.1"),
+        "{request}"
+    );
+    let record = bench.next_record().await;
+    let ivr = record["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|leg| leg["role"] == "ivr")
+        .cloned()
+        .unwrap();
+    assert_eq!(ivr["path"], json!(["lookup", "menu", "call"]), "{record}");
+    assert_eq!(record["to_extension_id"], bench.callee.as_str(), "{record}");
     assert!(bench.server.terminate().success());
 }
 

@@ -214,7 +214,7 @@ async fn wrong_credentials_and_denied_peers_are_refused() {
 
 /// The admin's access token.
 async fn login(server: &Server) -> String {
-    let body: Value = reqwest::Client::new()
+    let body: Value = switchboard_tests::http()
         .post(server.url("/api/v1/auth/login"))
         .json(&json!({"email": ADMIN, "password": ADMIN_PASSWORD}))
         .send()
@@ -246,7 +246,7 @@ async fn chromium_connects_through_the_relay_with_ice_servers_from_the_api() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let client = reqwest::Client::new();
+    let client = switchboard_tests::http();
     let unauthenticated = client
         .get(server.url("/api/v1/ice-servers"))
         .send()

@@ -3,6 +3,7 @@
 //! directory in step with the database.
 
 mod directory;
+mod http_node;
 pub(crate) mod persist;
 mod task;
 mod tcp;
@@ -49,6 +50,12 @@ const MEDIA_EVENTS: usize = 4096;
 /// Inputs of the signalling task.
 #[derive(Debug)]
 pub(crate) enum Command {
+    /// The answer to an IVR `http` node's fetch.
+    HttpDone {
+        session: switchboard_signalling::media::SessionId,
+        id: u32,
+        result: Result<serde_json::Value, String>,
+    },
     /// A framed message from a stream connection.
     Inbound { peer: Peer, bytes: Bytes },
     /// A stream connection opened; replies for it go to `sender`.
@@ -465,6 +472,8 @@ pub async fn start(
         shutdown,
         db: db.clone(),
         trunk_registrations: trunk_registrations.clone(),
+        commands: inbox_tx.clone(),
+        http_allow_private: config.ivr.http_allow_private,
     };
     tasks.push(tokio::spawn(task::run(core, io)));
     Ok(SipService {

@@ -45,6 +45,10 @@ pub(crate) struct Io {
     pub(crate) db: switchboard_storage::Db,
     /// Trunk registration states, for the control plane.
     pub(crate) trunk_registrations: super::TrunkRegistrations,
+    /// Where IVR fetches send their answers (this task's own inbox).
+    pub(crate) commands: mpsc::Sender<Command>,
+    /// `ivr.http_allow_private`.
+    pub(crate) http_allow_private: bool,
 }
 
 /// Loads a prompt for a [`MediaCommand::Play`] and hands it to the media plane; a prompt that
@@ -115,6 +119,10 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     record(&io, Record::CallEnd(end));
                 }
                 Output::CallEvent(event) => io.events.call_updated(&event),
+                Output::Http { session, request } => {
+                    let commands = io.commands.clone();
+                    super::http_node::spawn(session, request, io.http_allow_private, commands);
+                }
                 Output::TrunkRegistration(change) => {
                     if let Ok(mut map) = io.trunk_registrations.lock() {
                         if change.state == TrunkRegState::Unregistered {
@@ -162,6 +170,9 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     // A trunk that registers sends its REGISTER at once.
                     core.handle_timeout(Instant::now());
                     let _ = applied.send(());
+                }
+                Some(Command::HttpDone { session, id, result }) => {
+                    core.handle_http_done(Instant::now(), wall_ms(), session, (id, result));
                 }
                 Some(Command::Recording { call, request, reply }) => {
                     let _ = reply.send(core.control_recording(wall_ms(), call, request));

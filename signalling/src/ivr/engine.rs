@@ -133,7 +133,7 @@ pub struct RecordRequest {
 }
 
 /// What an `http` node asks for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRequest {
     /// Matches the answer in [`Event::HttpDone`].
     pub id: u32,

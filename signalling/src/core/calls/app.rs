@@ -14,9 +14,10 @@
 //!   extension's box (the writer ends it after the flow's silence; the flow's timer ends it
 //!   at its longest).
 //!
-//! Keys reach the flow from RFC 4733 events in the caller's RTP and from SIP INFO. Ring
-//! groups, numbers through trunks and `http` are not carried out on live calls yet: the flow
-//! sees a failed dial or an HTTP error.
+//! - `Http`: the shell fetches the URL and hands the answer back
+//!   ([`Core::handle_http_done`]); the flow's own timer gives up on a slow one.
+//!
+//! Keys reach the flow from RFC 4733 events in the caller's RTP and from SIP INFO.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
@@ -250,12 +251,7 @@ impl Core {
                         .push_back(Output::Media(MediaCommand::Record { session, action }));
                 }
                 Action::Http(request) => {
-                    tracing::warn!(session, url = %request.url, "an IVR `http` node ran; HTTP is not available on live calls yet");
-                    let done = Event::HttpDone {
-                        id: request.id,
-                        result: Err("http is not available on live calls yet".into()),
-                    };
-                    app.run.handle_event(done, now);
+                    self.outputs.push_back(Output::Http { session, request });
                 }
                 Action::Hangup { reason } => {
                     return self.app_hangup(now, wall_ms, session, reason);
@@ -641,6 +637,19 @@ impl Core {
                 r.body = bytes::Bytes::from(sdp);
             }
         });
+    }
+
+    /// The answer to an [`Output::Http`]: the JSON of a 2xx, or why there is none.
+    pub fn handle_http_done(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        (id, result): (u32, Result<serde_json::Value, String>),
+    ) {
+        self.last_now = Some(now);
+        self.last_wall_ms = wall_ms;
+        self.app_event(now, wall_ms, session, Event::HttpDone { id, result });
     }
 
     /// The caller hung up or the call failed under the flow: cancel its dial, hang up a
