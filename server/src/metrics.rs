@@ -314,6 +314,11 @@ impl Collector for SipCollector {
                 "Trunks registered with their carrier",
                 &s.trunks_registered,
             ),
+            (
+                "switchboard_trunk_proxies_down",
+                "Trunk proxies that did not answer their last OPTIONS",
+                &s.trunk_proxies_down,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(SipStats::get(value)).unwrap_or(i64::MAX));

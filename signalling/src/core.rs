@@ -17,6 +17,7 @@
 //! answer 403 for the rest of the window. Both maps are bounded.
 
 mod calls;
+mod trunk_health;
 mod trunk_reg;
 
 use std::collections::{HashMap, VecDeque};
@@ -237,6 +238,8 @@ pub struct Core {
     local_ports: HashMap<Transport, u16>,
     /// Our registrations with carriers.
     trunk_regs: trunk_reg::TrunkRegs,
+    /// Whether trunk proxies answer.
+    trunk_health: trunk_health::TrunkHealth,
 }
 
 impl Core {
@@ -272,6 +275,7 @@ impl Core {
             advertised: IpAddr::V4(Ipv4Addr::LOCALHOST),
             local_ports: HashMap::new(),
             trunk_regs: trunk_reg::TrunkRegs::default(),
+            trunk_health: trunk_health::TrunkHealth::default(),
             config,
         }
     }
@@ -323,6 +327,7 @@ impl Core {
         if let Some(id) = trunk {
             let current = self.directory.trunk(id).cloned();
             self.trunk_changed(current.as_ref(), id);
+            self.trunk_proxies_changed();
         }
     }
 
@@ -356,6 +361,7 @@ impl Core {
             self.registrar.poll_timeout(),
             self.calls.poll_timeout(),
             self.trunk_regs.poll_timeout(),
+            self.trunk_health.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -369,6 +375,7 @@ impl Core {
         self.drain_transactions(now, self.last_wall_ms);
         self.call_timers(now, self.last_wall_ms);
         self.trunk_reg_timers(now);
+        self.trunk_health_timers(now);
         for change in self.registrar.expire(now) {
             self.outputs.push_back(Output::Registration(change));
         }
@@ -442,12 +449,14 @@ impl Core {
                 }
             }
             Event::Response { key, response } => {
-                if !self.trunk_reg_response(now, &key, &response) {
+                if !self.trunk_reg_response(now, &key, &response)
+                    && !self.trunk_health_response(now, &key, response.status)
+                {
                     self.call_response(now, wall_ms, &key, response);
                 }
             }
             Event::Timeout { key } => {
-                if !self.trunk_reg_timeout(now, &key) {
+                if !self.trunk_reg_timeout(now, &key) && !self.trunk_health_timeout(now, &key) {
                     self.call_timeout(now, wall_ms, &key);
                 }
             }

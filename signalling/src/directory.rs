@@ -352,6 +352,11 @@ impl Directory {
             .find(|g| g.tenant_id == tenant && g.name == name)
     }
 
+    /// Every trunk.
+    pub fn trunks(&self) -> impl Iterator<Item = &Trunk> + '_ {
+        self.trunks.values()
+    }
+
     /// A trunk of `tenant` by name.
     pub fn trunk_by_name(&self, tenant: Uuid, name: &str) -> Option<&Trunk> {
         self.trunks

@@ -36,6 +36,8 @@ pub struct SipStats {
     pub trunks_registered: AtomicU64,
     /// Trunk registrations that failed (refused, timed out).
     pub trunk_register_failures: AtomicU64,
+    /// Trunk proxies that did not answer their last OPTIONS.
+    pub trunk_proxies_down: AtomicU64,
     /// INVITEs for one of our numbers refused with 403: no credentials and not from a trunk.
     pub trunk_refused: AtomicU64,
     /// Live bindings.

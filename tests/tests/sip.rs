@@ -1232,6 +1232,8 @@ async fn a_call_out_through_a_credential_trunk_answers_the_407() {
     .args([
         "-i",
         "127.0.0.2",
+        // Answer the OPTIONS we qualify proxies with, as carriers do.
+        "-aa",
         "-m",
         "1",
         "-mp",
@@ -1282,7 +1284,8 @@ async fn a_trunk_registers_with_its_carrier_and_refreshes_before_expiry() {
         "carrier_register_uas.xml",
         carrier_port,
     )
-    .args(["-i", "127.0.0.2", "-m", "1"])
+    // -aa: answer the OPTIONS we qualify proxies with, as carriers do.
+    .args(["-i", "127.0.0.2", "-m", "1", "-aa"])
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
     .spawn()

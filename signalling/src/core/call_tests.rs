@@ -1667,9 +1667,16 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
     world.core.handle_timeout(world.now);
     world.drain();
     let proxy = peer(60);
+    // The proxy is asked OPTIONS too: only REGISTERs count here.
+    let last_register = |world: &mut World| {
+        world
+            .requests(proxy)
+            .into_iter()
+            .rfind(|r| r.method == Method::Register)
+    };
     let challenge = "Digest realm=\"carrier\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"";
     for round in 0..2 {
-        let register = world.requests(proxy).pop().expect("a REGISTER");
+        let register = last_register(&mut world).expect("a REGISTER");
         assert_eq!(register.method, Method::Register);
         assert_eq!(register.uri.to_string(), "sip:sip.carrier.example");
         assert!(
@@ -1723,11 +1730,11 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
         world.outputs.clear();
         // Refreshed at half the granted time, well before it runs out.
         world.advance(Duration::from_secs(29));
-        assert!(world.requests(proxy).is_empty());
+        assert!(last_register(&mut world).is_none());
         world.advance(Duration::from_secs(1));
     }
     // A refusal is retried after 30 s.
-    let register = world.requests(proxy).pop().expect("a REGISTER");
+    let register = last_register(&mut world).expect("a REGISTER");
     carrier_answers(&mut world, &register, 403, &[]);
     assert!(
         matches!(registrations(&world).last(), Some(TrunkRegState::Failed { reason }) if reason.starts_with("403"))
@@ -1737,9 +1744,9 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
         1
     );
     world.advance(Duration::from_secs(29));
-    assert!(world.requests(proxy).is_empty());
+    assert!(last_register(&mut world).is_none());
     world.advance(Duration::from_secs(1));
-    let register = world.requests(proxy).pop().expect("the retry");
+    let register = last_register(&mut world).expect("the retry");
     carrier_answers(&mut world, &register, 200, &[(HeaderName::Expires, "120")]);
     assert_eq!(
         registrations(&world).last(),
@@ -1748,7 +1755,7 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
     // Removing the trunk unregisters it.
     world.core.apply(Update::TrunkRemove(trunk.id));
     world.drain();
-    let bye = world.requests(proxy).pop().expect("the unregister");
+    let bye = last_register(&mut world).expect("the unregister");
     assert_eq!(bye.headers.get(&HeaderName::Expires), Some("0"));
     assert_eq!(
         registrations(&world).last(),
@@ -2012,4 +2019,99 @@ fn toll_fraud_limits_refuse_calls_out_with_a_record_that_says_why() {
         .id;
     world.core.seed_outbound_usage(tenant, WALL, 60_000);
     assert_eq!(refused(&mut world, "5551234567"), "daily_minutes_exceeded");
+}
+
+#[test]
+fn trunk_proxies_are_qualified_and_a_failing_one_hands_the_call_on() {
+    use crate::directory::{Outbound, Route, Trunk};
+    let mut world = World::new(0, CoreConfig::default());
+    let tenant = world
+        .core
+        .directory
+        .tenant_for_host("example.com")
+        .unwrap()
+        .id;
+    let trunk = Uuid::new_v4();
+    world.core.apply(Update::TrunkUpsert(Trunk {
+        id: trunk,
+        tenant_id: tenant,
+        name: "carrier".into(),
+        sources: Vec::new(),
+        outbound: Some(Box::new(Outbound {
+            proxies: vec![
+                SocketAddr::from(([192, 0, 2, 60], 5060)),
+                SocketAddr::from(([192, 0, 2, 61], 5060)),
+            ],
+            host: "sip.carrier.example".into(),
+            credentials: None,
+            tech_prefix: String::new(),
+            headers: Vec::new(),
+            register: None,
+        })),
+    }));
+    world.core.apply(Update::RouteUpsert(Route {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        prefix: String::new(),
+        trunk_id: trunk,
+        priority: 1,
+    }));
+    let (primary, secondary) = (peer(60), peer(61));
+    // The shell runs the timers after every directory change; the proxies are first asked
+    // one period later.
+    world.core.handle_timeout(world.now);
+    world.drain();
+    assert!(world.requests(primary).is_empty());
+    world.advance(Duration::from_secs(30));
+    let options = |world: &mut World, to| {
+        world
+            .requests(to)
+            .into_iter()
+            .rfind(|r| r.method == Method::Options)
+    };
+    // The primary never answers; the secondary does.
+    assert!(options(&mut world, primary).is_some());
+    let asked = options(&mut world, secondary).expect("OPTIONS to the secondary");
+    carrier_answers_from(&mut world, secondary, &asked, 200);
+    world.advance(Duration::from_secs(33));
+    assert_eq!(SipStats::get(&world.core.stats().trunk_proxies_down), 1);
+
+    // A call goes to the proxy that answers; its 503 hands the call to the other one.
+    world.call("5551234567");
+    let invite = world
+        .requests(secondary)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("INVITE to the proxy that is up");
+    assert!(
+        world
+            .requests(primary)
+            .iter()
+            .all(|r| r.method != Method::Invite)
+    );
+    carrier_answers_from(&mut world, secondary, &invite, 503);
+    let again = world
+        .requests(primary)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("the INVITE again, to the other proxy");
+    assert_eq!(again.headers.get(&HeaderName::CSeq), Some("2 INVITE"));
+    assert_eq!(
+        again.headers.get(&HeaderName::CallId),
+        invite.headers.get(&HeaderName::CallId)
+    );
+}
+
+fn carrier_answers_from(world: &mut World, from: Peer, request: &Request, status: u16) {
+    let mut response = transaction::response_to(request, status, "Whatever");
+    let to = response.headers.get(&HeaderName::To).unwrap().to_owned();
+    if !to.contains("tag=") {
+        response
+            .headers
+            .set(HeaderName::To, format!("{to};tag=proxy"));
+    }
+    world
+        .core
+        .handle_datagram(world.now, WALL, from, &response.to_bytes());
+    world.drain();
 }

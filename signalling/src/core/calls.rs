@@ -435,6 +435,8 @@ struct Call {
     trunk_auth: Option<Box<(String, String, bool)>>,
     /// A sequential ring group's members still to ring.
     hunt: Option<Box<hunt::Hunt>>,
+    /// A trunk's other proxies, for when the one tried fails.
+    failover: Vec<std::net::SocketAddr>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -569,7 +571,7 @@ fn cseq_of(headers: &Headers) -> Option<CSeq> {
 }
 
 impl Core {
-    fn random_token(&mut self) -> String {
+    pub(super) fn random_token(&mut self) -> String {
         let value: u64 = self.rng.random();
         format!("{value:016x}")
     }
@@ -858,6 +860,7 @@ impl Core {
             app: None,
             trunk_auth: None,
             hunt: None,
+            failover: Vec::new(),
         }
     }
 
@@ -1002,15 +1005,17 @@ impl Core {
         key: &ClientKey,
         response: Response,
     ) {
-        if matches!(response.status, 401 | 407) {
+        if matches!(response.status, 401 | 407 | 408 | 503) {
             let index = self
                 .calls
                 .calls
                 .get(&session)
                 .and_then(|c| c.forks.iter().position(|f| &f.key == key));
-            if let Some(index) = index
-                && self.answer_trunk_challenge(now, session, index, &response)
-            {
+            let handled = index.is_some_and(|index| match response.status {
+                401 | 407 => self.answer_trunk_challenge(now, session, index, &response),
+                _ => self.fail_over(now, session, index),
+            });
+            if handled {
                 return;
             }
         }

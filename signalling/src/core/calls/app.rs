@@ -487,7 +487,7 @@ impl Core {
             call.tenant.domain.clone(),
             call.record.did.clone(),
         );
-        let forks = self.fork_trunk(
+        let (forks, failover) = self.fork_trunk(
             now,
             session,
             &outbound,
@@ -505,6 +505,7 @@ impl Core {
         };
         call.record.to_number = e164;
         call.forks = forks;
+        call.failover = failover;
         call.winner = None;
         call.trunk_auth = outbound
             .credentials

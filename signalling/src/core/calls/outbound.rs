@@ -6,6 +6,7 @@
 //! layer acknowledges the challenge itself. From there the call is an ordinary fork: its 2xx
 //! is acknowledged along the route set the response's Record-Route gave (§12.1.2).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use switchboard_sip::digest::Challenge;
@@ -140,7 +141,7 @@ impl Core {
 
         let caller_id = caller.caller_id.clone().unwrap_or(caller.number.clone());
         let b_offer = media::anchor(&offer, self.advertised, b_port);
-        let forks = self.fork_trunk(
+        let (forks, failover) = self.fork_trunk(
             now,
             session,
             &outbound,
@@ -160,6 +161,7 @@ impl Core {
         let record_policy = tenant.record_calls || caller.record_calls;
         let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
         call.forks = forks;
+        call.failover = failover;
         call.ring_deadline = Some(ring_deadline);
         call.record_policy = record_policy;
         call.trunk_auth = outbound
@@ -184,10 +186,14 @@ impl Core {
         e164: &str,
         caller: TrunkCaller<'_>,
         offer: &Sdp,
-    ) -> Vec<super::Fork> {
-        let Some(&proxy) = outbound.proxies.first() else {
-            return Vec::new();
-        };
+    ) -> (Vec<super::Fork>, Vec<SocketAddr>) {
+        // Proxies that answer their OPTIONS first; the others are kept for failover.
+        let mut proxies = outbound.proxies.clone();
+        proxies.sort_by_key(|p| !self.trunk_health.is_up(*p));
+        if proxies.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let proxy = proxies.remove(0);
         let user = format!("{}{e164}", outbound.tech_prefix);
         let host = match outbound.host.parse::<std::net::Ipv6Addr>() {
             Ok(v6) => format!("[{v6}]"),
@@ -209,7 +215,7 @@ impl Core {
             addr: proxy,
             conn: None,
         };
-        self.fork_to(
+        let forks = self.fork_to(
             now,
             session,
             vec![(format!("sip:{user}@{host}"), peer)],
@@ -223,7 +229,52 @@ impl Core {
                 max_forwards: 70,
                 headers: &headers,
             },
-        )
+        );
+        (forks, proxies)
+    }
+
+    /// A trunk's proxy answered our INVITE with 503, or not at all: the same INVITE goes to
+    /// the next proxy (a new transaction, CSeq + 1). False when there is none left.
+    pub(super) fn fail_over(&mut self, now: Instant, session: SessionId, index: usize) -> bool {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return false;
+        };
+        if call.failover.is_empty() {
+            return false;
+        }
+        let next = call.failover.remove(0);
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: next,
+            conn: None,
+        };
+        let fork = &call.forks[index];
+        let old_key = fork.key.clone();
+        let mut invite = fork.invite.clone();
+        let seq = cseq_of(&invite.headers).map_or(1, |c| c.seq) + 1;
+        invite.headers.set(HeaderName::Via, self.our_via(peer));
+        invite
+            .headers
+            .set(HeaderName::CSeq, format!("{seq} INVITE"));
+        tracing::info!(session, proxy = %next, "trunk proxy failed; trying the next one");
+        match self
+            .transactions
+            .send_request(now, invite.clone(), peer, false)
+        {
+            Ok(key) => {
+                self.calls.by_fork.remove(&old_key);
+                self.calls.by_fork.insert(key.clone(), session);
+                if let Some(call) = self.calls.calls.get_mut(&session) {
+                    let fork = &mut call.forks[index];
+                    fork.key = key;
+                    fork.invite = invite;
+                    fork.peer = peer;
+                    fork.state = super::ForkState::Trying;
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// A 401/407 to our INVITE through a trunk: sends it again with the trunk's credentials,
