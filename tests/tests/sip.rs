@@ -62,6 +62,31 @@ impl Api {
         created
     }
 
+    /// An IP trunk for a carrier at 127.0.0.1.
+    async fn carrier_trunk(&self) -> Value {
+        self.create(
+            "/trunks",
+            json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
+        )
+        .await
+    }
+
+    /// Creates and publishes flow `name` and routes `number` to it; returns the flow's id.
+    async fn flow_on_number(&self, name: &str, graph: Value, number: &str) -> String {
+        let flow = self
+            .create("/ivr-flows", json!({"name": name, "graph": graph}))
+            .await;
+        let id = flow["id"].as_str().unwrap().to_owned();
+        self.create(&format!("/ivr-flows/{id}/publish"), json!({}))
+            .await;
+        self.create(
+            "/numbers",
+            json!({"number": number, "target": {"type": "ivr_flow", "id": id}}),
+        )
+        .await;
+        id
+    }
+
     async fn extension(&self, number: &str, password: &str) -> String {
         let body = json!({"number": number, "display_name": format!("Ext {number}"), "password": password});
         let (status, created) = self
@@ -943,11 +968,7 @@ async fn an_ivr_flow_answers_a_carrier_call_takes_a_key_and_puts_it_through() {
     }
     let mut bench = CallBench::start(&[]).await;
     let api = &bench.api;
-    api.create(
-        "/trunks",
-        json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
-    )
-    .await;
+    api.carrier_trunk().await;
     // The menu prompt: one second of tone, uploaded as a µ-law WAV.
     let wav = std::fs::read(bench.dir.path().join("tone.wav")).unwrap();
     let uploaded = api
@@ -959,24 +980,18 @@ async fn an_ivr_flow_answers_a_carrier_call_takes_a_key_and_puts_it_through() {
         .await
         .unwrap();
     assert_eq!(uploaded.status(), 201);
-    let flow = api
-        .create(
-            "/ivr-flows",
-            json!({"name": "main", "graph": {"entry": "menu", "nodes": {
+    let flow_id = api
+        .flow_on_number(
+            "main",
+            json!({"entry": "menu", "nodes": {
                 "menu": {"verb": "gather", "prompt": "menu", "transitions": {"match.2": "call"}},
                 "call": {"verb": "dial", "extension": "5002", "transitions": {"answered": "bye"}},
                 "bye": {"verb": "hangup"}
-            }}}),
+            }}),
+            "+15551230004",
         )
         .await;
-    let flow_id = flow["id"].as_str().unwrap();
-    api.create(&format!("/ivr-flows/{flow_id}/publish"), json!({}))
-        .await;
-    api.create(
-        "/numbers",
-        json!({"number": "+15551230004", "target": {"type": "ivr_flow", "id": flow_id}}),
-    )
-    .await;
+    let flow_id = flow_id.as_str();
 
     // The flow answers and plays the menu; the carrier presses 2 (RFC 4733) during it; the
     // flow dials 5002, which answers and echoes what the carrier then sends.
@@ -1043,32 +1058,21 @@ async fn an_ivr_flow_looks_up_the_caller_over_http_and_dials_what_it_says() {
     });
     let mut bench = CallBench::start(&[("SWITCHBOARD_IVR__HTTP_ALLOW_PRIVATE", "true")]).await;
     let api = &bench.api;
-    api.create(
-        "/trunks",
-        json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
-    )
-    .await;
-    let flow = api
-        .create(
-            "/ivr-flows",
-            json!({"name": "crm", "graph": {"entry": "lookup", "nodes": {
+    api.carrier_trunk().await;
+    api
+        .flow_on_number(
+            "crm",
+            json!({"entry": "lookup", "nodes": {
                 "lookup": {"verb": "http", "url": format!("http://{crm_address}/route?from=${{caller}}"),
                            "save": {"ext": "/customer/extension"},
                            "transitions": {"success": "menu", "error": "bye"}},
                 "menu": {"verb": "gather", "transitions": {"match.2": "call"}},
                 "call": {"verb": "dial", "extension": "${ext}", "transitions": {"answered": "bye"}},
                 "bye": {"verb": "hangup"}
-            }}}),
+            }}),
+            "+15551230009",
         )
         .await;
-    let flow_id = flow["id"].as_str().unwrap();
-    api.create(&format!("/ivr-flows/{flow_id}/publish"), json!({}))
-        .await;
-    api.create(
-        "/numbers",
-        json!({"number": "+15551230009", "target": {"type": "ivr_flow", "id": flow_id}}),
-    )
-    .await;
     let run = bench.run_carrier(
         "127.0.0.1",
         "ivr_carrier_uac.xml",
@@ -1087,13 +1091,7 @@ async fn an_ivr_flow_looks_up_the_caller_over_http_and_dials_what_it_says() {
         "{request}"
     );
     let record = bench.next_record().await;
-    let ivr = record["legs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|leg| leg["role"] == "ivr")
-        .cloned()
-        .unwrap();
+    let ivr = ivr_leg(&record);
     assert_eq!(ivr["path"], json!(["lookup", "menu", "call"]), "{record}");
     assert_eq!(record["to_extension_id"], bench.callee.as_str(), "{record}");
     assert!(bench.server.terminate().success());
@@ -1106,28 +1104,16 @@ async fn a_voicemail_left_through_a_flow_is_in_the_box_and_downloadable() {
     }
     let mut bench = CallBench::new(&[]).await;
     let api = &bench.api;
-    api.create(
-        "/trunks",
-        json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
-    )
-    .await;
-    let flow = api
-        .create(
-            "/ivr-flows",
-            json!({"name": "voicemail", "graph": {"entry": "vm", "nodes": {
-                "vm": {"verb": "record", "mailbox": "5002", "max_seconds": 15,
-                       "silence_seconds": 1.5, "beep": true, "next": "bye",
-                       "transitions": {"no_input": "bye"}},
-                "bye": {"verb": "hangup"}
-            }}}),
-        )
-        .await;
-    let flow_id = flow["id"].as_str().unwrap();
-    api.create(&format!("/ivr-flows/{flow_id}/publish"), json!({}))
-        .await;
-    api.create(
-        "/numbers",
-        json!({"number": "+15551230005", "target": {"type": "ivr_flow", "id": flow_id}}),
+    api.carrier_trunk().await;
+    api.flow_on_number(
+        "voicemail",
+        json!({"entry": "vm", "nodes": {
+            "vm": {"verb": "record", "mailbox": "5002", "max_seconds": 15,
+                   "silence_seconds": 1.5, "beep": true, "next": "bye",
+                   "transitions": {"no_input": "bye"}},
+            "bye": {"verb": "hangup"}
+        }}),
+        "+15551230005",
     )
     .await;
 
@@ -1143,13 +1129,7 @@ async fn a_voicemail_left_through_a_flow_is_in_the_box_and_downloadable() {
     let record = bench.next_record().await;
     let api = &bench.api;
     CallBench::assert_ended(&record, "answered", "normal_clearing", "system");
-    let ivr = record["legs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|leg| leg["role"] == "ivr")
-        .cloned()
-        .unwrap();
+    let ivr = ivr_leg(&record);
     assert_eq!(ivr["path"], json!(["vm", "bye"]), "{record}");
     assert_eq!(ivr["ended"], "completed", "{record}");
     assert!(
@@ -1316,6 +1296,17 @@ async fn a_trunk_registers_with_its_carrier_and_refreshes_before_expiry() {
         1
     );
     assert!(bench.server.terminate().success());
+}
+
+/// The `ivr` entry of a call record's legs.
+fn ivr_leg(record: &Value) -> Value {
+    record["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|leg| leg["role"] == "ivr")
+        .cloned()
+        .unwrap_or_else(|| panic!("no IVR in {record}"))
 }
 
 /// Reads WebSocket messages (bounded in time) until `wanted` event types were seen in order;

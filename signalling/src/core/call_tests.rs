@@ -265,6 +265,47 @@ impl World {
             .collect()
     }
 
+    /// The tenant of example.com.
+    fn tenant(&self) -> Uuid {
+        self.core
+            .directory
+            .tenant_for_host("example.com")
+            .unwrap()
+            .id
+    }
+
+    /// The id of extension `number`.
+    fn extension_id(&self, number: &str) -> Uuid {
+        let tenant = self.tenant();
+        self.core
+            .directory
+            .extension_by_number(tenant, number)
+            .unwrap()
+            .id
+    }
+
+    /// The session of the first call the core opened.
+    fn session(&self) -> crate::media::SessionId {
+        self.media()
+            .iter()
+            .find_map(|m| match m {
+                MediaCommand::Create { session, .. } => Some(*session),
+                _ => None,
+            })
+            .expect("a media session")
+    }
+
+    /// The start of the first call record.
+    fn started(&self) -> CallStart {
+        self.outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::CallStarted(start) => Some(start.clone()),
+                _ => None,
+            })
+            .expect("a call record")
+    }
+
     /// An in-dialog request from Alice for the answered call.
     fn alice_in_dialog(&self, method: &str, cseq: u32, to_tag: &str, body: &str) -> String {
         format!(
@@ -871,12 +912,7 @@ fn recording_follows_policy_and_the_control_plane() {
 
     // The callee's extension records its calls: the answer starts a recording.
     let mut world = World::new(1, CoreConfig::default());
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let mut bob = world
         .core
         .directory
@@ -1006,18 +1042,8 @@ fn alice_acks(world: &mut World) -> String {
 /// goes to a ring group.
 fn with_trunk(world: &mut World) -> (Uuid, Uuid) {
     use crate::directory::{Network, Number, NumberTarget, Trunk};
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
-    let bob = world
-        .core
-        .directory
-        .extension_by_number(tenant, "1002")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
+    let bob = world.extension_id("1002");
     let trunk = Uuid::new_v4();
     world.core.apply(Update::TrunkUpsert(Trunk {
         id: trunk,
@@ -1065,14 +1091,7 @@ fn a_trunk_call_to_a_number_rings_its_extension() {
         [100],
         "no challenge for the carrier"
     );
-    let start = world
-        .outputs
-        .iter()
-        .find_map(|o| match o {
-            Output::CallStarted(start) => Some(start.clone()),
-            _ => None,
-        })
-        .expect("a call record");
+    let start = world.started();
     assert_eq!(start.trunk_id, Some(trunk));
     assert_eq!(start.did.as_deref(), Some("+15551230002"));
     assert_eq!(
@@ -1126,15 +1145,27 @@ fn trunk_refusals_say_why() {
     assert_eq!(world.statuses(stranger).last(), Some(&401));
 }
 
+/// The carrier calls the flow's number; returns the flow's 200 and its To tag.
+fn ivr_call_answered(world: &mut World) -> (Response, String) {
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230003"));
+    let ok = world
+        .responses(carrier)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("the flow answers");
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    (ok, tag)
+}
+
 /// A flow on number +15551230003: a menu whose 2 dials Bob, then hangs up.
 fn with_ivr(world: &mut World) -> Uuid {
     use crate::directory::{Number, NumberTarget, PublishedFlow};
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let flow = crate::ivr::Flow::parse(&serde_json::json!({
         "entry": "menu",
         "nodes": {
@@ -1272,25 +1303,8 @@ fn the_caller_hanging_up_on_a_bridged_ivr_call_hangs_up_the_callee() {
     with_trunk(&mut world);
     with_ivr(&mut world);
     let carrier = peer(50);
-    world.send(carrier, &carrier_invite(1, "+15551230003"));
-    let ok = world
-        .responses(carrier)
-        .into_iter()
-        .find(|r| r.status == 200)
-        .unwrap();
-    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
-        .unwrap()
-        .tag()
-        .unwrap()
-        .to_owned();
-    let session = world
-        .media()
-        .iter()
-        .find_map(|m| match m {
-            MediaCommand::Create { session, .. } => Some(*session),
-            _ => None,
-        })
-        .unwrap();
+    let (_, tag) = ivr_call_answered(&mut world);
+    let session = world.session();
     // A key during the prompt stops it and dials.
     world.core.handle_media_event(
         world.now,
@@ -1343,14 +1357,7 @@ fn an_ivr_hangs_up_when_nobody_presses_a_key_and_tells_a_busy_dial() {
     with_ivr(&mut world);
     let carrier = peer(50);
     world.send(carrier, &carrier_invite(1, "+15551230003"));
-    let session = world
-        .media()
-        .iter()
-        .find_map(|m| match m {
-            MediaCommand::Create { session, .. } => Some(*session),
-            _ => None,
-        })
-        .unwrap();
+    let session = world.session();
     // Three attempts of 5 s after each prompt, then the flow hangs up: BYE to the caller.
     for id in 1..=3 {
         world
@@ -1390,17 +1397,7 @@ fn an_ivr_takes_keys_from_sip_info_and_answers_refreshes_itself() {
     with_trunk(&mut world);
     with_ivr(&mut world);
     let carrier = peer(50);
-    world.send(carrier, &carrier_invite(1, "+15551230003"));
-    let ok = world
-        .responses(carrier)
-        .into_iter()
-        .find(|r| r.status == 200)
-        .unwrap();
-    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
-        .unwrap()
-        .tag()
-        .unwrap()
-        .to_owned();
+    let (ok, tag) = ivr_call_answered(&mut world);
     let in_dialog = |method: &str, cseq: u32, content_type: &str, body: &str| {
         format!(
             "{method} sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKc{method}{cseq}\r\nMax-Forwards: 70\r\n\
@@ -1442,12 +1439,7 @@ fn an_ivr_takes_keys_from_sip_info_and_answers_refreshes_itself() {
 /// A credential trunk whose proxy is at 192.0.2.60, and a route for North American numbers.
 fn with_outbound_trunk(world: &mut World, prefix: &str) -> Uuid {
     use crate::directory::{Outbound, Route, Trunk};
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let trunk = Uuid::new_v4();
     world.core.apply(Update::TrunkUpsert(Trunk {
         id: trunk,
@@ -1509,14 +1501,7 @@ fn a_call_out_through_a_trunk_answers_its_407_once() {
             .unwrap()
             .contains("<sip:1001@example.com>")
     );
-    let start = world
-        .outputs
-        .iter()
-        .find_map(|o| match o {
-            Output::CallStarted(s) => Some(s.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let start = world.started();
     assert_eq!(start.trunk_id, Some(trunk));
     assert_eq!(start.to_number, "+15551234567");
     assert!(start.from_extension.is_some());
@@ -1584,12 +1569,7 @@ fn a_call_out_through_a_trunk_answers_its_407_once() {
 fn an_extension_without_outbound_permission_is_refused() {
     let mut world = World::new(1, CoreConfig::default());
     with_outbound_trunk(&mut world, "");
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let mut alice = world
         .core
         .directory
@@ -1642,12 +1622,7 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
     use crate::core::TrunkRegState;
     use crate::directory::{Outbound, Trunk};
     let mut world = World::new(0, CoreConfig::default());
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let trunk = Trunk {
         id: Uuid::new_v4(),
         tenant_id: tenant,
@@ -1769,12 +1744,7 @@ fn a_sequential_ring_group_rings_members_in_turn_and_records_who_answered() {
     use crate::directory::{Number, NumberTarget, RingGroup};
     let mut world = World::new(1, CoreConfig::default());
     with_trunk(&mut world);
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let id_of = |world: &World, n: &str| {
         world
             .core
@@ -1860,18 +1830,8 @@ fn a_simultaneous_ring_group_rings_everyone_and_fails_when_nobody_answers() {
     use crate::directory::{Number, NumberTarget, RingGroup};
     let mut world = World::new(2, CoreConfig::default());
     with_trunk(&mut world);
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
-    let bob = world
-        .core
-        .directory
-        .extension_by_number(tenant, "1002")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
+    let bob = world.extension_id("1002");
     let group = Uuid::new_v4();
     world.core.apply(Update::RingGroupUpsert(RingGroup {
         id: group,
@@ -1908,12 +1868,7 @@ fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
     let mut world = World::new(0, CoreConfig::default());
     with_trunk(&mut world);
     with_outbound_trunk(&mut world, "1");
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let flow = crate::ivr::Flow::parse(&serde_json::json!({
         "entry": "forward",
         "nodes": {"forward": {"verb": "dial", "number": "5551112222", "next": "bye"},
@@ -2011,12 +1966,7 @@ fn toll_fraud_limits_refuse_calls_out_with_a_record_that_says_why() {
     // A minute out already used today (counted from the records at start).
     let mut world = World::new(0, config);
     with_outbound_trunk(&mut world, "");
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     world.core.seed_outbound_usage(tenant, WALL, 60_000);
     assert_eq!(refused(&mut world, "5551234567"), "daily_minutes_exceeded");
 }
@@ -2025,12 +1975,7 @@ fn toll_fraud_limits_refuse_calls_out_with_a_record_that_says_why() {
 fn trunk_proxies_are_qualified_and_a_failing_one_hands_the_call_on() {
     use crate::directory::{Outbound, Route, Trunk};
     let mut world = World::new(0, CoreConfig::default());
-    let tenant = world
-        .core
-        .directory
-        .tenant_for_host("example.com")
-        .unwrap()
-        .id;
+    let tenant = world.tenant();
     let trunk = Uuid::new_v4();
     world.core.apply(Update::TrunkUpsert(Trunk {
         id: trunk,

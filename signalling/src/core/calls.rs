@@ -564,6 +564,18 @@ fn sdp_of(body: &[u8], headers: &Headers) -> Option<Result<Sdp, ()>> {
     })
 }
 
+/// The caller's SDP offer when it has audio we can anchor (or, with `hold`, puts the call on
+/// hold). No offer (late offer), a body that isn't SDP, or no audio: none (we anchor audio
+/// only).
+fn audio_offer(request: &Request, hold: bool) -> Option<Sdp> {
+    match sdp_of(&request.body, &request.headers) {
+        Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || (hold && media::is_hold(&sdp)) => {
+            Some(sdp)
+        }
+        _ => None,
+    }
+}
+
 fn cseq_of(headers: &Headers) -> Option<CSeq> {
     headers
         .get(&HeaderName::CSeq)
@@ -731,17 +743,8 @@ impl Core {
         if bindings.is_empty() {
             return self.refuse(now, refused, record, NOT_REGISTERED, |_| {});
         }
-        let offer = match sdp_of(&request.body, &request.headers) {
-            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || media::is_hold(&sdp) => sdp,
-            // No offer (late offer), a body that isn't SDP, or no audio: we anchor audio only.
-            _ => {
-                return self.refuse(now, refused, record, NO_OFFER, |r| {
-                    r.headers.push(
-                        HeaderName::Warning,
-                        "399 switchboard \"an SDP offer with audio is required\"",
-                    );
-                });
-            }
+        let Some(offer) = audio_offer(&request, true) else {
+            return self.refuse_without_offer(now, refused, record);
         };
         let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
@@ -1503,6 +1506,16 @@ impl Core {
             to_extension: record.to_extension,
             kind,
         }));
+    }
+
+    /// Refuses a new call that has no SDP offer with audio (488).
+    fn refuse_without_offer(&mut self, now: Instant, refused: Refused<'_>, record: CallStart) {
+        self.refuse(now, refused, record, NO_OFFER, |r| {
+            r.headers.push(
+                HeaderName::Warning,
+                "399 switchboard \"an SDP offer with audio is required\"",
+            );
+        });
     }
 
     /// Refuses a new call: the final response, and its complete record (a refused call gets a

@@ -7,12 +7,10 @@ use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use switchboard_media::sdp::Sdp;
-use switchboard_sip::message::{HeaderName, Request};
+use switchboard_sip::message::Request;
 use switchboard_sip::transaction::ServerKey;
 
-use super::{
-    CallStart, Disposition, Fork, Forking, NO_OFFER, NO_PORTS, Refused, media, retry_later,
-};
+use super::{CallStart, Disposition, Fork, Forking, NO_PORTS, Refused, media, retry_later};
 use crate::core::Core;
 use crate::directory::{Extension, RingGroup, Tenant};
 use crate::media::SessionId;
@@ -46,16 +44,8 @@ impl Core {
             caller: from,
         };
         record.to_number = group.name.clone();
-        let offer = match super::sdp_of(&request.body, &request.headers) {
-            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() => sdp,
-            _ => {
-                return self.refuse(now, refused, record, NO_OFFER, |r| {
-                    r.headers.push(
-                        HeaderName::Warning,
-                        "399 switchboard \"an SDP offer with audio is required\"",
-                    );
-                });
-            }
+        let Some(offer) = super::audio_offer(&request, false) else {
+            return self.refuse_without_offer(now, refused, record);
         };
         let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);

@@ -13,9 +13,7 @@ use switchboard_sip::digest::Challenge;
 use switchboard_sip::message::{HeaderName, Request, Response};
 use switchboard_sip::transaction::ServerKey;
 
-use super::{
-    CallStart, Disposition, NO_OFFER, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later,
-};
+use super::{CallStart, Disposition, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later};
 use crate::core::Core;
 use crate::directory::{Extension, Outbound, Tenant};
 use crate::media::SessionId;
@@ -130,9 +128,8 @@ impl Core {
             return self.refuse(now, refused, record, NO_ROUTE, |_| {});
         };
         record.trunk_id = Some(trunk_id);
-        let offer = match super::sdp_of(&request.body, &request.headers) {
-            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() => sdp,
-            _ => return self.refuse(now, refused, record, NO_OFFER, |_| {}),
+        let Some(offer) = super::audio_offer(&request, false) else {
+            return self.refuse_without_offer(now, refused, record);
         };
         let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
@@ -249,7 +246,6 @@ impl Core {
             conn: None,
         };
         let fork = &call.forks[index];
-        let old_key = fork.key.clone();
         let mut invite = fork.invite.clone();
         let seq = cseq_of(&invite.headers).map_or(1, |c| c.seq) + 1;
         invite.headers.set(HeaderName::Via, self.our_via(peer));
@@ -257,24 +253,7 @@ impl Core {
             .headers
             .set(HeaderName::CSeq, format!("{seq} INVITE"));
         tracing::info!(session, proxy = %next, "trunk proxy failed; trying the next one");
-        match self
-            .transactions
-            .send_request(now, invite.clone(), peer, false)
-        {
-            Ok(key) => {
-                self.calls.by_fork.remove(&old_key);
-                self.calls.by_fork.insert(key.clone(), session);
-                if let Some(call) = self.calls.calls.get_mut(&session) {
-                    let fork = &mut call.forks[index];
-                    fork.key = key;
-                    fork.invite = invite;
-                    fork.peer = peer;
-                    fork.state = super::ForkState::Trying;
-                }
-                true
-            }
-            Err(_) => false,
-        }
+        self.resend_fork(now, session, index, invite, peer)
     }
 
     /// A 401/407 to our INVITE through a trunk: sends it again with the trunk's credentials,
@@ -314,7 +293,7 @@ impl Core {
         auth.2 = true;
         let (user, password) = (auth.0.clone(), auth.1.clone());
         let fork = &call.forks[index];
-        let (old_key, peer) = (fork.key.clone(), fork.peer);
+        let peer = fork.peer;
         let mut invite = fork.invite.clone();
         let uri = invite.uri.to_string();
         let cnonce = self.random_token();
@@ -325,6 +304,27 @@ impl Core {
             .headers
             .set(HeaderName::CSeq, format!("{seq} INVITE"));
         invite.headers.push(answer_header, answer);
+        self.resend_fork(now, session, index, invite, peer)
+    }
+
+    /// Sends fork `index` of `session` again as `invite` to `peer`, in a new transaction that
+    /// takes the fork's place. False if it cannot be sent.
+    fn resend_fork(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        index: usize,
+        invite: Request,
+        peer: Peer,
+    ) -> bool {
+        let Some(old_key) = self
+            .calls
+            .calls
+            .get(&session)
+            .map(|c| c.forks[index].key.clone())
+        else {
+            return false;
+        };
         match self.transactions.send_request(
             now,
             invite.clone(),
@@ -338,11 +338,13 @@ impl Core {
                     let fork = &mut call.forks[index];
                     fork.key = key;
                     fork.invite = invite;
+                    fork.peer = peer;
+                    fork.state = super::ForkState::Trying;
                 }
                 true
             }
             Err(error) => {
-                tracing::debug!(%error, "could not resend the INVITE with credentials");
+                tracing::debug!(%error, "could not send the INVITE again");
                 false
             }
         }
