@@ -2060,3 +2060,49 @@ fn carrier_answers_from(world: &mut World, from: Peer, request: &Request, status
         .handle_datagram(world.now, WALL, from, &response.to_bytes());
     world.drain();
 }
+
+#[test]
+fn a_carriers_record_route_is_mirrored_and_followed() {
+    let mut world = World::new(0, CoreConfig::default());
+    with_trunk(&mut world);
+    with_ivr(&mut world);
+    let carrier = peer(50);
+    let invite = carrier_invite(1, "+15551230003").replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRecord-Route: <sip:192.0.2.51;lr>\r\n",
+    );
+    world.send(carrier, &invite);
+    let ok = world
+        .responses(carrier)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("the flow answers");
+    assert_eq!(
+        ok.headers.get(&HeaderName::RecordRoute),
+        Some("<sip:192.0.2.51;lr>")
+    );
+    // Nobody presses a key: the flow hangs up, and its BYE follows the route set.
+    let session = world.session();
+    for id in 1..=3 {
+        world
+            .core
+            .handle_media_event(world.now, WALL, MediaEvent::PlayDone { session, id });
+        world.advance(Duration::from_secs(5));
+    }
+    world.drain();
+    let bye = world
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit { bytes, .. } => match Message::parse(bytes, &Limits::default()) {
+                Ok(Message::Request(r)) if r.method == Method::Bye => Some(r),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a BYE");
+    assert_eq!(
+        bye.headers.get(&HeaderName::Route),
+        Some("<sip:192.0.2.51;lr>")
+    );
+}

@@ -1396,6 +1396,13 @@ impl Core {
             HeaderName::Contact,
             format!("<{}>", self.our_contact(call.a_peer)),
         );
+        // A response that makes the dialog carries the request's Record-Route back
+        // (RFC 3261 §12.1.1): proxies on the way (a carrier's) stay in its path.
+        if (101..300).contains(&status) {
+            for route in call.a_invite.headers.get_all(&HeaderName::RecordRoute) {
+                response.headers.push(HeaderName::RecordRoute, route);
+            }
+        }
         response
             .headers
             .push(HeaderName::Server, self.config.server_name.clone());
