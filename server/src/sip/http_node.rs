@@ -67,6 +67,8 @@ async fn fetch(request: &HttpRequest, allow_private: bool) -> Result<serde_json:
     let client = reqwest::Client::builder()
         .resolve(bare, address)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would connect elsewhere than the address checked.
+        .no_proxy()
         .timeout(request.timeout.max(Duration::from_millis(100)))
         .build()
         .map_err(|e| e.to_string())?;

@@ -2106,3 +2106,69 @@ fn a_carriers_record_route_is_mirrored_and_followed() {
         Some("<sip:192.0.2.51;lr>")
     );
 }
+
+#[test]
+fn a_late_cancel_leaves_a_flows_call_up_and_a_flows_dial_obeys_the_toll_fraud_limits() {
+    use crate::core::OutboundLimits;
+    use crate::directory::{Number, NumberTarget, PublishedFlow};
+    let config = CoreConfig {
+        outbound: OutboundLimits {
+            allowed_prefixes: vec!["1".into()],
+            max_concurrent_per_tenant: 10,
+            daily_minutes_per_tenant: 0,
+        },
+        ..CoreConfig::default()
+    };
+    let mut world = World::new(0, config);
+    with_trunk(&mut world);
+    with_outbound_trunk(&mut world, "");
+    let tenant = world.tenant();
+    let flow = crate::ivr::Flow::parse(&serde_json::json!({
+        "entry": "hello",
+        "nodes": {"hello": {"verb": "play", "prompt": "hello", "next": "abroad"},
+                  "abroad": {"verb": "dial", "number": "+442071234567",
+                             "transitions": {"failed": "sorry"}},
+                  "sorry": {"verb": "play", "prompt": "sorry"}}
+    }))
+    .unwrap();
+    let id = Uuid::new_v4();
+    world.core.apply(Update::FlowUpsert(PublishedFlow {
+        id,
+        tenant_id: tenant,
+        version: 1,
+        flow: std::sync::Arc::new(flow),
+    }));
+    world.core.apply(Update::NumberUpsert(Number {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        e164: "+15551230010".into(),
+        target: NumberTarget::IvrFlow(id),
+    }));
+    let carrier = peer(50);
+    world.send(carrier, &carrier_invite(1, "+15551230010"));
+    assert!(world.statuses(carrier).contains(&200));
+    // A CANCEL that crosses the 200 gets its own 200 and changes nothing.
+    let cancel = carrier_invite(1, "+15551230010")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    world.send(carrier, &cancel);
+    assert!(world.ended().is_none(), "the call is still up");
+    // The prompt ends; the flow's dial abroad is outside the allowed prefixes: `failed`.
+    let session = world.session();
+    world
+        .core
+        .handle_media_event(world.now, WALL, MediaEvent::PlayDone { session, id: 1 });
+    world.drain();
+    assert!(
+        world
+            .requests(peer(60))
+            .iter()
+            .all(|r| r.method != Method::Invite)
+    );
+    assert!(
+        world
+            .media()
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Play { prompt, .. } if prompt == "sorry"))
+    );
+}

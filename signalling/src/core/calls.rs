@@ -437,6 +437,8 @@ struct Call {
     hunt: Option<Box<hunt::Hunt>>,
     /// A trunk's other proxies, for when the one tried fails.
     failover: Vec<std::net::SocketAddr>,
+    /// It goes out through a trunk: the toll-fraud limits count it.
+    out: bool,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -864,6 +866,7 @@ impl Core {
             trunk_auth: None,
             hunt: None,
             failover: Vec::new(),
+            out: false,
         }
     }
 
@@ -1016,7 +1019,16 @@ impl Core {
                 .and_then(|c| c.forks.iter().position(|f| &f.key == key));
             let handled = index.is_some_and(|index| match response.status {
                 401 | 407 => self.answer_trunk_challenge(now, session, index, &response),
-                _ => self.fail_over(now, session, index),
+                // A proxy that never got as far as a provisional response; past that, the
+                // failure is the callee's, and a second proxy would ring them again.
+                _ => {
+                    let untried = self
+                        .calls
+                        .calls
+                        .get(&session)
+                        .is_some_and(|c| c.forks[index].state == ForkState::Trying);
+                    untried && self.fail_over(now, session, index)
+                }
             });
             if handled {
                 return;
@@ -1170,6 +1182,13 @@ impl Core {
                 fork_peer,
                 fork_peer.transport.is_reliable(),
             );
+            if self.is_app(session) {
+                // The flow keeps the caller: its dial failed.
+                if let Some(call) = self.calls.calls.get_mut(&session) {
+                    call.winner = None;
+                }
+                return self.app_dial_failed(now, wall_ms, session, 488);
+            }
             return self.fail_call(
                 now,
                 wall_ms,
@@ -1624,7 +1643,7 @@ impl Core {
             .push_back(Output::Media(MediaCommand::Destroy { session }));
         if let Some(answered) = call.answered_wall_ms {
             SipStats::inc(&self.stats.calls_answered);
-            if outbound::is_outbound(&call.record) {
+            if call.out {
                 let ms = wall_ms.saturating_sub(answered);
                 self.calls.count_outbound(call.tenant.id, wall_ms, ms);
             }
@@ -1660,11 +1679,12 @@ impl Core {
             return false;
         };
         self.respond(now, key, request, 200, "OK", |_| {});
+        // A call a flow answered has no winner but a confirmed dialog with the caller.
         let answered = self
             .calls
             .calls
             .get(&session)
-            .is_some_and(|c| c.winner.is_some());
+            .is_some_and(|c| c.winner.is_some() || c.a_dialog.is_some());
         if !answered {
             self.fail_call(
                 now,

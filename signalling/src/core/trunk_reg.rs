@@ -117,6 +117,15 @@ impl Core {
                 if same {
                     return;
                 }
+                // A REGISTER of the old settings still in flight no longer counts.
+                if let Some((key, _, _)) = self
+                    .trunk_regs
+                    .regs
+                    .get_mut(&id)
+                    .and_then(|r| r.pending.take())
+                {
+                    self.trunk_regs.by_key.remove(&key);
+                }
                 let call_id = format!("{}@switchboard", self.random_hex());
                 let from_tag = self.random_hex();
                 self.trunk_regs.regs.insert(

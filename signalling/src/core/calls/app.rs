@@ -242,9 +242,9 @@ impl Core {
                     self.outputs
                         .push_back(Output::Media(MediaCommand::StopPlay { session, id }));
                 }
-                Action::Dial { target, .. } => self.app_dial(now, session, target),
+                Action::Dial { target, .. } => self.app_dial(now, wall_ms, session, target),
                 Action::CancelDial => self.drop_forks(now, session),
-                Action::Record(request) => self.app_record(wall_ms, session, request),
+                Action::Record(request) => self.app_record(now, wall_ms, session, request),
                 Action::StopRecord => {
                     let action = RecordAction::Stop;
                     self.outputs
@@ -294,7 +294,13 @@ impl Core {
     }
 
     /// Starts a voicemail: the caller alone, for the mailbox extension's box.
-    fn app_record(&mut self, wall_ms: u64, session: SessionId, request: RecordRequest) {
+    fn app_record(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        request: RecordRequest,
+    ) {
         let recording =
             uuid::Builder::from_unix_timestamp_millis(wall_ms, &self.rng.random()).into_uuid();
         let Some(call) = self.calls.calls.get_mut(&session) else {
@@ -308,6 +314,18 @@ impl Core {
         let Some(app) = call.app.as_deref_mut() else {
             return;
         };
+        if call.recording.is_some() {
+            // The call is recorded already (through the API): one recording per call.
+            tracing::warn!(
+                session,
+                "IVR record node on a call already recorded: nothing kept"
+            );
+            let done = Event::RecordDone {
+                duration: std::time::Duration::ZERO,
+                heard: false,
+            };
+            return app.run.handle_event(done, now);
+        }
         app.recording = Some(recording);
         call.recording = Some((recording, RecordingState::Recording));
         let action = RecordAction::Start {
@@ -357,7 +375,7 @@ impl Core {
     }
 
     /// Calls the dial's target: every registered contact of an extension.
-    fn app_dial(&mut self, now: Instant, session: SessionId, target: DialTarget) {
+    fn app_dial(&mut self, now: Instant, wall_ms: u64, session: SessionId, target: DialTarget) {
         let failed = |core: &mut Self, why| {
             if let Some(app) = core.app_mut(session) {
                 app.run.handle_event(Event::DialFailed(why), now);
@@ -389,7 +407,7 @@ impl Core {
                 return;
             }
             DialTarget::Number { number, trunk } => {
-                return self.app_dial_number(now, session, &number, trunk.as_deref());
+                return self.app_dial_number((now, wall_ms), session, &number, trunk.as_deref());
             }
         };
         let Some(callee) = self
@@ -450,7 +468,7 @@ impl Core {
     /// in Diversion.
     fn app_dial_number(
         &mut self,
-        now: Instant,
+        (now, wall_ms): (Instant, u64),
         session: SessionId,
         number: &str,
         trunk: Option<&str>,
@@ -468,6 +486,13 @@ impl Core {
             return failed(self);
         };
         let tenant = call.tenant.id;
+        // The number may come from the caller's keys or an HTTP answer: the toll-fraud
+        // limits apply as to an extension's call.
+        if let Some(refusal) = self.outbound_refusal(tenant, e164.trim_start_matches('+'), wall_ms)
+        {
+            tracing::warn!(session, number = %e164, cause = refusal.cause, "IVR dial refused");
+            return failed(self);
+        }
         let chosen = match trunk {
             Some(name) => self.directory.trunk_by_name(tenant, name),
             None => self
@@ -506,6 +531,7 @@ impl Core {
         call.record.to_number = e164;
         call.forks = forks;
         call.failover = failover;
+        call.out = true;
         call.winner = None;
         call.trunk_auth = outbound
             .credentials
@@ -525,6 +551,9 @@ impl Core {
             call.winner = None;
             call.hunt = None;
             call.ring_deadline = None;
+            // A later dial (to a phone) must not reuse a trunk's credentials or proxies.
+            call.trunk_auth = None;
+            call.failover.clear();
         }
     }
 
@@ -555,6 +584,8 @@ impl Core {
                 self.calls.by_fork.remove(&fork.key);
             }
             call.winner = None;
+            call.trunk_auth = None;
+            call.failover.clear();
         }
         self.outputs.push_back(Output::Media(MediaCommand::Update {
             session,

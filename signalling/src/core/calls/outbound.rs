@@ -12,6 +12,7 @@ use std::time::Instant;
 use switchboard_sip::digest::Challenge;
 use switchboard_sip::message::{HeaderName, Request, Response};
 use switchboard_sip::transaction::ServerKey;
+use uuid::Uuid;
 
 use super::{CallStart, Disposition, NO_PORTS, Refusal, Refused, cseq_of, media, retry_later};
 use crate::core::Core;
@@ -57,11 +58,6 @@ const NO_ROUTE: Refusal = Refusal {
     cause: "no_route",
 };
 
-/// Whether a call record is of a call out through a trunk (an extension's call to a trunk).
-pub(super) fn is_outbound(record: &CallStart) -> bool {
-    record.trunk_id.is_some() && record.from_extension.is_some()
-}
-
 /// Milliseconds in a day: outbound minutes are counted per UTC day.
 pub(super) const DAY_MS: u64 = 86_400_000;
 
@@ -78,6 +74,37 @@ pub(super) struct TrunkCaller<'a> {
 }
 
 impl Core {
+    /// Which toll-fraud limit (`[outbound]`) a call out of `tenant` to `digits` (E.164 without
+    /// `+`) would break, if any.
+    pub(super) fn outbound_refusal(
+        &self,
+        tenant: Uuid,
+        digits: &str,
+        wall_ms: u64,
+    ) -> Option<Refusal> {
+        let limits = &self.config.outbound;
+        if !limits.allowed_prefixes.is_empty()
+            && !limits
+                .allowed_prefixes
+                .iter()
+                .any(|p| digits.starts_with(p.as_str()))
+        {
+            return Some(DESTINATION_FORBIDDEN);
+        }
+        let live = self
+            .calls
+            .calls
+            .values()
+            .filter(|c| c.tenant.id == tenant && c.out)
+            .count();
+        if live >= limits.max_concurrent_per_tenant {
+            return Some(OUTBOUND_LIMIT);
+        }
+        let cap_ms = u64::from(limits.daily_minutes_per_tenant) * 60_000;
+        (cap_ms > 0 && self.calls.outbound_used_ms(tenant, wall_ms) >= cap_ms)
+            .then_some(MINUTES_USED)
+    }
+
     /// An extension dialled `e164`, which no extension has: out through a trunk.
     pub(super) fn start_outbound(
         &mut self,
@@ -98,27 +125,8 @@ impl Core {
             return self.refuse(now, refused, record, OUTBOUND_FORBIDDEN, |_| {});
         }
         let digits = e164.trim_start_matches('+');
-        let limits = &self.config.outbound;
-        if !limits.allowed_prefixes.is_empty()
-            && !limits
-                .allowed_prefixes
-                .iter()
-                .any(|p| digits.starts_with(p.as_str()))
-        {
-            return self.refuse(now, refused, record, DESTINATION_FORBIDDEN, |_| {});
-        }
-        let live = self
-            .calls
-            .calls
-            .values()
-            .filter(|c| c.tenant.id == tenant.id && is_outbound(&c.record))
-            .count();
-        if live >= limits.max_concurrent_per_tenant {
-            return self.refuse(now, refused, record, OUTBOUND_LIMIT, |_| {});
-        }
-        let cap_ms = u64::from(limits.daily_minutes_per_tenant) * 60_000;
-        if cap_ms > 0 && self.calls.outbound_used_ms(tenant.id, wall_ms) >= cap_ms {
-            return self.refuse(now, refused, record, MINUTES_USED, |_| {});
+        if let Some(refusal) = self.outbound_refusal(tenant.id, digits, wall_ms) {
+            return self.refuse(now, refused, record, refusal, |_| {});
         }
         let Some((trunk_id, outbound)) = self
             .directory
@@ -159,6 +167,7 @@ impl Core {
         let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
         call.forks = forks;
         call.failover = failover;
+        call.out = true;
         call.ring_deadline = Some(ring_deadline);
         call.record_policy = record_policy;
         call.trunk_auth = outbound
@@ -252,6 +261,17 @@ impl Core {
         invite
             .headers
             .set(HeaderName::CSeq, format!("{seq} INVITE"));
+        // The other proxy challenges afresh: its answer is owed, not the first one's.
+        invite.headers.remove(&HeaderName::ProxyAuthorization);
+        invite.headers.remove(&HeaderName::Authorization);
+        if let Some(auth) = self
+            .calls
+            .calls
+            .get_mut(&session)
+            .and_then(|c| c.trunk_auth.as_deref_mut())
+        {
+            auth.2 = false;
+        }
         tracing::info!(session, proxy = %next, "trunk proxy failed; trying the next one");
         self.resend_fork(now, session, index, invite, peer)
     }
