@@ -2172,3 +2172,30 @@ fn a_late_cancel_leaves_a_flows_call_up_and_a_flows_dial_obeys_the_toll_fraud_li
             .any(|m| matches!(m, MediaCommand::Play { prompt, .. } if prompt == "sorry"))
     );
 }
+
+#[test]
+fn a_2xx_that_crosses_our_cancel_is_acknowledged_and_hung_up() {
+    let mut world = World::new(1, CoreConfig::default());
+    world.call("1002");
+    let bob = world.bob[0];
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_from(bob, &invite, 180, None);
+    // Alice gives up: the call ends at once, and Bob's INVITE is cancelled.
+    let cancel = world
+        .invite_text(2, "", "1002")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 2 INVITE", "CSeq: 2 CANCEL");
+    world.send(world.alice, &cancel);
+    assert!(world.ended().is_some());
+    assert!(
+        world
+            .requests(bob)
+            .iter()
+            .any(|r| r.method == Method::Cancel)
+    );
+    // Bob answered just before the CANCEL arrived.
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    let sent = world.requests(bob);
+    assert!(sent.iter().any(|r| r.method == Method::Ack), "{sent:?}");
+    assert!(sent.iter().any(|r| r.method == Method::Bye), "{sent:?}");
+}

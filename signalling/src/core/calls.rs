@@ -455,7 +455,13 @@ pub(super) struct Calls {
     per_tenant: HashMap<Uuid, usize>,
     /// Answered milliseconds of calls out per tenant, for the UTC day they are counted in.
     outbound_used: HashMap<Uuid, (u64, u64)>,
+    /// INVITEs we cancelled, until their final response: a 2xx that crossed the CANCEL is
+    /// acknowledged and hung up (RFC 3261 §9.1), whether or not its call is still there.
+    cancelled: HashMap<ClientKey, (Request, Peer)>,
 }
+
+/// Cancelled INVITEs remembered at most (each leaves at its final response or timeout).
+const MAX_CANCELLED: usize = 10_000;
 
 impl Calls {
     /// Answered milliseconds out of `tenant` on the UTC day of `wall_ms`.
@@ -958,8 +964,23 @@ impl Core {
         key: &ClientKey,
         response: Response,
     ) -> bool {
+        // A final response ends what a cancelled INVITE is remembered for.
+        let crossed = if response.status >= 200 {
+            self.calls.cancelled.remove(key)
+        } else {
+            None
+        };
         if let Some(&session) = self.calls.by_fork.get(key) {
             self.fork_response(now, wall_ms, session, key, response);
+            return true;
+        }
+        if let Some((invite, peer)) = crossed {
+            if (200..300).contains(&response.status) {
+                self.hang_up_crossed(now, &invite, &response, peer);
+            }
+            return true;
+        }
+        if self.calls.cancelled.contains_key(key) {
             return true;
         }
         if let Some((session, pending)) = self.calls.pending.get(key).cloned() {
@@ -979,8 +1000,29 @@ impl Core {
         false
     }
 
+    /// A 2xx to an INVITE we had cancelled: ACK it, then BYE (§9.1, §13.2.2.4).
+    fn hang_up_crossed(&mut self, now: Instant, invite: &Request, response: &Response, peer: Peer) {
+        let Ok(mut dialog) = Dialog::from_uac(invite, response) else {
+            return;
+        };
+        let contact = self.our_contact(peer);
+        let via = self.our_via(peer);
+        let ack = dialog.request(Method::Ack, &via, &contact, Bytes::new(), None);
+        self.outputs.push_back(Output::Transmit {
+            peer,
+            bytes: Bytes::from(ack.to_bytes()),
+        });
+        let via = self.our_via(peer);
+        let bye = dialog.request(Method::Bye, &via, &contact, Bytes::new(), None);
+        let _ = self
+            .transactions
+            .send_request(now, bye, peer, peer.transport.is_reliable());
+    }
+
     /// A client transaction of a call timed out (treated as 408).
     pub(super) fn call_timeout(&mut self, now: Instant, wall_ms: u64, key: &ClientKey) {
+        // A cancelled INVITE that never got a final response is forgotten.
+        self.calls.cancelled.remove(key);
         if let Some(&session) = self.calls.by_fork.get(key) {
             let mut timeout = transaction::response_to(
                 &self.calls.calls[&session].a_invite,
@@ -1467,6 +1509,11 @@ impl Core {
                 continue;
             }
             fork.state = ForkState::Done(487);
+            if self.calls.cancelled.len() < MAX_CANCELLED {
+                self.calls
+                    .cancelled
+                    .insert(fork.key.clone(), (fork.invite.clone(), fork.peer));
+            }
             // §9.1: same Request-URI, Call-ID, To, From, CSeq number and top Via as the INVITE.
             let mut headers = Headers::new();
             for name in [
