@@ -1087,7 +1087,7 @@ impl Core {
             return;
         }
         if status < 200 {
-            if call.winner.is_some() || call.forks[index].state == ForkState::Done(0) {
+            if call.winner.is_some() || matches!(call.forks[index].state, ForkState::Done(_)) {
                 return;
             }
             call.forks[index].state = ForkState::Early;

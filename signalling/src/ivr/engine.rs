@@ -41,6 +41,11 @@ pub const MAX_VARS: usize = 64;
 pub const MAX_VALUE_LEN: usize = 1024;
 /// Default step cap per call.
 pub const DEFAULT_MAX_STEPS: u32 = 256;
+/// How long the engine waits for the host to report a prompt's end before taking it as
+/// ended (longer than any prompt: a lost report must not leave the call stuck).
+const PLAY_GUARD: Duration = Duration::from_secs(660);
+/// How long it waits for a stopped recording's end.
+const RECORD_STOP_GUARD: Duration = Duration::from_secs(10);
 
 /// A flow graph checked and compiled for running: nodes by index, typed parameters.
 #[derive(Clone, Debug)]
@@ -427,7 +432,7 @@ impl FlowRun {
                 if record.finish_on_key == Some(key) {
                     self.actions.push_back(Action::StopRecord);
                     self.wait = Wait::RecordStopping;
-                    self.deadline = None;
+                    self.deadline = Some(now + RECORD_STOP_GUARD);
                 }
             }
             (Event::DialAnswered, Wait::Dialing) => {
@@ -465,8 +470,19 @@ impl FlowRun {
             Wait::Recording => {
                 self.actions.push_back(Action::StopRecord);
                 self.wait = Wait::RecordStopping;
+                self.deadline = Some(now + RECORD_STOP_GUARD);
             }
             Wait::Http { .. } => self.leave(Some("error"), now),
+            // The host never reported the end: take it as it would have come.
+            Wait::Playing => self.leave(None, now),
+            Wait::GatherPrompt => {
+                let timeout = self.gather().timeout;
+                self.wait = Wait::Gathering {
+                    overall: now + timeout,
+                };
+                self.deadline = Some(now + timeout);
+            }
+            Wait::RecordStopping => self.leave(Some("no_input"), now),
             _ => {}
         }
     }
@@ -607,6 +623,7 @@ impl FlowRun {
                     prompt: prompt.clone(),
                 });
                 self.wait = Wait::Playing;
+                self.deadline = Some(now + PLAY_GUARD);
                 Then::Wait
             }
             Step::Pause { duration } => {
@@ -623,6 +640,7 @@ impl FlowRun {
                         prompt: prompt.clone(),
                     });
                     self.wait = Wait::GatherPrompt;
+                    self.deadline = Some(now + PLAY_GUARD);
                 } else {
                     self.wait = Wait::Gathering {
                         overall: now + g.timeout,

@@ -107,6 +107,26 @@ fn answer_play_hangup() {
 }
 
 #[test]
+fn a_lost_end_of_prompt_or_recording_does_not_leave_the_call_stuck() {
+    let mut call = start(json!({"entry": "p", "nodes": {
+        "p": {"verb": "play", "prompt": "hello", "next": "r"},
+        "r": {"verb": "record", "max_seconds": 5, "next": "bye",
+              "transitions": {"no_input": "bye"}},
+        "bye": {"verb": "hangup"}
+    }}));
+    call.actions();
+    call.secs(659.0);
+    assert_eq!(call.run.current(), "p");
+    call.secs(1.0);
+    assert!(matches!(call.actions().as_slice(), [Action::Record(_)]));
+    call.secs(5.0);
+    assert_eq!(call.actions(), [Action::StopRecord]);
+    // No RecordDone ever comes.
+    call.secs(10.0);
+    assert_eq!(call.actions(), [hangup(EndReason::Completed)]);
+}
+
+#[test]
 fn play_answers_first_and_the_end_of_the_graph_hangs_up() {
     let mut call = start(json!({"entry": "p", "nodes": {
         "p": {"verb": "play", "prompt": "hello", "next": "q"},
@@ -159,8 +179,8 @@ fn gather_routes_on_a_match_and_a_key_stops_the_prompt() {
     assert_eq!(call.actions(), [Action::Answer, play("menu")]);
     assert_eq!(
         call.run.poll_timeout(),
-        None,
-        "no digit timer during the prompt"
+        Some(call.now + Duration::from_secs(660)),
+        "no digit timer during the prompt, only the guard against a lost end"
     );
     call.press("2");
     assert_eq!(call.actions(), [Action::StopPlay, dial_ext("1002", 20)]);
