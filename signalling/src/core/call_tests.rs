@@ -538,8 +538,14 @@ fn forks_race_the_first_answer_wins_and_the_others_are_cancelled() {
 fn caller_cancel_ends_with_487_and_cancels_the_forks() {
     let mut world = World::new(2, CoreConfig::default());
     world.call("1002");
-    world.take_sent(world.bob[0]);
-    world.take_sent(world.bob[1]);
+    let invites: Vec<Request> = world
+        .bob
+        .clone()
+        .into_iter()
+        .map(|phone| world.requests(phone).pop().expect("INVITE"))
+        .collect();
+    // The first phone rings; the second has not answered anything yet.
+    world.answer_from(world.bob[0], &invites[0], 180, None);
     world.take_sent(world.alice);
     let cancel = "CANCEL sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv1x2\r\nMax-Forwards: 70\r\n\
                   From: \"Alice\" <sip:1001@example.com>;tag=alice\r\nTo: <sip:1002@example.com>\r\nCall-ID: call-1@alice\r\n\
@@ -548,16 +554,19 @@ fn caller_cancel_ends_with_487_and_cancels_the_forks() {
     let mut statuses = world.statuses(world.alice);
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 487]);
-    for phone in world.bob.clone() {
-        assert_eq!(
-            world
-                .requests(phone)
-                .iter()
-                .map(|r| r.method.clone())
-                .collect::<Vec<_>>(),
-            [Method::Cancel]
-        );
-    }
+    let methods = |world: &mut World, phone| {
+        world
+            .requests(phone)
+            .iter()
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>()
+    };
+    let (ringing, silent) = (world.bob[0], world.bob[1]);
+    assert_eq!(methods(&mut world, ringing), [Method::Cancel]);
+    // §9.1: the silent phone's CANCEL waits for its provisional response.
+    assert_eq!(methods(&mut world, silent), []);
+    world.answer_from(silent, &invites[1], 100, None);
+    assert_eq!(methods(&mut world, silent), [Method::Cancel]);
     let end = world.ended().unwrap();
     assert_eq!(
         (end.disposition, end.side),
@@ -1789,14 +1798,14 @@ fn a_sequential_ring_group_rings_members_in_turn_and_records_who_answered() {
     let carrier = peer(50);
     world.send(carrier, &carrier_invite(1, "+15551230007"));
     let bob_phone = world.bob[0];
-    assert!(
-        world
-            .requests(bob_phone)
-            .iter()
-            .any(|r| r.method == Method::Invite),
-        "1003 skipped, Bob first"
-    );
+    let bob_invite = world
+        .requests(bob_phone)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("1003 skipped, Bob first");
     assert!(world.requests(alice_phone).is_empty());
+    // Bob's phone rings, so its CANCEL can go at once when his turn is over.
+    world.answer_from(bob_phone, &bob_invite, 180, None);
     world.advance(Duration::from_secs(5));
     assert!(
         world

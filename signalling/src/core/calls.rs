@@ -457,7 +457,17 @@ pub(super) struct Calls {
     outbound_used: HashMap<Uuid, (u64, u64)>,
     /// INVITEs we cancelled, until their final response: a 2xx that crossed the CANCEL is
     /// acknowledged and hung up (RFC 3261 §9.1), whether or not its call is still there.
-    cancelled: HashMap<ClientKey, (Request, Peer)>,
+    cancelled: HashMap<ClientKey, Cancelled>,
+}
+
+/// An INVITE of ours that was cancelled.
+#[derive(Clone, Debug)]
+struct Cancelled {
+    invite: Request,
+    peer: Peer,
+    /// Its CANCEL waits for a provisional response (RFC 3261 §9.1: a CANCEL must not be sent
+    /// before one).
+    owed: bool,
 }
 
 /// Cancelled INVITEs remembered at most (each leaves at its final response or timeout).
@@ -581,6 +591,33 @@ fn audio_offer(request: &Request, hold: bool) -> Option<Sdp> {
             Some(sdp)
         }
         _ => None,
+    }
+}
+
+/// The CANCEL of one of our INVITEs (§9.1): the same Request-URI, Call-ID, To, From, CSeq
+/// number and top Via.
+fn cancel_for(invite: &Request) -> Request {
+    let mut headers = Headers::new();
+    for name in [
+        HeaderName::Via,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+    ] {
+        if let Some(value) = invite.headers.get(&name) {
+            headers.push(name, value);
+        }
+    }
+    headers.push(HeaderName::MaxForwards, "70");
+    // The INVITE's number: 2 after a trunk's challenge was answered.
+    let seq = cseq_of(&invite.headers).map_or(1, |c| c.seq);
+    headers.push(HeaderName::CSeq, format!("{seq} CANCEL"));
+    Request {
+        method: Method::Cancel,
+        uri: invite.uri.clone(),
+        version: (2, 0),
+        headers,
+        body: Bytes::new(),
     }
 }
 
@@ -968,15 +1005,25 @@ impl Core {
         let crossed = if response.status >= 200 {
             self.calls.cancelled.remove(key)
         } else {
+            if let Some(entry) = self.calls.cancelled.get_mut(key)
+                && entry.owed
+            {
+                // The provisional response the CANCEL was waiting for.
+                entry.owed = false;
+                let (cancel, peer) = (cancel_for(&entry.invite), entry.peer);
+                let _ =
+                    self.transactions
+                        .send_request(now, cancel, peer, peer.transport.is_reliable());
+            }
             None
         };
         if let Some(&session) = self.calls.by_fork.get(key) {
             self.fork_response(now, wall_ms, session, key, response);
             return true;
         }
-        if let Some((invite, peer)) = crossed {
+        if let Some(crossed) = crossed {
             if (200..300).contains(&response.status) {
-                self.hang_up_crossed(now, &invite, &response, peer);
+                self.hang_up_crossed(now, &crossed.invite, &response, crossed.peer);
             }
             return true;
         }
@@ -1508,36 +1555,24 @@ impl Core {
             {
                 continue;
             }
+            // §9.1: no CANCEL before a provisional response; it waits for one.
+            let owed = fork.state == ForkState::Trying;
             fork.state = ForkState::Done(487);
             if self.calls.cancelled.len() < MAX_CANCELLED {
-                self.calls
-                    .cancelled
-                    .insert(fork.key.clone(), (fork.invite.clone(), fork.peer));
+                let entry = Cancelled {
+                    invite: fork.invite.clone(),
+                    peer: fork.peer,
+                    owed,
+                };
+                self.calls.cancelled.insert(fork.key.clone(), entry);
+            } else if owed {
+                // Nothing left to remember it by: cancel at once rather than never.
+                cancels.push((cancel_for(&fork.invite), fork.peer));
+                continue;
             }
-            // §9.1: same Request-URI, Call-ID, To, From, CSeq number and top Via as the INVITE.
-            let mut headers = Headers::new();
-            for name in [
-                HeaderName::Via,
-                HeaderName::From,
-                HeaderName::To,
-                HeaderName::CallId,
-            ] {
-                if let Some(value) = fork.invite.headers.get(&name) {
-                    headers.push(name, value);
-                }
+            if !owed {
+                cancels.push((cancel_for(&fork.invite), fork.peer));
             }
-            headers.push(HeaderName::MaxForwards, "70");
-            // The INVITE's number: 2 after a trunk's challenge was answered.
-            let seq = cseq_of(&fork.invite.headers).map_or(1, |c| c.seq);
-            headers.push(HeaderName::CSeq, format!("{seq} CANCEL"));
-            let cancel = Request {
-                method: Method::Cancel,
-                uri: fork.invite.uri.clone(),
-                version: (2, 0),
-                headers,
-                body: Bytes::new(),
-            };
-            cancels.push((cancel, fork.peer));
         }
         for (cancel, peer) in cancels {
             self.send_unwatched(now, session, cancel, peer);
