@@ -1427,10 +1427,42 @@ fn an_ivr_takes_keys_from_sip_info_and_answers_refreshes_itself() {
         Sdp::parse(&refreshed.body).unwrap().media[0].port,
         Sdp::parse(&ok.body).unwrap().media[0].port
     );
+    // Our 200 is retransmitted until the ACK.
+    world.advance(Duration::from_millis(500));
+    assert_eq!(world.statuses(carrier), [200], "retransmitted");
+    let ack = in_dialog("ACK", 2, "application/sdp", "");
+    world.send(carrier, &ack);
+    world.advance(Duration::from_secs(2));
+    assert_eq!(
+        world.statuses(carrier),
+        Vec::<u16>::new(),
+        "not after the ACK"
+    );
+    // Hold: the answer is recvonly and the media plane knows.
+    world.outputs.clear();
+    let hold = sdp("192.0.2.50", 7000, "sendonly");
+    world.send(carrier, &in_dialog("INVITE", 4, "application/sdp", &hold));
+    let held = world
+        .responses(carrier)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200 to the hold");
+    assert_eq!(
+        Sdp::parse(&held.body).unwrap().direction(0),
+        Direction::RecvOnly
+    );
+    assert!(world.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::Update {
+            a_side: true,
+            hold: true,
+            ..
+        }
+    )));
     // A key as SIP INFO (application/dtmf-relay, as SIP.js and desk phones send it).
     let info = in_dialog(
         "INFO",
-        3,
+        5,
         "application/dtmf-relay",
         "Signal=2\r\nDuration=160\r\n",
     );

@@ -920,6 +920,30 @@ impl Core {
         self.calls.count_outbound(tenant, wall_ms, ms);
     }
 
+    /// Retransmits a 2xx to an INVITE of `side` until its ACK (§13.3.1.4; RFC 6026 leaves it
+    /// to us).
+    fn retransmit_ok(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        (side, cseq, peer): (Side, u32, Peer),
+        bytes: Bytes,
+    ) {
+        let t1 = self.config.timers.t1;
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            call.ok = Some(OkRetransmit {
+                side,
+                cseq,
+                peer,
+                bytes,
+                next: now + t1,
+                interval: t1,
+                give_up: now + t1 * 64,
+            });
+            self.calls.timers.push(Reverse((now + t1, session)));
+        }
+    }
+
     /// Sends an INVITE of our own (a new dialog) to each of `bindings`, registered as forks
     /// of `session`.
     fn fork_to(
@@ -1524,20 +1548,8 @@ impl Core {
         let (key, peer) = (call.a_key.clone(), call.a_peer);
         if (200..300).contains(&status) {
             let bytes = Bytes::from(response.to_bytes());
-            let t1 = self.config.timers.t1;
             let cseq = cseq_of(&call.a_invite.headers).map_or(0, |c| c.seq);
-            if let Some(call) = self.calls.calls.get_mut(&session) {
-                call.ok = Some(OkRetransmit {
-                    side: Side::A,
-                    cseq,
-                    peer,
-                    bytes,
-                    next: now + t1,
-                    interval: t1,
-                    give_up: now + t1 * 64,
-                });
-                self.calls.timers.push(Reverse((now + t1, session)));
-            }
+            self.retransmit_ok(now, session, (Side::A, cseq, peer), bytes);
         }
         if let Err(error) = self.transactions.send_response(now, &key, response) {
             tracing::debug!(%error, "caller's INVITE transaction is gone");
@@ -2062,21 +2074,9 @@ impl Core {
             relayed.body = Bytes::from(media::anchor(&sdp, self.advertised, port).to_string());
         }
         if request.method == Method::Invite && (200..300).contains(&status) {
-            let t1 = self.config.timers.t1;
             let cseq = cseq_of(&request.headers).map_or(0, |c| c.seq);
             let bytes = Bytes::from(relayed.to_bytes());
-            if let Some(call) = self.calls.calls.get_mut(&session) {
-                call.ok = Some(OkRetransmit {
-                    side,
-                    cseq,
-                    peer: our_peer,
-                    bytes,
-                    next: now + t1,
-                    interval: t1,
-                    give_up: now + t1 * 64,
-                });
-                self.calls.timers.push(Reverse((now + t1, session)));
-            }
+            self.retransmit_ok(now, session, (side, cseq, our_peer), bytes);
         }
         let _ = self.transactions.send_response(now, key, relayed);
     }

@@ -660,15 +660,39 @@ impl Core {
         let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
             return;
         };
-        let sdp = media::anchor(&answer, self.advertised, call.a_port).to_string();
-        let contact = format!("<{}>", self.our_contact(call.a_peer));
-        self.respond(now, key, request, 200, "OK", |r| {
-            r.headers.push(HeaderName::Contact, contact);
-            if request.method == Method::Invite || !request.body.is_empty() {
-                r.headers.push(HeaderName::ContentType, "application/sdp");
-                r.body = bytes::Bytes::from(sdp);
+        let (a_port, a_peer) = (call.a_port, call.a_peer);
+        // The caller's new offer: follow its address, and answer its direction (a hold gets
+        // recvonly or inactive back).
+        let mut ours = media::anchor(&answer, self.advertised, a_port);
+        if let Some(Ok(offer)) = super::sdp_of(&request.body, &request.headers) {
+            let hold = media::is_hold(&offer);
+            if let Some(index) = offer.media.iter().position(|m| m.kind == "audio") {
+                ours.set_direction(index, offer.direction(index).reversed());
             }
-        });
+            self.media_update(session, Side::A, &offer, hold);
+        }
+        let mut response = switchboard_sip::transaction::response_to(request, 200, "OK");
+        response.headers.push(
+            HeaderName::Contact,
+            format!("<{}>", self.our_contact(a_peer)),
+        );
+        response
+            .headers
+            .push(HeaderName::Server, self.config.server_name.clone());
+        if request.method == Method::Invite || !request.body.is_empty() {
+            response
+                .headers
+                .push(HeaderName::ContentType, "application/sdp");
+            response.body = bytes::Bytes::from(ours.to_string());
+        }
+        let bytes = bytes::Bytes::from(response.to_bytes());
+        if self.transactions.send_response(now, key, response).is_ok()
+            && request.method == Method::Invite
+        {
+            // Our 2xx is ours to retransmit until the caller's ACK.
+            let cseq = super::cseq_of(&request.headers).map_or(0, |c| c.seq);
+            self.retransmit_ok(now, session, (Side::A, cseq, a_peer), bytes);
+        }
     }
 
     /// The answer to an [`Output::Http`]: the JSON of a 2xx, or why there is none.
