@@ -1171,33 +1171,42 @@ fn ivr_call_answered(world: &mut World) -> (Response, String) {
     (ok, tag)
 }
 
-/// A flow on number +15551230003: a menu whose 2 dials Bob, then hangs up.
-fn with_ivr(world: &mut World) -> Uuid {
+/// Publishes `graph` as `version` of a new flow and routes `number` to it; returns its id.
+fn publish_flow(world: &mut World, graph: serde_json::Value, version: u32, number: &str) -> Uuid {
     use crate::directory::{Number, NumberTarget, PublishedFlow};
     let tenant = world.tenant();
-    let flow = crate::ivr::Flow::parse(&serde_json::json!({
-        "entry": "menu",
-        "nodes": {
-            "menu": {"verb": "gather", "prompt": "menu", "transitions": {"match.2": "bob"}},
-            "bob": {"verb": "dial", "extension": "1002", "transitions": {"answered": "bye"}},
-            "bye": {"verb": "hangup"}
-        }
-    }))
-    .unwrap();
+    let flow = crate::ivr::Flow::parse(&graph).unwrap();
     let id = Uuid::new_v4();
     world.core.apply(Update::FlowUpsert(PublishedFlow {
         id,
         tenant_id: tenant,
-        version: 3,
+        version,
         flow: std::sync::Arc::new(flow),
     }));
     world.core.apply(Update::NumberUpsert(Number {
         id: Uuid::new_v4(),
         tenant_id: tenant,
-        e164: "+15551230003".into(),
+        e164: number.into(),
         target: NumberTarget::IvrFlow(id),
     }));
     id
+}
+
+/// A flow on number +15551230003: a menu whose 2 dials Bob, then hangs up.
+fn with_ivr(world: &mut World) -> Uuid {
+    publish_flow(
+        world,
+        serde_json::json!({
+            "entry": "menu",
+            "nodes": {
+                "menu": {"verb": "gather", "prompt": "menu", "transitions": {"match.2": "bob"}},
+                "bob": {"verb": "dial", "extension": "1002", "transitions": {"answered": "bye"}},
+                "bye": {"verb": "hangup"}
+            }
+        }),
+        3,
+        "+15551230003",
+    )
 }
 
 #[test]
@@ -1905,30 +1914,19 @@ fn a_simultaneous_ring_group_rings_everyone_and_fails_when_nobody_answers() {
 
 #[test]
 fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
-    use crate::directory::{Number, NumberTarget, PublishedFlow};
     let mut world = World::new(0, CoreConfig::default());
     with_trunk(&mut world);
     with_outbound_trunk(&mut world, "1");
-    let tenant = world.tenant();
-    let flow = crate::ivr::Flow::parse(&serde_json::json!({
-        "entry": "forward",
-        "nodes": {"forward": {"verb": "dial", "number": "5551112222", "next": "bye"},
-                  "bye": {"verb": "hangup"}}
-    }))
-    .unwrap();
-    let id = Uuid::new_v4();
-    world.core.apply(Update::FlowUpsert(PublishedFlow {
-        id,
-        tenant_id: tenant,
-        version: 1,
-        flow: std::sync::Arc::new(flow),
-    }));
-    world.core.apply(Update::NumberUpsert(Number {
-        id: Uuid::new_v4(),
-        tenant_id: tenant,
-        e164: "+15551230006".into(),
-        target: NumberTarget::IvrFlow(id),
-    }));
+    publish_flow(
+        &mut world,
+        serde_json::json!({
+            "entry": "forward",
+            "nodes": {"forward": {"verb": "dial", "number": "5551112222", "next": "bye"},
+                      "bye": {"verb": "hangup"}}
+        }),
+        1,
+        "+15551230006",
+    );
     let carrier = peer(50);
     world.send(carrier, &carrier_invite(1, "+15551230006"));
     assert_eq!(world.statuses(carrier), [100], "the flow has not answered");
@@ -2151,7 +2149,6 @@ fn a_carriers_record_route_is_mirrored_and_followed() {
 #[test]
 fn a_late_cancel_leaves_a_flows_call_up_and_a_flows_dial_obeys_the_toll_fraud_limits() {
     use crate::core::OutboundLimits;
-    use crate::directory::{Number, NumberTarget, PublishedFlow};
     let config = CoreConfig {
         outbound: OutboundLimits {
             allowed_prefixes: vec!["1".into()],
@@ -2163,28 +2160,18 @@ fn a_late_cancel_leaves_a_flows_call_up_and_a_flows_dial_obeys_the_toll_fraud_li
     let mut world = World::new(0, config);
     with_trunk(&mut world);
     with_outbound_trunk(&mut world, "");
-    let tenant = world.tenant();
-    let flow = crate::ivr::Flow::parse(&serde_json::json!({
-        "entry": "hello",
-        "nodes": {"hello": {"verb": "play", "prompt": "hello", "next": "abroad"},
-                  "abroad": {"verb": "dial", "number": "+442071234567",
-                             "transitions": {"failed": "sorry"}},
-                  "sorry": {"verb": "play", "prompt": "sorry"}}
-    }))
-    .unwrap();
-    let id = Uuid::new_v4();
-    world.core.apply(Update::FlowUpsert(PublishedFlow {
-        id,
-        tenant_id: tenant,
-        version: 1,
-        flow: std::sync::Arc::new(flow),
-    }));
-    world.core.apply(Update::NumberUpsert(Number {
-        id: Uuid::new_v4(),
-        tenant_id: tenant,
-        e164: "+15551230010".into(),
-        target: NumberTarget::IvrFlow(id),
-    }));
+    publish_flow(
+        &mut world,
+        serde_json::json!({
+            "entry": "hello",
+            "nodes": {"hello": {"verb": "play", "prompt": "hello", "next": "abroad"},
+                      "abroad": {"verb": "dial", "number": "+442071234567",
+                                 "transitions": {"failed": "sorry"}},
+                      "sorry": {"verb": "play", "prompt": "sorry"}}
+        }),
+        1,
+        "+15551230010",
+    );
     let carrier = peer(50);
     world.send(carrier, &carrier_invite(1, "+15551230010"));
     assert!(world.statuses(carrier).contains(&200));
