@@ -1154,6 +1154,17 @@ fn trunk_refusals_say_why() {
     assert_eq!(world.statuses(stranger).last(), Some(&401));
 }
 
+/// The caller presses `digit` (an RFC 4733 event the media plane reports).
+fn caller_presses(world: &mut World, session: crate::media::SessionId, digit: char) {
+    let event = MediaEvent::Dtmf {
+        session,
+        a_side: true,
+        digit,
+        duration_ms: 100,
+    };
+    world.core.handle_media_event(world.now, WALL, event);
+}
+
 /// The carrier calls the flow's number; returns the flow's 200 and its To tag.
 fn ivr_call_answered(world: &mut World) -> (Response, String) {
     let carrier = peer(50);
@@ -1257,16 +1268,7 @@ fn an_ivr_answers_plays_takes_a_key_and_bridges_the_extension() {
     world
         .core
         .handle_media_event(world.now, WALL, MediaEvent::PlayDone { session, id: 1 });
-    world.core.handle_media_event(
-        world.now,
-        WALL,
-        MediaEvent::Dtmf {
-            session,
-            a_side: true,
-            digit: '2',
-            duration_ms: 100,
-        },
-    );
+    caller_presses(&mut world, session, '2');
     world.drain();
     let bob = world.bob[0];
     let invite = world.requests(bob).pop().expect("INVITE to Bob");
@@ -1324,16 +1326,7 @@ fn the_caller_hanging_up_on_a_bridged_ivr_call_hangs_up_the_callee() {
     let (_, tag) = ivr_call_answered(&mut world);
     let session = world.session();
     // A key during the prompt stops it and dials.
-    world.core.handle_media_event(
-        world.now,
-        WALL,
-        MediaEvent::Dtmf {
-            session,
-            a_side: true,
-            digit: '2',
-            duration_ms: 100,
-        },
-    );
+    caller_presses(&mut world, session, '2');
     world.drain();
     assert!(
         world

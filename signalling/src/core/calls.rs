@@ -1368,23 +1368,9 @@ impl Core {
         key: &ServerKey,
         request: &Request,
     ) -> bool {
-        let content_type = request
-            .headers
-            .get(&HeaderName::ContentType)
-            .unwrap_or_default();
-        let Ok(info) = DtmfInfo::parse(content_type, &request.body) else {
+        let Some((digit, duration_ms)) = self.info_key(session, side, request) else {
             return false;
         };
-        let digit = info.digit.as_char();
-        let duration_ms = u32::try_from(info.duration.as_millis()).unwrap_or(u32::MAX);
-        self.call_event(
-            session,
-            CallEventKind::Dtmf {
-                digit,
-                from_caller: side == Side::A,
-                duration_ms,
-            },
-        );
         let Some(call) = self.calls.calls.get(&session) else {
             return false;
         };
@@ -1404,6 +1390,32 @@ impl Core {
                 duration_ms,
             }));
         true
+    }
+
+    /// The key an INFO carries (`application/dtmf-relay` or `application/dtmf`), reported as
+    /// a call event: the key and how long it was held, in milliseconds.
+    fn info_key(
+        &mut self,
+        session: SessionId,
+        side: Side,
+        request: &Request,
+    ) -> Option<(char, u32)> {
+        let content_type = request
+            .headers
+            .get(&HeaderName::ContentType)
+            .unwrap_or_default();
+        let info = DtmfInfo::parse(content_type, &request.body).ok()?;
+        let digit = info.digit.as_char();
+        let duration_ms = u32::try_from(info.duration.as_millis()).unwrap_or(u32::MAX);
+        self.call_event(
+            session,
+            CallEventKind::Dtmf {
+                digit,
+                from_caller: side == Side::A,
+                duration_ms,
+            },
+        );
+        Some((digit, duration_ms))
     }
 
     /// A leg's SDP changed: tells the media plane where it now wants media, whether the call

@@ -633,25 +633,10 @@ impl Core {
         request: &Request,
     ) {
         if request.method == Method::Info {
-            let content_type = request
-                .headers
-                .get(&HeaderName::ContentType)
-                .unwrap_or_default();
-            let Ok(info) = switchboard_media::dtmf::DtmfInfo::parse(content_type, &request.body)
-            else {
+            let Some((digit, _)) = self.info_key(session, Side::A, request) else {
                 return self.respond(now, key, request, 415, "Unsupported Media Type", |_| {});
             };
             self.respond(now, key, request, 200, "OK", |_| {});
-            let digit = info.digit.as_char();
-            let duration_ms = u32::try_from(info.duration.as_millis()).unwrap_or(u32::MAX);
-            self.call_event(
-                session,
-                super::CallEventKind::Dtmf {
-                    digit,
-                    from_caller: true,
-                    duration_ms,
-                },
-            );
             return self.app_event(now, wall_ms, session, Event::Digit(digit));
         }
         let Some(call) = self.calls.calls.get(&session) else {
