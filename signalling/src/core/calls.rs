@@ -2208,21 +2208,28 @@ impl Core {
         if self.is_app(session) {
             self.app_caller_gone(now, session);
         }
+        self.end_by_system(now, wall_ms, session, (cause, 503));
+    }
+
+    /// Ends a call on our side: BYE to whoever is answered, or `status` to the caller if it
+    /// was not answered yet.
+    pub(super) fn end_by_system(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        (cause, status): (&'static str, u16),
+    ) {
         let Some(call) = self.calls.calls.get(&session) else {
             return;
         };
         if call.winner.is_some() || call.a_dialog.is_some() {
             self.hang_up_other(now, session, Side::A);
             self.hang_up_other(now, session, Side::B);
-            self.end_call(
-                wall_ms,
-                session,
-                Disposition::Answered,
-                cause,
-                HangupSide::System,
-            );
+            let answered = Disposition::Answered;
+            self.end_call(wall_ms, session, answered, cause, HangupSide::System);
         } else {
-            self.fail_call(now, wall_ms, session, 503, Disposition::Failed, cause);
+            self.fail_call(now, wall_ms, session, status, Disposition::Failed, cause);
         }
     }
 }

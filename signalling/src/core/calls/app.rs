@@ -31,8 +31,8 @@ use rand::RngExt as _;
 
 use super::outbound::TrunkCaller;
 use super::{
-    CallStart, Disposition, Forking, HangupSide, NO_OFFER, NO_PORTS, RecordingState, Refusal,
-    Refused, Side, media, retry_later,
+    CallStart, Disposition, Forking, NO_OFFER, NO_PORTS, RecordingState, Refusal, Refused, Side,
+    media, retry_later,
 };
 use crate::core::{Core, Output};
 use crate::directory::Tenant;
@@ -601,24 +601,7 @@ impl Core {
     fn app_hangup(&mut self, now: Instant, wall_ms: u64, session: SessionId, reason: EndReason) {
         let cause = cause_of(reason);
         self.drop_forks(now, session);
-        let answered = self
-            .calls
-            .calls
-            .get(&session)
-            .is_some_and(|c| c.a_dialog.is_some());
-        if answered {
-            // BYE on the caller's side: the "other" side of B.
-            self.hang_up_other(now, session, Side::B);
-            self.end_call(
-                wall_ms,
-                session,
-                Disposition::Answered,
-                cause,
-                HangupSide::System,
-            );
-        } else {
-            self.fail_call(now, wall_ms, session, 480, Disposition::Failed, cause);
-        }
+        self.end_by_system(now, wall_ms, session, (cause, 480));
     }
 
     /// An in-dialog request from the caller while no callee is bridged: a key in a SIP INFO
