@@ -43,7 +43,7 @@ fi
 
 port=$(free_port)
 password=bench-admin-password
-(cd "$work" && exec env "${env_db[@]}" SWITCHBOARD_HTTP__BIND=127.0.0.1:$port SWITCHBOARD_ADMIN_PASSWORD=$password \
+(cd "$work" && exec env "${env_db[@]}" SWITCHBOARD_HTTP__BIND=127.0.0.1:$port SWITCHBOARD_HTTP__TLS=false SWITCHBOARD_ADMIN_PASSWORD=$password \
   SWITCHBOARD_LOG__LEVEL=warn "$OLDPWD/target/release/switchboard" serve >"$work/out.log" 2>"$work/err.log") &
 server_pid=$!
 for _ in $(seq 100); do grep -q "HTTP listening" "$work/out.log" 2>/dev/null && break; sleep 0.1; done

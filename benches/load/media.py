@@ -209,6 +209,7 @@ class Server:
             "SWITCHBOARD_SIP__UDP_BIND": f"127.0.0.1:{self.sip_port}",
             "SWITCHBOARD_SIP__TCP_BIND": "127.0.0.1:0",
             "SWITCHBOARD_SIP__TLS_BIND": "127.0.0.1:0",
+            "SWITCHBOARD_HTTP__TLS_BIND": "127.0.0.1:0",
             "SWITCHBOARD_SIP__MAX_TRANSACTIONS": "1000000",
             "SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS": "127.0.0.1",
             "SWITCHBOARD_MEDIA__BIND_IP": "127.0.0.1",

@@ -71,6 +71,7 @@ class Server:
             "SWITCHBOARD_HTTP__BIND": f"127.0.0.1:{self.http_port}",
             "SWITCHBOARD_SIP__UDP_BIND": f"127.0.0.1:{self.sip_port}",
             "SWITCHBOARD_SIP__TCP": "false",
+            "SWITCHBOARD_HTTP__TLS": "false",
             "SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS": "127.0.0.1",
             "SWITCHBOARD_MEDIA__BIND_IP": "127.0.0.1",
             "SWITCHBOARD_ADMIN_PASSWORD": ADMIN_PASSWORD,

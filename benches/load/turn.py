@@ -349,6 +349,7 @@ class Switchboard:
             "SWITCHBOARD_SIP__UDP_BIND": "127.0.0.1:0",
             "SWITCHBOARD_SIP__TCP_BIND": "127.0.0.1:0",
             "SWITCHBOARD_SIP__TLS": "false",
+            "SWITCHBOARD_HTTP__TLS": "false",
             "SWITCHBOARD_NETWORK__ADVERTISED_ADDRESS": "127.0.0.1",
             "SWITCHBOARD_MEDIA__BIND_IP": "127.0.0.1",
             # RTP ports out of the way of the relay and client ranges (no calls are made).

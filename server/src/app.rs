@@ -56,11 +56,49 @@ pub async fn serve(
         .or(media_ip)
         .unwrap_or_else(detect_address);
     let events = crate::events::EventHub::new();
+    // The HTTP listeners are bound first: SIP over WebSocket advertises their ports.
+    let listener = tokio::net::TcpListener::bind(config.http.bind)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the HTTP listener to {} (config key http.bind)",
+                config.http.bind
+            )
+        })?;
+    let bound = listener.local_addr()?;
+    let https = if config.http.tls {
+        let listener = tokio::net::TcpListener::bind(config.http.tls_bind)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the HTTPS listener to {} (config key http.tls_bind)",
+                    config.http.tls_bind
+                )
+            })?;
+        let acceptor = crate::sip::tls::https_acceptor(&config, advertised)?;
+        Some(crate::https::TlsListener::new(
+            listener,
+            acceptor,
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
+    let https_bound = https
+        .as_ref()
+        .map(axum::serve::Listener::local_addr)
+        .transpose()?;
+    let websockets = crate::sip::WebSockets {
+        ws_port: Some(bound.port()),
+        wss_port: https_bound.map(|a| a.port()),
+        credential_key: credential_key(&jwt_secret),
+    };
     let sip = crate::sip::start(
         &config,
         &db,
         &secret_box,
         advertised,
+        websockets,
         events.clone(),
         shutdown.clone(),
     )
@@ -74,21 +112,27 @@ pub async fn serve(
         state = state.with_turn(handle);
         turn_threads = threads;
     }
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let listener = tokio::net::TcpListener::bind(config.http.bind)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the HTTP listener to {} (config key http.bind)",
-                config.http.bind
-            )
-        })?;
-    let bound = listener.local_addr()?;
+    let router = http::router(state.clone());
+    let https_server = https.map(|listener| {
+        let app = router
+            .clone()
+            .layer(axum::Extension(crate::https::Secure))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        // `tap_io` gives the TLS listener the remote address as `ConnectInfo`.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::spawn(server.into_future())
+    });
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
     // Printed on stdout so operators (and tests) can find the port when it was 0.
     println!(
         "switchboard {}: HTTP listening on {bound}",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(https) = https_bound {
+        println!("  HTTPS listening on {https}");
+    }
     println!(
         "  API: http://{}/api/v1  (advertised address {advertised})",
         SocketAddr::new(advertised, bound.port())
@@ -135,6 +179,13 @@ pub async fn serve(
     };
     maintenance.abort();
     shutdown.cancel();
+    if let Some(https) = https_server {
+        match tokio::time::timeout(SHUTDOWN_GRACE, https).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTPS server"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("HTTPS requests still running; stopping anyway"),
+        }
+    }
     sip.stopped().await;
     for thread in turn_threads {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -143,6 +194,17 @@ pub async fn serve(
     result.context("HTTP server task")?.context("HTTP server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key of browser SIP credentials, derived from the JWT secret (shared by every node of
+/// one database, kept across restarts): a credential outlives neither a new JWT secret nor
+/// its extension's password.
+fn credential_key(jwt_secret: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(jwt_secret).expect("HMAC takes any key length");
+    mac.update(b"switchboard sip credentials v1");
+    mac.finalize().into_bytes().into()
 }
 
 /// On first start (no superadmin), creates the first tenant and a superadmin. The password is

@@ -130,6 +130,11 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Live-event WebSocket connections (`GET /api/v1/events`) at most.
     pub max_event_connections: usize,
+    /// Also serve HTTPS (the same routes: the web phone and SIP over secure WebSocket), with
+    /// the SIP TLS certificate (`sip.tls_cert`, or the generated self-signed one).
+    pub tls: bool,
+    /// HTTPS address and port (port 0 picks a free one).
+    pub tls_bind: SocketAddr,
 }
 
 impl Default for HttpConfig {
@@ -140,6 +145,8 @@ impl Default for HttpConfig {
             max_upload_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_event_connections: 1000,
+            tls: true,
+            tls_bind: SocketAddr::from(([0, 0, 0, 0], 8443)),
         }
     }
 }
@@ -204,10 +211,13 @@ pub struct SipConfig {
     /// A TCP connection that sends nothing for this long is closed.
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
-    /// Open TCP connections at most.
+    /// Open TCP connections at most (TCP and TLS each; SIP WebSocket connections apart).
     pub max_tcp_connections: usize,
     /// Kernel receive and send buffer of the SIP UDP socket, in bytes.
     pub udp_buffer_bytes: usize,
+    /// How long the SIP credentials of `POST /api/v1/sip/credentials` stay valid.
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
 }
 
 impl Default for SipConfig {
@@ -238,6 +248,7 @@ impl Default for SipConfig {
             tcp_idle_timeout: Duration::from_secs(600),
             max_tcp_connections: 10_000,
             udp_buffer_bytes: 4 << 20,
+            credential_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod https;
 pub mod media;
 pub mod metrics;
 pub mod recorder;

@@ -85,6 +85,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/ice-servers"),
     ("GET", "/api/v1/registrations"),
     ("GET", "/api/v1/ring-groups"),
+    ("POST", "/api/v1/sip/credentials"),
     ("POST", "/api/v1/ring-groups"),
     ("GET", "/api/v1/ring-groups/{id}"),
     ("DELETE", "/api/v1/ring-groups/{id}"),
@@ -109,6 +110,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/readyz"),
+    ("GET", "/sip"),
 ];
 
 // ---------------------------------------------------------------------------------------------

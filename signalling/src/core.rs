@@ -211,6 +211,10 @@ impl<K: std::hash::Hash + Eq + Clone> FailureCounter<K> {
     }
 }
 
+/// Seconds between keepalives asked of RFC 5626 clients (`Flow-Timer`), well inside the
+/// stream connections' idle timeout.
+const FLOW_TIMER_SECS: u32 = 120;
+
 /// The signalling core.
 pub struct Core {
     config: CoreConfig,
@@ -240,6 +244,8 @@ pub struct Core {
     trunk_regs: trunk_reg::TrunkRegs,
     /// Whether trunk proxies answer.
     trunk_health: trunk_health::TrunkHealth,
+    /// The key of browser credentials (`digest::ephemeral`); none accepted without it.
+    credential_key: Option<[u8; 32]>,
 }
 
 impl Core {
@@ -276,6 +282,7 @@ impl Core {
             local_ports: HashMap::new(),
             trunk_regs: trunk_reg::TrunkRegs::default(),
             trunk_health: trunk_health::TrunkHealth::default(),
+            credential_key: None,
             config,
         }
     }
@@ -298,6 +305,13 @@ impl Core {
             IpAddr::V6(ip) => format!("[{ip}]:{port}"),
             IpAddr::V4(ip) => format!("{ip}:{port}"),
         }
+    }
+
+    /// Accepts short-lived browser credentials minted under `key` (see
+    /// [`switchboard_sip::digest::ephemeral`]): every node sharing the database must use the
+    /// same key.
+    pub fn set_credential_key(&mut self, key: [u8; 32]) {
+        self.credential_key = Some(key);
     }
 
     /// Live calls.
@@ -638,9 +652,15 @@ impl Core {
             self.challenge(now, wall_ms, key, request, &tenant.domain, false);
             return None;
         };
+        // Browser credentials (`<expires>:<number>`, see `digest::ephemeral`) name the
+        // extension after the colon; anything else is the extension's number itself.
+        let ephemeral = self
+            .credential_key
+            .and_then(|key| Some((key, digest::ephemeral::parse(&credentials.username)?)));
+        let number = ephemeral.map_or(credentials.username.as_str(), |(_, (_, number))| number);
         let Some(extension) = self
             .directory
-            .extension_by_number(tenant.id, &credentials.username)
+            .extension_by_number(tenant.id, number)
             .cloned()
         else {
             self.auth_failed(now, from, None);
@@ -651,11 +671,25 @@ impl Core {
             self.respond(now, key, request, 403, "Too Many Failed Attempts", |_| {});
             return None;
         }
+        let password = match ephemeral {
+            None => extension.secret.clone(),
+            Some((_, (expires, _))) if expires.saturating_mul(1000) <= wall_ms => {
+                // Not a guess: the client should fetch new credentials.
+                self.respond(now, key, request, 403, "Credentials Expired", |_| {});
+                return None;
+            }
+            Some((key, _)) => digest::ephemeral::password(
+                &key,
+                &credentials.username,
+                &extension.id.to_string(),
+                &extension.secret,
+            ),
+        };
         let ha1 = digest::ha1(
             credentials.algorithm,
-            &extension.number,
+            &credentials.username,
             &tenant.domain,
-            &extension.secret,
+            &password,
         );
         match self.nonces.verify(
             &credentials,
@@ -729,9 +763,28 @@ impl Core {
                         )
                     })
                     .collect();
+                // RFC 5626 §6: we are the edge proxy and the registrar, so a client asking
+                // for outbound (flows identified by reg-id) gets it, and is told how often
+                // to send keepalives.
+                let outbound = request
+                    .headers
+                    .get_all(&HeaderName::Supported)
+                    .flat_map(|v| v.split(','))
+                    .any(|option| option.trim().eq_ignore_ascii_case("outbound"))
+                    && request
+                        .headers
+                        .get_all(&HeaderName::Contact)
+                        .any(|c| c.contains("reg-id="));
                 self.respond(now, &key, &request, 200, "OK", |r| {
                     for contact in contacts {
                         r.headers.push(HeaderName::Contact, contact);
+                    }
+                    if outbound {
+                        r.headers.push(HeaderName::Require, "outbound");
+                        r.headers.push(
+                            HeaderName::Other("Flow-Timer".into()),
+                            FLOW_TIMER_SECS.to_string(),
+                        );
                     }
                 });
                 for change in changes {

@@ -124,6 +124,9 @@ pub struct Registrar {
     config: RegistrarConfig,
     entries: HashMap<Uuid, Entry>,
     expiries: BinaryHeap<Reverse<(Instant, Uuid)>>,
+    /// Extensions that registered over each open stream connection (some may have moved
+    /// since: checked when the connection closes).
+    by_conn: HashMap<u64, Vec<Uuid>>,
 }
 
 /// One Contact of a REGISTER, checked.
@@ -148,6 +151,7 @@ impl Registrar {
             config,
             entries: HashMap::new(),
             expiries: BinaryHeap::new(),
+            by_conn: HashMap::new(),
         }
     }
 
@@ -391,6 +395,12 @@ impl Registrar {
             });
             bindings.push(binding);
         }
+        if let Some(conn) = peer.conn {
+            let extensions = self.by_conn.entry(conn).or_default();
+            if !extensions.contains(&extension_id) {
+                extensions.push(extension_id);
+            }
+        }
         if bindings.is_empty() {
             self.entries.remove(&extension_id);
         } else {
@@ -403,6 +413,36 @@ impl Registrar {
             );
         }
         Ok(changes)
+    }
+
+    /// Removes the bindings registered over stream connection `conn`, which closed: requests
+    /// cannot reach them any more (RFC 5626 §5.2: the flow failed; the client registers again
+    /// over a new one).
+    pub fn connection_closed(&mut self, conn: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for extension_id in self.by_conn.remove(&conn).unwrap_or_default() {
+            let Some(entry) = self.entries.get_mut(&extension_id) else {
+                continue;
+            };
+            let tenant_id = entry.tenant_id;
+            entry.bindings.retain(|b| {
+                if b.peer.conn == Some(conn) {
+                    changes.push(Change::Remove {
+                        tenant_id,
+                        extension_id,
+                        contact: b.contact.clone(),
+                        expired: false,
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            if entry.bindings.is_empty() {
+                self.entries.remove(&extension_id);
+            }
+        }
+        changes
     }
 
     /// When the next binding may lapse.
@@ -703,6 +743,71 @@ mod tests {
             matches!(&changes[0], Change::Remove { contact, .. } if contact.contains("b.invalid"))
         );
         assert_eq!(r.bindings(ext).len(), 2);
+    }
+
+    #[test]
+    fn a_closed_connection_takes_its_bindings_with_it() {
+        let (mut r, now, tenant, ext) = setup(RegistrarConfig::default());
+        let over = |conn| Peer {
+            transport: Transport::Ws,
+            conn: Some(conn),
+            ..peer()
+        };
+        let browser = |call_id: &str, host: &str, instance: u32| {
+            register(
+                call_id,
+                1,
+                &[&format!(
+                    "<sip:x@{host};transport=ws>;+sip.instance=\"<urn:uuid:{instance}>\";reg-id=1"
+                )],
+                Some(600),
+            )
+        };
+        r.register(
+            now,
+            tenant,
+            ext,
+            &browser("a", "a.invalid", 1),
+            over(7),
+            Uuid::new_v4,
+        )
+        .unwrap();
+        r.register(
+            now,
+            tenant,
+            ext,
+            &browser("b", "b.invalid", 2),
+            over(8),
+            Uuid::new_v4,
+        )
+        .unwrap();
+        r.register(
+            now,
+            tenant,
+            ext,
+            &register("p", 1, &["<sip:desk@192.0.2.9>"], Some(600)),
+            peer(),
+            Uuid::new_v4,
+        )
+        .unwrap();
+        // The first browser came back over connection 9 before 7 was noticed closed.
+        let mut again = browser("a", "c.invalid", 1);
+        again.headers.set(HeaderName::CSeq, "2 REGISTER");
+        r.register(now, tenant, ext, &again, over(9), Uuid::new_v4)
+            .unwrap();
+        assert_eq!(r.connection_closed(7), vec![]);
+        let changes = r.connection_closed(8);
+        assert!(
+            matches!(&changes[..], [Change::Remove { contact, expired: false, .. }] if contact.contains("b.invalid")),
+            "{changes:?}"
+        );
+        let left: Vec<_> = r.bindings(ext).iter().map(|b| b.contact.clone()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(r.connection_closed(8), vec![]);
+        r.connection_closed(9);
+        r.connection_closed(0);
+        assert_eq!(r.bindings(ext).len(), 1);
+        assert!(r.by_conn.is_empty());
     }
 
     #[test]

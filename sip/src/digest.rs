@@ -75,6 +75,40 @@ pub fn ha1(algorithm: Algorithm, username: &str, realm: &str, password: &str) ->
     algorithm.hex(format!("{username}:{realm}:{password}").as_bytes())
 }
 
+/// Short-lived SIP credentials for a browser, in the style of TURN REST credentials
+/// (draft-uberti-behave-turn-rest): the username is `<expires unix seconds>:<extension
+/// number>` and the password is `base64url(HMAC-SHA-256(key, username ‖ 0 ‖ extension_id ‖ 0
+/// ‖ extension_secret))`. The server recomputes it from the username alone, so nothing is
+/// stored; changing the extension's own password revokes every credential derived from it.
+pub mod ephemeral {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, KeyInit as _, Mac as _};
+    use sha2::Sha256;
+
+    /// The username for `number` valid until `expires` (unix seconds).
+    pub fn username(expires: u64, number: &str) -> String {
+        format!("{expires}:{number}")
+    }
+
+    /// Splits a username of this form into its expiry and extension number.
+    pub fn parse(username: &str) -> Option<(u64, &str)> {
+        let (expires, number) = username.split_once(':')?;
+        let expires = expires.parse().ok()?;
+        (!number.is_empty()).then_some((expires, number))
+    }
+
+    /// The password for `username`, bound to the extension's id and current secret.
+    pub fn password(key: &[u8], username: &str, extension_id: &str, secret: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        for part in [username, extension_id, secret] {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+}
+
 /// The `response` value for `qop=auth` (RFC 7616 §3.4.1): `H(HA1:nonce:nc:cnonce:auth:HA2)`
 /// with `HA2 = H(method:uri)`.
 pub fn response(
@@ -516,6 +550,33 @@ impl Nonces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ephemeral_credentials_round_trip_and_bind_to_the_extension() {
+        let user = ephemeral::username(1_800_000_000, "1001");
+        assert_eq!(user, "1800000000:1001");
+        assert_eq!(ephemeral::parse(&user), Some((1_800_000_000, "1001")));
+        for bad in ["1001", ":1001", "x:1001", "1800000000:"] {
+            assert_eq!(ephemeral::parse(bad), None, "{bad}");
+        }
+        let key = [7u8; 32];
+        let password = ephemeral::password(&key, &user, "ext-a", "secret");
+        assert_eq!(password.len(), 43);
+        assert_eq!(
+            password,
+            ephemeral::password(&key, &user, "ext-a", "secret")
+        );
+        // Another expiry, extension, secret or key gives another password.
+        let other = ephemeral::username(1_800_000_001, "1001");
+        for different in [
+            ephemeral::password(&key, &other, "ext-a", "secret"),
+            ephemeral::password(&key, &user, "ext-b", "secret"),
+            ephemeral::password(&key, &user, "ext-a", "rotated"),
+            ephemeral::password(&[8u8; 32], &user, "ext-a", "secret"),
+        ] {
+            assert_ne!(password, different);
+        }
+    }
 
     /// RFC 2617 §3.5.
     #[test]

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 /// How long a server may take to start or stop before a test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,6 +70,8 @@ pub struct Server {
     pub stdout: Vec<String>,
     /// Where its HTTP listener is.
     pub http: SocketAddr,
+    /// Where its HTTPS listener is.
+    pub https: SocketAddr,
     /// Where SIP over UDP listens.
     pub sip_udp: SocketAddr,
     /// Where SIP over TCP listens.
@@ -103,6 +107,7 @@ impl Server {
             command.env_remove(name);
         }
         command.env("SWITCHBOARD_HTTP__BIND", "127.0.0.1:0");
+        command.env("SWITCHBOARD_HTTP__TLS_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__UDP_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__TCP_BIND", "127.0.0.1:0");
         command.env("SWITCHBOARD_SIP__TLS_BIND", "127.0.0.1:0");
@@ -151,12 +156,14 @@ impl Server {
             lines,
             stdout: Vec::new(),
             http: unset,
+            https: unset,
             sip_udp: unset,
             sip_tcp: unset,
             sip_tls: unset,
             turn: None,
         };
         server.http = server.address_after("HTTP listening on ");
+        server.https = server.address_after("HTTPS listening on ");
         server.sip_udp = server.address_after("SIP: UDP listening on ");
         server.sip_tcp = server.address_after("SIP: TCP listening on ");
         server.sip_tls = server.address_after("SIP: TLS listening on ");
@@ -310,4 +317,155 @@ pub async fn metric(server: &Server, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// The bootstrap admin's password the tests start servers with.
+pub const ADMIN_PASSWORD: &str = "an-admin-password";
+
+/// The control plane, logged in as the bootstrap admin.
+pub struct Api {
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    /// `http://…/api/v1`.
+    pub base: String,
+    /// The admin's access token.
+    pub token: String,
+}
+
+impl Api {
+    /// Logs in as `admin@localhost` with [`ADMIN_PASSWORD`].
+    pub async fn login(server: &Server) -> Self {
+        let client = http();
+        let base = server.url("/api/v1");
+        let body: Value = client
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"email": "admin@localhost", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = body["access_token"].as_str().expect("token").to_owned();
+        Self {
+            client,
+            base,
+            token,
+        }
+    }
+
+    /// Sends `method path` with an optional JSON body; the status and the JSON answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs `body` and expects 201; returns the new object.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let (status, created) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{path}: {created}");
+        created
+    }
+
+    /// An IP trunk for a carrier at 127.0.0.1.
+    pub async fn carrier_trunk(&self) -> Value {
+        self.create(
+            "/trunks",
+            json!({"name": "carrier", "kind": "ip", "host": "127.0.0.1", "allowed_sources": ["127.0.0.1"]}),
+        )
+        .await
+    }
+
+    /// Creates and publishes flow `name` and routes `number` to it; returns the flow's id.
+    pub async fn flow_on_number(&self, name: &str, graph: Value, number: &str) -> String {
+        let flow = self
+            .create("/ivr-flows", json!({"name": name, "graph": graph}))
+            .await;
+        let id = flow["id"].as_str().unwrap().to_owned();
+        self.create(&format!("/ivr-flows/{id}/publish"), json!({}))
+            .await;
+        self.create(
+            "/numbers",
+            json!({"number": number, "target": {"type": "ivr_flow", "id": id}}),
+        )
+        .await;
+        id
+    }
+
+    /// Creates extension `number` with SIP password `password`; returns its id.
+    pub async fn extension(&self, number: &str, password: &str) -> String {
+        let body = json!({"number": number, "display_name": format!("Ext {number}"), "password": password});
+        let (status, created) = self
+            .call(reqwest::Method::POST, "/extensions", Some(body))
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits (bounded) until the registrations API lists `count` bindings.
+    pub async fn wait_for_registrations(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (_, page) = self
+                .call(reqwest::Method::GET, "/registrations", None)
+                .await;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if items.len() == count {
+                return items;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} registrations, have {items:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) until recording `id` has `status`, and returns it.
+    pub async fn wait_for_recording(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (code, recording) = self
+                .call(reqwest::Method::GET, &format!("/recordings/{id}"), None)
+                .await;
+            if code == 200 && recording["status"] == status {
+                return recording;
+            }
+            assert!(Instant::now() < deadline, "recording {id}: {recording}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Downloads recording `id` and reads it as a WAV file.
+    pub async fn wav(&self, id: &str) -> (hound::WavSpec, Vec<i16>) {
+        let bytes = self
+            .client
+            .get(format!("{}/recordings/{id}/download", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+        let spec = reader.spec();
+        let samples = reader.into_samples().map(Result::unwrap).collect();
+        (spec, samples)
+    }
 }

@@ -8,10 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchboard_tests::{Server, TIMEOUT, TurnAddresses, metric, peer};
+use switchboard_tests::{ADMIN_PASSWORD, Server, TIMEOUT, TurnAddresses, metric, peer};
 
 const ADMIN: &str = "admin@localhost";
-const ADMIN_PASSWORD: &str = "an-admin-password";
 const SECRET: &str = "a-turn-shared-secret";
 /// Messages each uclient session sends (and expects echoed back).
 const MESSAGES: u32 = 20;

@@ -19,6 +19,7 @@ mod prompts;
 mod recordings;
 mod registrations;
 mod ring_groups;
+mod sip;
 mod tenants;
 mod trunks;
 mod users;
@@ -286,6 +287,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(events::routes())
         .merge(audit_log::routes())
         .merge(ice_servers::routes())
+        .merge(sip::routes())
         .merge(ops::openapi_route())
 }
 
@@ -293,6 +295,7 @@ fn api() -> OpenApiRouter<AppState> {
 fn routes_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api())
+        .merge(sip::websocket_routes())
         .merge(ops::routes())
         .split_for_parts();
     // OpenAPI requires a description on every response; where a handler gives none, use the

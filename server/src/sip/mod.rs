@@ -8,6 +8,7 @@ pub(crate) mod persist;
 mod task;
 mod tcp;
 pub(crate) mod tls;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -93,9 +94,48 @@ pub struct SipHandle {
     recorder_stats: Arc<RecorderStats>,
     db: Db,
     secret_box: SecretBox,
+    /// What SIP WebSocket connections share.
+    websockets: tcp::Shared,
+    /// The key of browser credentials.
+    credential_key: [u8; 32],
+    /// `ws://` and `wss://` URLs of `/sip` at the advertised address.
+    websocket_urls: Vec<String>,
 }
 
 impl SipHandle {
+    /// Takes a WebSocket upgrade of `/sip` from `addr` (RFC 7118); `secure` when it came
+    /// over HTTPS. Refusals are a status and a reason.
+    pub fn websocket(
+        &self,
+        secure: bool,
+        addr: SocketAddr,
+        upgrade: axum::extract::ws::WebSocketUpgrade,
+    ) -> Result<axum::response::Response, (axum::http::StatusCode, &'static str)> {
+        ws::upgrade(&self.websockets, secure, addr, upgrade)
+    }
+
+    /// Short-lived SIP credentials for extension `id` (its `number` and current `secret`),
+    /// valid until `expires` (unix seconds): username and password.
+    pub fn mint_credentials(
+        &self,
+        id: Uuid,
+        number: &str,
+        secret: &str,
+        expires: u64,
+    ) -> (String, String) {
+        use switchboard_sip::digest::ephemeral;
+        let username = ephemeral::username(expires, number);
+        let password =
+            ephemeral::password(&self.credential_key, &username, &id.to_string(), secret);
+        (username, password)
+    }
+
+    /// Where clients reach SIP over WebSocket: `ws://` and `wss://` URLs of `/sip` at the
+    /// advertised address.
+    pub fn websocket_urls(&self) -> &[String] {
+        &self.websocket_urls
+    }
+
     /// Where trunk `id`'s registration stands, and since when (`None`: it does not register).
     pub fn trunk_registration(
         &self,
@@ -314,12 +354,24 @@ async fn listen(
     Ok(addr)
 }
 
+/// Where the HTTP listeners that carry SIP over WebSocket are, and the key of browser
+/// credentials.
+pub struct WebSockets {
+    /// The HTTP listener's port (`ws:`).
+    pub ws_port: Option<u16>,
+    /// The HTTPS listener's port (`wss:`).
+    pub wss_port: Option<u16>,
+    /// The key `POST /api/v1/sip/credentials` mints passwords under.
+    pub credential_key: [u8; 32],
+}
+
 /// Loads the directory and live registrations, binds the sockets and starts the tasks.
 pub async fn start(
     config: &Config,
     db: &Db,
     secret_box: &SecretBox,
     advertised: IpAddr,
+    websockets: WebSockets,
     events: EventHub,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SipService> {
@@ -341,6 +393,7 @@ pub async fn start(
     rand::fill(&mut nonce_key);
     rand::fill(&mut seed);
     let mut core = Core::new(core_config(config), nonce_key, seed);
+    core.set_credential_key(websockets.credential_key);
     for update in directory::load(db, secret_box).await? {
         core.apply(update);
     }
@@ -356,6 +409,14 @@ pub async fn start(
     let live = registrations::live(db, Scope::All, None, wall_now).await?;
     let restored = live.len();
     for registration in &live {
+        // A WebSocket binding lived on a connection of the last run: the browser registers
+        // again over a new one. With SQLite this node owned it, so its row goes too.
+        if let Some(Transport::Ws | Transport::Wss) = Transport::parse(&registration.transport) {
+            if db.engine() == Engine::Sqlite {
+                registrations::remove(db, registration.extension_id, &registration.contact).await?;
+            }
+            continue;
+        }
         if let Some(binding) = persist::binding(registration, wall_now, now) {
             core.registrar_mut().restore(
                 registration.tenant_id,
@@ -401,7 +462,7 @@ pub async fn start(
         idle_timeout: config.sip.tcp_idle_timeout,
         max_connections: config.sip.max_tcp_connections,
         open: Arc::new(AtomicUsize::new(0)),
-        // One id space for TCP and TLS connections.
+        // One id space for TCP, TLS and WebSocket connections.
         next_id: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown.clone(),
         tls: None,
@@ -419,6 +480,10 @@ pub async fn start(
     } else {
         None
     };
+    let ws_shared = tcp::Shared {
+        open: Arc::new(AtomicUsize::new(0)),
+        ..stream.clone()
+    };
     let tls_addr = if config.sip.tls {
         let acceptor = tls::acceptor(config, advertised)?;
         let shared = tcp::Shared {
@@ -435,6 +500,16 @@ pub async fn start(
     ports.extend(udp_addr.map(|a| (Transport::Udp, a.port())));
     ports.extend(tcp_addr.map(|a| (Transport::Tcp, a.port())));
     ports.extend(tls_addr.map(|a| (Transport::Tls, a.port())));
+    ports.extend(websockets.ws_port.map(|p| (Transport::Ws, p)));
+    ports.extend(websockets.wss_port.map(|p| (Transport::Wss, p)));
+    let host = match advertised {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let websocket_urls = [("ws", websockets.ws_port), ("wss", websockets.wss_port)]
+        .into_iter()
+        .filter_map(|(scheme, port)| Some(format!("{scheme}://{host}:{}/sip", port?)))
+        .collect();
     core.set_local(advertised, &ports);
 
     let recordings_dir = config.data_dir.join("recordings");
@@ -485,6 +560,9 @@ pub async fn start(
             recorder_stats,
             db: db.clone(),
             secret_box: secret_box.clone(),
+            websockets: ws_shared,
+            credential_key: websockets.credential_key,
+            websocket_urls,
         },
         udp: udp_addr,
         tcp: tcp_addr,

@@ -164,6 +164,7 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                 }
                 Some(Command::Disconnected { conn }) => {
                     connections.remove(&conn);
+                    core.connection_closed(Instant::now(), wall_ms(), conn);
                 }
                 Some(Command::Directory { update, applied }) => {
                     core.apply(update);

@@ -22,6 +22,21 @@ const SELF_SIGNED: (&str, &str) = ("sip-self-signed.crt", "sip-self-signed.key")
 
 /// The acceptor for `config`, generating the development certificate if needed.
 pub(crate) fn acceptor(config: &Config, advertised: IpAddr) -> anyhow::Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(Arc::new(server_config(
+        config, advertised,
+    )?)))
+}
+
+/// The acceptor of the HTTPS listener: the same certificate, HTTP/1.1 named in ALPN (the
+/// WebSocket upgrades of `/sip` and `/api/v1/events` need HTTP/1.1).
+pub(crate) fn https_acceptor(config: &Config, advertised: IpAddr) -> anyhow::Result<TlsAcceptor> {
+    let mut server = server_config(config, advertised)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// The TLS server configuration with the configured or generated certificate.
+fn server_config(config: &Config, advertised: IpAddr) -> anyhow::Result<ServerConfig> {
     let (cert, key) = match (&config.sip.tls_cert, &config.sip.tls_key) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => {
@@ -44,7 +59,7 @@ pub(crate) fn acceptor(config: &Config, advertised: IpAddr) -> anyhow::Result<Tl
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .context("the SIP TLS certificate and key do not match (sip.tls_cert, sip.tls_key)")?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(server)
 }
 
 /// Writes a self-signed certificate for `localhost` and `advertised`, the key readable by

@@ -2220,3 +2220,104 @@ fn a_2xx_that_crosses_our_cancel_is_acknowledged_and_hung_up() {
     assert!(sent.iter().any(|r| r.method == Method::Ack), "{sent:?}");
     assert!(sent.iter().any(|r| r.method == Method::Bye), "{sent:?}");
 }
+
+/// A browser's REGISTER over WebSocket connection `conn` with `username`'s credentials.
+fn browser_register(world: &mut World, conn: u64, username: &str, password: &str) -> Response {
+    let browser = Peer {
+        transport: Transport::Ws,
+        addr: SocketAddr::from(([192, 0, 2, 40], 50_000 + u16::try_from(conn).unwrap())),
+        conn: Some(conn),
+    };
+    let text = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/WSS h7k2.invalid;branch=z9hG4bKws{conn}{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sip:1002@example.com>;tag=ws{conn}\r\nTo: <sip:1002@example.com>\r\nCall-ID: ws-{conn}\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:k3j@h7k2.invalid;transport=ws>;+sip.ice;reg-id=1;+sip.instance=\"<urn:uuid:{conn}>\"\r\n\
+             Supported: path, outbound, gruu\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    world.send(browser, &text(1, ""));
+    let challenge = world.challenge(browser);
+    let answer = challenge.answer(username, password, "REGISTER", "sip:example.com", "cn", 1);
+    world.send(browser, &text(2, &format!("Authorization: {answer}\r\n")));
+    world.responses(browser).pop().expect("an answer")
+}
+
+#[test]
+fn a_browsers_short_lived_credentials_register_until_they_expire() {
+    let mut world = World::new(0, CoreConfig::default());
+    let key = [9u8; 32];
+    let bob = world.extension_id("1002");
+    let expires = WALL / 1000 + 3600;
+    let username = digest::ephemeral::username(expires, "1002");
+    let password = digest::ephemeral::password(&key, &username, &bob.to_string(), "bob-pass");
+    // Without the key the form is just an unknown username.
+    assert_eq!(
+        browser_register(&mut world, 1, &username, &password).status,
+        403
+    );
+    world.core.set_credential_key(key);
+    let ok = browser_register(&mut world, 2, &username, &password);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers.get(&HeaderName::Require), Some("outbound"));
+    assert_eq!(
+        ok.headers.get(&HeaderName::Other("Flow-Timer".into())),
+        Some("120")
+    );
+    assert_eq!(world.core.registrar.bindings(bob).len(), 1);
+    // A wrong password, an expired username, and credentials of another extension fail.
+    assert_eq!(
+        browser_register(&mut world, 3, &username, "guess").status,
+        403
+    );
+    let old = digest::ephemeral::username(WALL / 1000 - 1, "1002");
+    let old_password = digest::ephemeral::password(&key, &old, &bob.to_string(), "bob-pass");
+    let expired = browser_register(&mut world, 4, &old, &old_password);
+    assert_eq!(
+        (expired.status, expired.reason.as_str()),
+        (403, "Credentials Expired")
+    );
+    let alice = world.extension_id("1001");
+    let theirs = digest::ephemeral::username(expires, "1001");
+    let theirs_password =
+        digest::ephemeral::password(&key, &theirs, &alice.to_string(), "alice-pass");
+    let response = browser_register(&mut world, 5, &theirs, &theirs_password);
+    assert_eq!(
+        (response.status, response.reason.as_str()),
+        (403, "Forbidden: not your address of record")
+    );
+}
+
+#[test]
+fn a_closed_websocket_ends_its_calls_and_its_registration() {
+    let mut world = World::new(0, CoreConfig::default());
+    assert_eq!(
+        browser_register(&mut world, 7, "1002", "bob-pass").status,
+        200
+    );
+    let browser = world.core.registrar.bindings(world.extension_id("1002"))[0].peer;
+    world.bob.push(browser);
+    answered_call(&mut world);
+    world.outputs.clear();
+    world.core.connection_closed(world.now, WALL, 7);
+    world.drain();
+    let methods =
+        |requests: Vec<Request>| requests.into_iter().map(|r| r.method).collect::<Vec<_>>();
+    assert_eq!(methods(world.requests(world.alice)), [Method::Bye]);
+    let end = world.ended().unwrap();
+    assert_eq!(
+        (end.disposition, end.cause, end.side),
+        (Disposition::Answered, "connection_lost", HangupSide::System)
+    );
+    assert!(world.outputs.iter().any(|o| matches!(
+        o,
+        Output::Registration(crate::registrar::Change::Remove { contact, .. }) if contact.contains("h7k2.invalid")
+    )));
+    assert!(
+        world
+            .core
+            .registrar
+            .bindings(world.extension_id("1002"))
+            .is_empty()
+    );
+}

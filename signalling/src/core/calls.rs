@@ -2211,6 +2211,39 @@ impl Core {
         self.end_by_system(now, wall_ms, session, (cause, 503));
     }
 
+    /// Stream connection `conn` (TCP, TLS or WebSocket) closed. Its bindings go (RFC 5626
+    /// §5.2), and calls with an answered or calling leg over it end: nothing can reach that
+    /// leg any more, so waiting for its BYE or the media timeout would only keep the other
+    /// side on a dead call. Scans the live calls once per closed connection.
+    pub fn connection_closed(&mut self, now: Instant, wall_ms: u64, conn: u64) {
+        self.last_now = Some(now);
+        self.last_wall_ms = wall_ms;
+        for change in self.registrar.connection_closed(conn) {
+            self.outputs.push_back(Output::Registration(change));
+        }
+        SipStats::set(&self.stats.bindings, self.registrar.len() as u64);
+        let over = |peer: &Peer| peer.conn == Some(conn);
+        let cut: Vec<(SessionId, bool)> = self
+            .calls
+            .calls
+            .iter()
+            .filter_map(|(session, call)| {
+                let caller = over(&call.a_peer);
+                let callee = call
+                    .winner
+                    .and_then(|w| call.forks.get(w))
+                    .is_some_and(|fork| over(&fork.peer));
+                (caller || callee).then_some((*session, caller))
+            })
+            .collect();
+        for (session, caller) in cut {
+            if caller && self.is_app(session) {
+                self.app_caller_gone(now, session);
+            }
+            self.end_by_system(now, wall_ms, session, ("connection_lost", 480));
+        }
+    }
+
     /// Ends a call on our side: BYE to whoever is answered, or `status` to the caller if it
     /// was not answered yet.
     pub(super) fn end_by_system(

@@ -1,0 +1,238 @@
+//! Browsers as phones, against the real binary: SIP over WebSocket (RFC 7118) on the HTTP
+//! and HTTPS listeners with short-lived credentials from `POST /api/v1/sip/credentials`.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use rustls_pki_types::pem::PemObject as _;
+use serde_json::{Value, json};
+use switchboard_sip::digest::Challenge;
+use switchboard_sip::message::{HeaderName, Limits, Message, Response};
+use switchboard_tests::{ADMIN_PASSWORD, Api, Server, TIMEOUT};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::{self, Message as Frame};
+
+const OWNER: &str = "owner@example.com";
+const OWNER_PASSWORD: &str = "owner-password-1";
+
+fn start(dir: &std::path::Path) -> Server {
+    Server::start(dir, &[("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)])
+}
+
+/// A user who owns extension `number`; returns the user's access token.
+async fn owner_of(api: &Api, server: &Server, number: &str) -> String {
+    let user = api
+        .create(
+            "/users",
+            json!({"email": OWNER, "password": OWNER_PASSWORD, "display_name": "Owner"}),
+        )
+        .await;
+    api.create(
+        "/extensions",
+        json!({"number": number, "display_name": "Owner's phone", "password": "never-in-a-browser",
+               "user_id": user["id"]}),
+    )
+    .await;
+    let body: Value = switchboard_tests::http()
+        .post(server.url("/api/v1/auth/login"))
+        .json(&json!({"email": OWNER, "password": OWNER_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+async fn credentials(server: &Server, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = switchboard_tests::http()
+        .post(server.url("/api/v1/sip/credentials"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A SIP-over-WebSocket client, as a browser library is one.
+struct Browser<S> {
+    socket: WebSocketStream<S>,
+    /// The `.invalid` host it names itself by (RFC 7118 §5.2).
+    host: &'static str,
+    transport: &'static str,
+    /// The last CSeq of its REGISTER dialog.
+    cseq: u32,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Browser<S> {
+    async fn exchange(&mut self, text: String) -> Response {
+        self.socket.send(Frame::text(text)).await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("an answer in time")
+                .expect("open")
+                .unwrap();
+            let Frame::Text(text) = frame else { continue };
+            match Message::parse(text.as_bytes(), &Limits::default()).unwrap() {
+                Message::Response(response) if response.status >= 200 => return response,
+                _ => {}
+            }
+        }
+    }
+
+    /// Registers with `credentials` from the API: the challenge, then the answer.
+    async fn register(&mut self, credentials: &Value) -> Response {
+        let (host, transport) = (self.host, self.transport);
+        let uri = credentials["uri"].as_str().unwrap();
+        let domain = credentials["realm"].as_str().unwrap();
+        self.cseq += 2;
+        let first = self.cseq - 1;
+        let text = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/{transport} {host};branch=z9hG4bKws{cseq}\r\nMax-Forwards: 70\r\n\
+                 From: <{uri}>;tag=b{cseq}\r\nTo: <{uri}>\r\nCall-ID: ws-{host}\r\nCSeq: {cseq} REGISTER\r\n\
+                 Contact: <sip:q8ac@{host};transport=ws>;+sip.ice;reg-id=1;+sip.instance=\"<urn:uuid:{host}>\"\r\n\
+                 Supported: path, gruu, outbound\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+            )
+        };
+        let challenge = self.exchange(text(first, "")).await;
+        assert_eq!(challenge.status, 401);
+        let challenge =
+            Challenge::parse(challenge.headers.get(&HeaderName::WwwAuthenticate).unwrap()).unwrap();
+        let answer = challenge.answer(
+            credentials["username"].as_str().unwrap(),
+            credentials["password"].as_str().unwrap(),
+            "REGISTER",
+            &format!("sip:{domain}"),
+            "cnonce",
+            1,
+        );
+        self.exchange(text(first + 1, &format!("Authorization: {answer}\r\n")))
+            .await
+    }
+}
+
+fn sip_request(url: &str) -> tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn browsers_register_over_ws_and_wss_with_credentials_from_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+
+    // The admin owns no extension: nothing to give.
+    let (status, body) = credentials(&server, &api.token, None).await;
+    assert_eq!(status, 404, "{body}");
+    let token = owner_of(&api, &server, "1001").await;
+    let (status, creds) = credentials(&server, &token, None).await;
+    assert_eq!(status, 200, "{creds}");
+    assert_eq!(creds["number"], "1001");
+    assert_eq!(creds["uri"], "sip:1001@localhost");
+    let username = creds["username"].as_str().unwrap();
+    assert!(username.ends_with(":1001"), "{username}");
+    assert!(!creds.to_string().contains("never-in-a-browser"));
+    let ws_url = format!("ws://{}/sip", server.http);
+    let wss_url = format!("wss://{}/sip", server.https);
+    assert_eq!(
+        creds["websocket"],
+        json!([
+            format!("ws://127.0.0.1:{}/sip", server.http.port()),
+            format!("wss://127.0.0.1:{}/sip", server.https.port())
+        ])
+    );
+    // Someone else's extension is refused.
+    let other = api.extension("1002", "another-secret").await;
+    let (status, body) = credentials(&server, &token, Some(json!({"extension_id": other}))).await;
+    assert_eq!(status, 403, "{body}");
+
+    // Without the `sip` subprotocol the upgrade is refused.
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("expected 400, got {other:?}"),
+    }
+
+    // Over WS: the subprotocol is echoed, a CRLF CRLF keepalive is answered, and the
+    // REGISTER succeeds with outbound.
+    let (socket, response) = tokio_tungstenite::connect_async(sip_request(&ws_url))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "sip");
+    let mut plain = Browser {
+        socket,
+        host: "plain.invalid",
+        transport: "WS",
+        cseq: 0,
+    };
+    plain.socket.send(Frame::text("\r\n\r\n")).await.unwrap();
+    let pong = tokio::time::timeout(TIMEOUT, plain.socket.next())
+        .await
+        .unwrap();
+    assert_eq!(pong.unwrap().unwrap(), Frame::text("\r\n"));
+    let ok = plain.register(&creds).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.headers.get(&HeaderName::Require), Some("outbound"));
+
+    // Over WSS on the HTTPS listener, trusting the generated certificate.
+    let ca = dir.path().join("data/tls/sip-self-signed.crt");
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.https).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (socket, _) = tokio_tungstenite::client_async(sip_request(&wss_url), tls)
+        .await
+        .unwrap();
+    let mut secure = Browser {
+        socket,
+        host: "secure.invalid",
+        transport: "WSS",
+        cseq: 0,
+    };
+    assert_eq!(secure.register(&creds).await.status, 200);
+
+    let listed = api.wait_for_registrations(2).await;
+    let mut transports: Vec<&str> = listed
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect();
+    transports.sort_unstable();
+    assert_eq!(transports, ["WS", "WSS"], "{listed:?}");
+
+    // Closing the page takes its binding with it.
+    plain.socket.close(None).await.unwrap();
+    let left = api.wait_for_registrations(1).await;
+    assert_eq!(left[0]["transport"], "WSS", "{left:?}");
+
+    // Credentials stop working when the extension's password changes.
+    let id = creds["extension_id"].as_str().unwrap();
+    let (status, body) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/extensions/{id}"),
+            Some(json!({"password": "a-new-password"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let refused = secure.register(&creds).await;
+    assert_eq!(refused.status, 403);
+    let (_, fresh) = credentials(&server, &token, None).await;
+    assert_eq!(secure.register(&fresh).await.status, 200);
+}
