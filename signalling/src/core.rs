@@ -649,7 +649,7 @@ impl Core {
             .filter_map(|value| Credentials::parse(value).ok())
             .find(|c| c.realm == tenant.domain);
         let Some(credentials) = credentials else {
-            self.challenge(now, wall_ms, key, request, &tenant.domain, false);
+            self.challenge(now, wall_ms, key, request, (&tenant.domain, from), false);
             return None;
         };
         // Browser credentials (`<expires>:<number>`, see `digest::ephemeral`) name the
@@ -700,11 +700,11 @@ impl Core {
         ) {
             Ok(()) => Some((tenant, extension)),
             Err(DigestError::Stale) => {
-                self.challenge(now, wall_ms, key, request, &tenant.domain, true);
+                self.challenge(now, wall_ms, key, request, (&tenant.domain, from), true);
                 None
             }
             Err(DigestError::UnknownNonce) => {
-                self.challenge(now, wall_ms, key, request, &tenant.domain, false);
+                self.challenge(now, wall_ms, key, request, (&tenant.domain, from), false);
                 None
             }
             Err(_) => {
@@ -817,17 +817,28 @@ impl Core {
         }
     }
 
+    /// Answers 401 with one challenge per configured algorithm, for `realm`. A WebSocket
+    /// peer is a browser library (SIP.js, JsSIP), which knows only MD5 and, in SIP.js's
+    /// case, answers the last challenge rather than the first it supports: it is offered MD5
+    /// alone when MD5 is configured.
     fn challenge(
         &mut self,
         now: Instant,
         wall_ms: u64,
         key: &ServerKey,
         request: &Request,
-        realm: &str,
+        (realm, from): (&str, Peer),
         stale: bool,
     ) {
-        let mut values = Vec::with_capacity(self.config.digest_algorithms.len());
-        for &algorithm in &self.config.digest_algorithms {
+        let browser = matches!(from.transport, Transport::Ws | Transport::Wss);
+        let md5_only = [digest::Algorithm::Md5];
+        let algorithms = if browser && self.config.digest_algorithms.contains(&md5_only[0]) {
+            &md5_only[..]
+        } else {
+            &self.config.digest_algorithms[..]
+        };
+        let mut values = Vec::with_capacity(algorithms.len());
+        for &algorithm in algorithms {
             let random: [u8; digest::NONCE_RANDOM_LEN] = self.rng.random();
             values.push(
                 self.nonces

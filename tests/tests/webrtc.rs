@@ -236,3 +236,80 @@ async fn browsers_register_over_ws_and_wss_with_credentials_from_the_api() {
     let (_, fresh) = credentials(&server, &token, None).await;
     assert_eq!(secure.register(&fresh).await.status, 200);
 }
+
+/// Runs `tests/browser/phone.mjs` with `plan`; `None` when Chromium or the npm packages are
+/// missing (a failure under the README test command, which installs them).
+fn drive_phones(plan: &Value) -> Option<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/phone.mjs");
+    let modules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/browser/node_modules/playwright-core"
+    );
+    let installed = std::path::Path::new(modules).exists();
+    assert!(
+        installed || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
+        "tests/browser/node_modules is missing: run `npm ci` in tests/browser"
+    );
+    if !installed
+        || !switchboard_tests::peer("chromium", "--version", "Debian package chromium")
+        || !switchboard_tests::peer("node", "--version", "Node.js")
+    {
+        return None;
+    }
+    let output = std::process::Command::new("node")
+        .arg(script)
+        .arg(plan.to_string())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_json::from_str(stdout.trim()).unwrap())
+}
+
+#[tokio::test]
+async fn the_web_phone_signs_in_and_registers_over_websocket_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    owner_of(&api, &server, "1001").await;
+    let page = switchboard_tests::http()
+        .get(server.url("/phone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/phone/phone.js"));
+
+    // While the page is signed in, the API lists its registration over WebSocket; once it
+    // signs out (un-REGISTER), none is left.
+    let plan = json!({
+        "base": format!("http://{}", server.http),
+        "users": [{"email": OWNER, "password": OWNER_PASSWORD}],
+        "signOut": true,
+        "registrationsToken": api.token,
+    });
+    let Some(result) = tokio::task::spawn_blocking(move || drive_phones(&plan))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let user = &result["users"][0];
+    assert_eq!(user["status"], "Registered as 1001", "{result}");
+    let listed = user["registrations"]["items"].as_array().expect("listed");
+    assert_eq!(listed.len(), 1, "{result}");
+    assert_eq!(listed[0]["transport"], "WS", "{result}");
+    assert!(
+        listed[0]["user_agent"]
+            .as_str()
+            .unwrap()
+            .starts_with("SIP.js/"),
+        "{result}"
+    );
+    assert_eq!(user["signed_out"], true, "{result}");
+    api.wait_for_registrations(0).await;
+}

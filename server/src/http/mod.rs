@@ -15,6 +15,7 @@ mod ivr_flows;
 mod numbers;
 mod ops;
 mod outbound_routes;
+mod phone;
 mod prompts;
 mod recordings;
 mod registrations;
@@ -338,6 +339,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, doc) = routes_and_doc();
     let doc_json: Arc<str> = doc.to_json().unwrap_or_default().into();
     routes
+        .merge(phone::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
