@@ -28,6 +28,7 @@ use std::io::IoSliceMut;
 use switchboard_media::dtmf::{Digit, DtmfEvent};
 use switchboard_media::g711::Law;
 use switchboard_media::relay::{Bridge, Latching, Leg, Refused, Side};
+use switchboard_media::webrtc::{Poll, WebRtcLeg};
 use switchboard_media::{rtcp, rtp};
 use switchboard_signalling::media::{MediaCommand, MediaEvent, RecordAction, SessionId};
 use switchboard_storage::Uuid;
@@ -277,6 +278,10 @@ struct Session {
     player: Option<JoinHandle<()>>,
     /// Plays up to this id were stopped (a late one is not started).
     stopped_through: u32,
+    /// The session's WebRTC legs, if a side is a browser.
+    browsers: Rc<Browsers>,
+    /// Runs the WebRTC legs' timers, once there is one.
+    browser_task: Option<JoinHandle<()>>,
 }
 
 /// What a worker's tasks share.
@@ -361,8 +366,10 @@ impl Session {
         }
         let (bridge, socket) = (self.bridge.clone(), self.sockets[0].0.clone());
         let (events, counters) = (shell.events.clone(), shell.counters.clone());
+        let browsers = self.browsers.clone();
         self.player = Some(tokio::task::spawn_local(async move {
-            play_prompt(&bridge, (&socket, &counters), &audio, payload_type).await;
+            let out = (&*socket, &*browsers, &counters);
+            play_prompt(&bridge, out, &audio, payload_type).await;
             let _ = events.try_send(MediaEvent::PlayDone { session, id });
         }));
     }
@@ -374,6 +381,7 @@ impl Session {
         }
         let (bridge, socket) = (self.bridge.clone(), self.sockets[0].0.clone());
         let counters = shell.counters.clone();
+        let browsers = self.browsers.clone();
         self.player = Some(tokio::task::spawn_local(async move {
             let beep: Vec<i16> = (0..2000)
                 .map(|i| {
@@ -381,7 +389,13 @@ impl Session {
                     (phase.sin() * 8000.0) as i16
                 })
                 .collect();
-            play_prompt(&bridge, (&socket, &counters), &beep, payload_type).await;
+            play_prompt(
+                &bridge,
+                (&*socket, &*browsers, &counters),
+                &beep,
+                payload_type,
+            )
+            .await;
         }));
     }
 
@@ -400,6 +414,7 @@ impl Session {
             .drain(..)
             .chain(self.dtmf_task.take())
             .chain(self.player.take())
+            .chain(self.browser_task.take())
         {
             task.abort();
         }
@@ -432,17 +447,38 @@ impl Session {
         }
         if self.dtmf_task.as_ref().is_none_or(JoinHandle::is_finished) {
             let (bridge, sockets) = (self.bridge.clone(), self.sockets.clone());
-            self.dtmf_task = Some(tokio::task::spawn_local(send_dtmf(bridge, sockets)));
+            let browsers = self.browsers.clone();
+            self.dtmf_task = Some(tokio::task::spawn_local(send_dtmf(
+                bridge, sockets, browsers,
+            )));
         }
     }
 
-    /// Sends the RTCP reports that are due.
+    /// Makes `side` a browser's: its RTP socket speaks WebRTC through `leg` from now on.
+    fn attach_browser(&mut self, shell: &Shell, session: SessionId, side: Side, leg: WebRtcLeg) {
+        *self.browsers.legs[index(side)].borrow_mut() = Some(leg);
+        if self.browser_task.is_none() {
+            let context = (session, self.bridge.clone(), self.tapping.clone());
+            let sockets = [self.sockets[0].0.clone(), self.sockets[1].0.clone()];
+            let task = drive_browsers(shell.clone(), context, self.browsers.clone(), sockets);
+            self.browser_task = Some(tokio::task::spawn_local(task));
+        } else {
+            self.browsers.wake.notify_one();
+        }
+    }
+
+    /// Sends the RTCP reports that are due (str0m sends a browser's own).
     fn report(&self, now: Instant, ntp: u64, counters: &Counters, buffer: &mut [u8]) {
         let mut bridge = self.bridge.borrow_mut();
         if bridge.rtcp_timeout().is_none_or(|due| due > now) {
             return;
         }
         for (side, (rtp, rtcp)) in [Side::A, Side::B].into_iter().zip(&self.sockets) {
+            if self.browsers.is(side) {
+                // Still polled, so the bridge's schedule moves on.
+                let _ = bridge.poll_rtcp(now, ntp, side, buffer);
+                continue;
+            }
             if let Some((len, destination, mux)) = bridge.poll_rtcp(now, ntp, side, buffer) {
                 let socket = if mux { rtp } else { rtcp };
                 if socket.try_send_to(&buffer[..len], destination).is_ok() {
@@ -503,7 +539,11 @@ fn report_dtmf(events: &mpsc::Sender<MediaEvent>, session: SessionId, bridge: &m
 
 /// Sends the RFC 4733 packets queued for either leg, each from that leg's RTP socket, until
 /// nothing is queued.
-async fn send_dtmf(bridge: Rc<RefCell<Bridge>>, sockets: [(Rc<UdpSocket>, Rc<UdpSocket>); 2]) {
+async fn send_dtmf(
+    bridge: Rc<RefCell<Bridge>>,
+    sockets: [(Rc<UdpSocket>, Rc<UdpSocket>); 2],
+    browsers: Rc<Browsers>,
+) {
     let mut buffer = Vec::with_capacity(64);
     loop {
         let next = {
@@ -511,7 +551,7 @@ async fn send_dtmf(bridge: Rc<RefCell<Bridge>>, sockets: [(Rc<UdpSocket>, Rc<Udp
             let now = Instant::now();
             for (side, (rtp, _)) in [Side::A, Side::B].into_iter().zip(&sockets) {
                 while let Some((len, to)) = bridge.poll_dtmf_transmit(now, side, &mut buffer) {
-                    let _ = rtp.try_send_to(&buffer[..len], to);
+                    browsers.deliver(side, rtp, &buffer[..len], to);
                 }
             }
             [Side::A, Side::B]
@@ -528,7 +568,7 @@ async fn send_dtmf(bridge: Rc<RefCell<Bridge>>, sockets: [(Rc<UdpSocket>, Rc<Udp
 /// leg's own RTP stream (so what the callee sends later continues it).
 async fn play_prompt(
     bridge: &RefCell<Bridge>,
-    (socket, counters): (&UdpSocket, &Counters),
+    (socket, browsers, counters): (&UdpSocket, &Browsers, &Counters),
     audio: &[i16],
     payload_type: u8,
 ) {
@@ -556,7 +596,7 @@ async fn play_prompt(
             &mut buffer,
         );
         if let Some((len, to)) = sent
-            && socket.try_send_to(&buffer[..len], to).is_ok()
+            && browsers.deliver(Side::A, socket, &buffer[..len], to)
         {
             inc(&counters.prompt_packets);
         }
@@ -628,6 +668,12 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                     }
                 }
                 Some((MediaCommand::Create { .. }, None, _)) => {}
+                Some((MediaCommand::WebRtc { session, a_side, leg }, _, _)) => {
+                    if let Some(state) = sessions.get_mut(&session) {
+                        let side = if a_side { Side::A } else { Side::B };
+                        state.attach_browser(&shell, session, side, *leg);
+                    }
+                }
                 Some((MediaCommand::Play { session, id, payload_type, .. }, _, audio)) => {
                     match (sessions.get_mut(&session), audio) {
                         (Some(state), Some(audio)) => state.play(&shell, (session, id), audio, payload_type),
@@ -700,12 +746,14 @@ fn create(
         config.inactivity_timeout,
     )));
     let tapping = Rc::new(Cell::new(None));
+    let browsers = Rc::new(Browsers::default());
     let counters = &shell.counters;
     let rtp = |side, from, to| Forward {
         session,
         shell: shell.clone(),
         bridge: bridge.clone(),
         tapping: tapping.clone(),
+        browsers: browsers.clone(),
         side,
         from,
         to,
@@ -737,6 +785,8 @@ fn create(
         dtmf_task: None,
         player: None,
         stopped_through: 0,
+        browsers,
+        browser_task: None,
     })
 }
 
@@ -775,6 +825,7 @@ struct Forward {
     shell: Shell,
     bridge: Rc<RefCell<Bridge>>,
     tapping: Rc<Cell<Option<Uuid>>>,
+    browsers: Rc<Browsers>,
     side: Side,
     from: Rc<UdpSocket>,
     to: Rc<UdpSocket>,
@@ -787,6 +838,7 @@ async fn forward_rtp(forward: Forward) {
         shell,
         bridge,
         tapping,
+        browsers,
         side,
         from,
         to,
@@ -815,6 +867,21 @@ async fn forward_rtp(forward: Forward) {
             for (meta, buffer) in meta.iter().zip(buffers.iter_mut()).take(count) {
                 let stride = meta.stride.max(1);
                 let data = &mut buffer[..meta.len];
+                if browsers.any() {
+                    // A browser on either side: through its WebRTC leg, one by one.
+                    for packet in data.chunks_mut(stride) {
+                        let context = (session, side, &*bridge, &*tapping);
+                        let sockets = (&*from, &*to);
+                        relay_with_browsers(
+                            &shell,
+                            context,
+                            &browsers,
+                            (meta.addr, packet),
+                            sockets,
+                        );
+                    }
+                    continue;
+                }
                 // Forward every datagram in place. A burst the kernel coalesced (GRO) that all
                 // goes to one destination leaves again as one segmented send (GSO), still
                 // without a copy; otherwise each datagram is sent on its own.
@@ -940,5 +1007,173 @@ async fn receive_rtcp(
         if received.is_ok() {
             inc(&counters.rtcp_received);
         }
+    }
+}
+
+/// The recording a session's packets are copied to, if any (shared by its tasks).
+type Tapping = Rc<Cell<Option<Uuid>>>;
+
+/// The most a session's WebRTC timer task sleeps between looks at its legs.
+const BROWSER_TICK: Duration = Duration::from_millis(500);
+
+/// A session's WebRTC legs, by side (`None` for a plain RTP leg), shared by its tasks. A
+/// browser's side speaks ICE-lite and DTLS-SRTP through str0m on the leg's RTP socket; the
+/// rest of the session (bridge, recording, DTMF) sees its plain RTP.
+#[derive(Default)]
+struct Browsers {
+    legs: [RefCell<Option<WebRtcLeg>>; 2],
+    /// When each leg wants its next timeout.
+    deadlines: [Cell<Option<Instant>>; 2],
+    /// The source the bridge sees for each browser's media: its first address.
+    sources: [Cell<Option<SocketAddr>>; 2],
+    /// Wakes the timer task when a deadline moved earlier than it sleeps.
+    wake: tokio::sync::Notify,
+    sleeping_until: Cell<Option<Instant>>,
+}
+
+fn index(side: Side) -> usize {
+    usize::from(side == Side::B)
+}
+
+impl Browsers {
+    /// Whether any leg is a browser's (the batched, in-place path is for plain legs only).
+    fn any(&self) -> bool {
+        self.legs.iter().any(|leg| leg.borrow().is_some())
+    }
+
+    fn is(&self, side: Side) -> bool {
+        self.legs[index(side)].borrow().is_some()
+    }
+
+    /// Sends a plain RTP packet to `side`: through its WebRTC leg, or as it is from `socket`
+    /// to `destination`.
+    fn deliver(
+        &self,
+        side: Side,
+        socket: &UdpSocket,
+        packet: &[u8],
+        destination: SocketAddr,
+    ) -> bool {
+        let mut slot = self.legs[index(side)].borrow_mut();
+        match slot.as_mut() {
+            Some(leg) => {
+                leg.send_rtp(Instant::now(), packet);
+                let received = self.flush(side, leg, socket);
+                debug_assert!(received.is_empty(), "sending yields no received media");
+                true
+            }
+            None => socket.try_send_to(packet, destination).is_ok(),
+        }
+    }
+
+    /// Drains `side`'s leg: datagrams leave from `socket`; the RTP it received is returned.
+    fn flush(&self, side: Side, leg: &mut WebRtcLeg, socket: &UdpSocket) -> Vec<Vec<u8>> {
+        let mut received = Vec::new();
+        loop {
+            match leg.poll() {
+                Poll::Transmit { destination, bytes } => {
+                    // A full socket buffer drops: ICE, DTLS and SRTP recover or tolerate it.
+                    let _ = socket.try_send_to(&bytes, destination);
+                }
+                Poll::Rtp(packet) => received.push(packet),
+                Poll::Timeout(at) => {
+                    self.deadlines[index(side)].set(Some(at));
+                    if self.sleeping_until.get().is_none_or(|until| at < until) {
+                        self.wake.notify_one();
+                    }
+                    return received;
+                }
+            }
+        }
+    }
+}
+
+/// A datagram on `side`'s RTP socket of a session with a browser leg: a browser's datagram
+/// goes through its WebRTC leg first, and what comes out (plain RTP) on through the bridge to
+/// the other side, which may be a browser too.
+fn relay_with_browsers(
+    shell: &Shell,
+    context: (SessionId, Side, &RefCell<Bridge>, &Cell<Option<Uuid>>),
+    browsers: &Browsers,
+    (source, packet): (SocketAddr, &mut [u8]),
+    (from, to): (&UdpSocket, &UdpSocket),
+) {
+    let side = context.1;
+    if !browsers.is(side) {
+        return forward_plain(shell, context, browsers, (source, packet), to);
+    }
+    let received = {
+        let mut slot = browsers.legs[index(side)].borrow_mut();
+        let Some(leg) = slot.as_mut() else { return };
+        leg.handle_datagram(Instant::now(), source, packet);
+        browsers.flush(side, leg, from)
+    };
+    // str0m authenticated these (SRTP) and ICE may move between the browser's candidates:
+    // the bridge sees one source per browser, so its latching never refuses a move.
+    let source = browsers.sources[index(side)].get().unwrap_or(source);
+    browsers.sources[index(side)].set(Some(source));
+    for mut plain in received {
+        forward_plain(shell, context, browsers, (source, &mut plain), to);
+    }
+}
+
+/// Forwards one plain RTP packet from `side` through the bridge to the other side.
+fn forward_plain(
+    shell: &Shell,
+    context: (SessionId, Side, &RefCell<Bridge>, &Cell<Option<Uuid>>),
+    browsers: &Browsers,
+    (source, packet): (SocketAddr, &mut [u8]),
+    to: &UdpSocket,
+) {
+    if let Some(destination) = handle_rtp(shell, context, source, packet) {
+        browsers.deliver(context.1.other(), to, packet, destination);
+    }
+}
+
+/// Runs the timers of a session's WebRTC legs (ICE consent, DTLS retransmissions, RTCP)
+/// for as long as the session lives.
+async fn drive_browsers(
+    shell: Shell,
+    (session, bridge, tapping): (SessionId, Rc<RefCell<Bridge>>, Tapping),
+    browsers: Rc<Browsers>,
+    sockets: [Rc<UdpSocket>; 2],
+) {
+    loop {
+        let now = Instant::now();
+        for side in [Side::A, Side::B] {
+            if browsers.deadlines[index(side)]
+                .get()
+                .is_some_and(|at| at > now)
+            {
+                continue;
+            }
+            let received = {
+                let mut slot = browsers.legs[index(side)].borrow_mut();
+                let Some(leg) = slot.as_mut() else { continue };
+                leg.handle_timeout(now);
+                browsers.flush(side, leg, &sockets[index(side)])
+            };
+            let source = browsers.sources[index(side)].get();
+            for (mut plain, source) in received.into_iter().zip(std::iter::repeat(source)) {
+                if let Some(source) = source {
+                    let context = (session, side, &*bridge, &*tapping);
+                    let to = &sockets[index(side.other())];
+                    forward_plain(&shell, context, &browsers, (source, &mut plain), to);
+                }
+            }
+        }
+        let next = browsers
+            .deadlines
+            .iter()
+            .filter_map(Cell::get)
+            .min()
+            .unwrap_or(now + BROWSER_TICK)
+            .min(now + BROWSER_TICK);
+        browsers.sleeping_until.set(Some(next));
+        tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+            () = browsers.wake.notified() => {}
+        }
+        browsers.sleeping_until.set(None);
     }
 }

@@ -136,7 +136,7 @@ impl Default for CoreConfig {
 }
 
 /// What the core asks the shell to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Output {
     /// Send `bytes` to `peer`.
     Transmit {
@@ -246,6 +246,8 @@ pub struct Core {
     trunk_health: trunk_health::TrunkHealth,
     /// The key of browser credentials (`digest::ephemeral`); none accepted without it.
     credential_key: Option<[u8; 32]>,
+    /// The DTLS certificate of WebRTC legs; without it browsers' calls are refused.
+    webrtc_cert: Option<crate::media::Certificate>,
 }
 
 impl Core {
@@ -283,6 +285,7 @@ impl Core {
             trunk_regs: trunk_reg::TrunkRegs::default(),
             trunk_health: trunk_health::TrunkHealth::default(),
             credential_key: None,
+            webrtc_cert: None,
             config,
         }
     }
@@ -312,6 +315,11 @@ impl Core {
     /// same key.
     pub fn set_credential_key(&mut self, key: [u8; 32]) {
         self.credential_key = Some(key);
+    }
+
+    /// Lets browsers call and be called: WebRTC legs use `cert` for DTLS.
+    pub fn set_webrtc_certificate(&mut self, cert: crate::media::Certificate) {
+        self.webrtc_cert = Some(cert);
     }
 
     /// Live calls.

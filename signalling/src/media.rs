@@ -6,14 +6,25 @@ use std::net::{IpAddr, SocketAddr};
 
 use switchboard_media::codec::Codec;
 use switchboard_media::sdp::{Direction, Sdp};
+pub use switchboard_media::webrtc::{AudioFormats, Certificate, WebRtcLeg};
 use uuid::Uuid;
 
 /// Identifies a call's media session in the media plane.
 pub type SessionId = u64;
 
 /// A command for the media plane.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum MediaCommand {
+    /// A leg of the session is a browser: its RTP port now speaks WebRTC through `leg`
+    /// (ICE-lite, DTLS-SRTP), which the media plane owns from now on.
+    WebRtc {
+        /// Session.
+        session: SessionId,
+        /// True for the caller's leg.
+        a_side: bool,
+        /// The negotiated leg.
+        leg: Box<WebRtcLeg>,
+    },
     /// Bind the RTP (even) and RTCP (odd) ports of both legs and start forwarding between
     /// them. `expected` addresses come from SDP; packets are latched to their real source.
     Create {
@@ -97,6 +108,7 @@ impl MediaCommand {
     pub fn session(&self) -> SessionId {
         match self {
             Self::Create { session, .. }
+            | Self::WebRtc { session, .. }
             | Self::Update { session, .. }
             | Self::Destroy { session }
             | Self::Record { session, .. }
@@ -297,6 +309,100 @@ pub fn answer_g711(offer: &Sdp) -> Option<(Sdp, u8)> {
     });
     answer.set_direction(index, Direction::SendRecv);
     Some((answer, chosen))
+}
+
+/// Whether an SDP describes a WebRTC session: its first audio stream runs over DTLS-SRTP
+/// (`UDP/TLS/RTP/SAVPF`, a fingerprint), as browsers offer and answer.
+pub fn is_webrtc(sdp: &Sdp) -> bool {
+    let Some(audio) = sdp.media.iter().find(|m| m.kind == "audio") else {
+        return false;
+    };
+    let fingerprint = audio.attribute("fingerprint").is_some()
+        || sdp
+            .session
+            .iter()
+            .any(|l| l.kind == 'a' && l.value.starts_with("fingerprint:"));
+    audio.proto.contains("TLS") && fingerprint
+}
+
+/// Attributes that describe a WebRTC transport or bundle, meaningless on a plain RTP leg.
+const WEBRTC_ATTRIBUTES: &[&str] = &[
+    "group",
+    "msid-semantic",
+    "ice-lite",
+    "ice-ufrag",
+    "ice-pwd",
+    "ice-options",
+    "fingerprint",
+    "setup",
+    "mid",
+    "msid",
+    "ssrc",
+    "ssrc-group",
+    "extmap",
+    "extmap-allow-mixed",
+    "rtcp-fb",
+    "rtcp-mux",
+    "rtcp-mux-only",
+    "rtcp-rsize",
+    "candidate",
+    "end-of-candidates",
+    "identity",
+];
+
+/// A browser's WebRTC session description as a plain RTP one for the other leg: its first
+/// audio stream with one G.711 codec (µ-law if offered, else A-law) and telephone-event at
+/// 8 kHz, `RTP/AVP`, none of the WebRTC transport attributes. Also returns what the WebRTC
+/// leg must carry so that payloads pass unchanged. `None` without G.711.
+pub fn plain_from_webrtc(sdp: &Sdp) -> Option<(Sdp, AudioFormats)> {
+    let index = sdp.media.iter().position(|m| m.kind == "audio")?;
+    let direction = sdp.direction(index);
+    let (mut plain, chosen) = answer_g711(sdp)?;
+    plain.set_direction(index, direction);
+    let media = &mut plain.media[index];
+    media.retain_formats(|m| {
+        m.payload_type == chosen
+            || (m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000)
+    });
+    media.proto = "RTP/AVP".into();
+    media.remove_attributes(WEBRTC_ATTRIBUTES);
+    plain.session.retain(|l| {
+        let name = l.value.split_once(':').map_or(l.value.as_str(), |(n, _)| n);
+        l.kind != 'a' || !WEBRTC_ATTRIBUTES.contains(&name)
+    });
+    // Other media (video, data channels) are refused with port 0 by `anchor`.
+    let formats = AudioFormats {
+        g711: vec![chosen],
+        telephone_event: telephone_event(&plain),
+    };
+    Some((plain, formats))
+}
+
+/// What a WebRTC leg offered to a browser may carry, from the plain offer of the other leg:
+/// its G.711 payload types in order, and its telephone-event.
+pub fn g711_formats(sdp: &Sdp) -> AudioFormats {
+    let g711 = sdp
+        .media
+        .iter()
+        .find(|m| m.kind == "audio")
+        .map(|audio| {
+            audio
+                .rtpmaps()
+                .into_iter()
+                .filter(|m| {
+                    m.clock_rate == 8000
+                        && (m.encoding.eq_ignore_ascii_case("PCMU")
+                            || m.encoding.eq_ignore_ascii_case("PCMA"))
+                })
+                .map(|m| m.payload_type)
+                .filter(|pt| matches!(pt, 0 | 8))
+                .collect()
+        })
+        .unwrap_or_default();
+    AudioFormats {
+        g711,
+        telephone_event: telephone_event(sdp),
+    }
 }
 
 /// Rewrites an SDP so media comes to `address:port`: every connection line and the origin,

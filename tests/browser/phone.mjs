@@ -8,6 +8,13 @@
 //          "signOut": true, "registrationsToken": "<admin access token>"}
 //   With registrationsToken, GET /api/v1/registrations is read (as that admin) once every
 //   page is registered, and put in each user's result as `registrations`.
+//   With "call": {"from": 0, "to": 1, "number": "1002", "dtmf": "5", "talkMs": 3000,
+//   "hold": true}, user
+//   `from` dials `number`; user `to` (if given: the callee is another page) answers when it
+//   rings. Once both are in the call, `from` presses `dtmf` half-way through `talkMs`; then
+//   each page's RTCPeerConnection state and inbound audio statistics (getStats) go into the
+//   result as `call`, and `from` hangs up. With "hold", `from` holds and resumes the call
+//   before that.
 //
 // stdout: exactly one JSON line, the result: per user the page's final state and its event log.
 // stderr: page console messages. Exit codes: 0 every page reached what the plan asks; 1 anything
@@ -82,6 +89,55 @@ try {
     });
     const registrations = await response.json();
     for (const user of result.users) user.registrations = registrations;
+  }
+  if (plan.call) {
+    const { from, to, number, dtmf, talkMs = 3000 } = plan.call;
+    const involved = [from, ...(to === undefined ? [] : [to])].map((i) => pages[i].page);
+    const caller = pages[from].page;
+    await caller.fill('#number', number);
+    await caller.click('#call');
+    if (to !== undefined) {
+      const callee = pages[to].page;
+      await callee.waitForSelector('body[data-ringing=true]', { timeout: STEP_TIMEOUT_MS });
+      await callee.click('#answer');
+    }
+    for (const page of involved) {
+      await page.waitForSelector('body[data-call=established]', { timeout: STEP_TIMEOUT_MS });
+    }
+    await caller.waitForTimeout(talkMs / 2);
+    if (dtmf) {
+      for (const key of dtmf) await caller.click(`#pad button:text-is("${key}")`);
+    }
+    await caller.waitForTimeout(talkMs / 2);
+    if (plan.call.hold) {
+      // Hold and resume (re-INVITEs, sendonly then sendrecv), each answered before the next.
+      await caller.click('#hold');
+      await caller.waitForSelector('#hold[aria-pressed=true]', { timeout: STEP_TIMEOUT_MS });
+      await caller.click('#hold');
+      await caller.waitForSelector('#hold[aria-pressed=false]', { timeout: STEP_TIMEOUT_MS });
+      await caller.waitForTimeout(500);
+    }
+    result.call = [];
+    for (const page of involved) {
+      result.call.push(await page.evaluate(async () => {
+        const pc = window.switchboardPhone.session.sessionDescriptionHandler.peerConnection;
+        const stats = await pc.getStats();
+        let inbound = null;
+        stats.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'audio') inbound = r; });
+        const codec = inbound && stats.get(inbound.codecId);
+        return {
+          connectionState: pc.connectionState,
+          packetsReceived: inbound ? inbound.packetsReceived : 0,
+          audioLevel: inbound ? inbound.audioLevel : 0,
+          totalAudioEnergy: inbound ? inbound.totalAudioEnergy : 0,
+          codec: codec ? codec.mimeType : null,
+        };
+      }));
+    }
+    await caller.click('#hangup');
+    for (const page of involved) {
+      await page.waitForSelector('body[data-call=ended]', { timeout: STEP_TIMEOUT_MS });
+    }
   }
   if (plan.signOut) {
     for (const [i, { page }] of pages.entries()) {

@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -468,4 +468,92 @@ impl Api {
         let samples = reader.into_samples().map(Result::unwrap).collect();
         (spec, samples)
     }
+}
+
+/// SIPp, if installed.
+pub fn sipp() -> Option<&'static str> {
+    peer("sipp", "-v", "Debian package sip-tester").then_some("sipp")
+}
+
+/// A free UDP port on loopback (released at once; SIPp binds it next).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a SIPp injection file for `number` with its digest credentials (field 1) and
+/// `extra` fields.
+pub fn credentials_csv(dir: &std::path::Path, number: &str, password: &str, extra: &str) -> String {
+    let csv = dir.join(format!("users-{number}-{password}.csv"));
+    std::fs::write(
+        &csv,
+        format!(
+            "SEQUENTIAL\n{number};[authentication username={number} password={password}]{extra}\n"
+        ),
+    )
+    .unwrap();
+    csv.to_str().unwrap().to_owned()
+}
+
+/// A SIPp command for `scenario` (in `tests/sipp`) on local port `port`, against `server`.
+pub fn sipp_command(server: &Server, dir: &std::path::Path, scenario: &str, port: u16) -> Command {
+    let scenario = format!("{}/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new("sipp");
+    command
+        .arg(server.sip_udp.to_string())
+        .args(["-sf", &scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-timeout", "20s", "-timeout_error", "-nostdin"])
+        .current_dir(dir);
+    command
+}
+
+/// Runs the SIPp REGISTER scenario `calls` times for `number` from local port `port`.
+pub fn run_sipp_register(
+    server: &Server,
+    dir: &std::path::Path,
+    (number, password): (&str, &str),
+    port: u16,
+    calls: u32,
+) -> std::process::Output {
+    let csv = credentials_csv(dir, number, password, "");
+    sipp_command(server, dir, "register_auth.xml", port)
+        .args(["-inf", &csv, "-m", &calls.to_string(), "-r", "50"])
+        .output()
+        .expect("run sipp")
+}
+
+/// Reads WebSocket messages (bounded in time) until `wanted` event types were seen in order;
+/// returns the events of those types.
+pub async fn expect_events<S>(socket: &mut S, wanted: &[&str]) -> Vec<Value>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt as _;
+    let mut seen = Vec::new();
+    let mut found = Vec::new();
+    while found.len() < wanted.len() {
+        let message = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for {wanted:?}, saw {seen:?}"))
+            .expect("the event stream is open")
+            .expect("a WebSocket message");
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+        if kind == wanted[found.len()] {
+            found.push(event);
+        }
+        seen.push(kind);
+    }
+    found
 }

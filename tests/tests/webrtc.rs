@@ -8,7 +8,10 @@ use rustls_pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use switchboard_sip::digest::Challenge;
 use switchboard_sip::message::{HeaderName, Limits, Message, Response};
-use switchboard_tests::{ADMIN_PASSWORD, Api, Server, TIMEOUT};
+use switchboard_tests::{
+    ADMIN_PASSWORD, Api, Server, TIMEOUT, expect_events, free_udp_port, run_sipp_register, sipp,
+    sipp_command,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -23,10 +26,20 @@ fn start(dir: &std::path::Path) -> Server {
 
 /// A user who owns extension `number`; returns the user's access token.
 async fn owner_of(api: &Api, server: &Server, number: &str) -> String {
+    user_with_extension(api, server, (OWNER, OWNER_PASSWORD), number).await
+}
+
+/// User `email` owning extension `number`; returns the user's access token.
+async fn user_with_extension(
+    api: &Api,
+    server: &Server,
+    (email, password): (&str, &str),
+    number: &str,
+) -> String {
     let user = api
         .create(
             "/users",
-            json!({"email": OWNER, "password": OWNER_PASSWORD, "display_name": "Owner"}),
+            json!({"email": email, "password": password, "display_name": format!("User {number}")}),
         )
         .await;
     api.create(
@@ -37,7 +50,7 @@ async fn owner_of(api: &Api, server: &Server, number: &str) -> String {
     .await;
     let body: Value = switchboard_tests::http()
         .post(server.url("/api/v1/auth/login"))
-        .json(&json!({"email": OWNER, "password": OWNER_PASSWORD}))
+        .json(&json!({"email": email, "password": password}))
         .send()
         .await
         .unwrap()
@@ -312,4 +325,159 @@ async fn the_web_phone_signs_in_and_registers_over_websocket_in_chromium() {
     );
     assert_eq!(user["signed_out"], true, "{result}");
     api.wait_for_registrations(0).await;
+}
+
+/// The live event stream, as the admin, once it says it is ready.
+async fn events(
+    server: &Server,
+    api: &Api,
+) -> WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("ws://{}/api/v1/events", server.http);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let hello = json!({"token": api.token}).to_string();
+    socket.send(Frame::text(hello)).await.unwrap();
+    expect_events(&mut socket, &["events.ready"]).await;
+    socket
+}
+
+/// A page's call statistics show media flowing in: connected, packets and sound.
+fn assert_heard(stats: &Value, result: &Value) {
+    assert_eq!(stats["connectionState"], "connected", "{result}");
+    assert_eq!(stats["codec"], "audio/PCMU", "{result}");
+    assert!(stats["packetsReceived"].as_u64().unwrap() >= 50, "{result}");
+    assert!(
+        stats["totalAudioEnergy"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+}
+
+#[tokio::test]
+async fn two_browsers_call_each_other_with_audio_both_ways_and_dtmf() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    let users = [
+        ("alice@example.com", "alice-password-1"),
+        ("bob@example.com", "bob-password-1"),
+    ];
+    user_with_extension(&api, &server, users[0], "1001").await;
+    user_with_extension(&api, &server, users[1], "1002").await;
+    let mut socket = events(&server, &api).await;
+    let plan = json!({
+        "base": format!("http://{}", server.http),
+        "users": users.map(|(email, password)| json!({"email": email, "password": password})),
+        "call": {"from": 0, "to": 1, "number": "1002", "dtmf": "5", "talkMs": 3000, "hold": true},
+    });
+    let Some(result) = tokio::task::spawn_blocking(move || drive_phones(&plan))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    // Both RTCPeerConnections connected to us, and each heard the other's (fake) microphone.
+    assert_heard(&result["call"][0], &result);
+    assert_heard(&result["call"][1], &result);
+    // The key pressed in the caller's page (RTCDTMFSender, RFC 4733) reached call control.
+    // Hold and resume from the page were answered, and told.
+    let wanted = [
+        "call.answered",
+        "call.dtmf",
+        "call.held",
+        "call.resumed",
+        "call.ended",
+    ];
+    let seen = expect_events(&mut socket, &wanted).await;
+    assert_eq!(
+        (&seen[1]["digit"], &seen[1]["side"]),
+        (&json!("5"), &json!("caller")),
+        "{seen:?}"
+    );
+    assert_eq!(seen[4]["disposition"], "answered", "{seen:?}");
+    assert_eq!(seen[4]["hangup_side"], "caller", "{seen:?}");
+    let (_, calls) = api.call(reqwest::Method::GET, "/calls", None).await;
+    let record = &calls["items"][0];
+    assert_eq!(
+        (&record["from_number"], &record["to_number"]),
+        (&json!("1001"), &json!("1002"))
+    );
+    assert_eq!(record["disposition"], "answered", "{record}");
+    assert!(record["billsec"].as_i64().unwrap() >= 2, "{record}");
+}
+
+#[tokio::test]
+async fn a_browser_calls_a_sipp_phone_and_the_recording_has_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    owner_of(&api, &server, "1001").await;
+    let phone = api.extension("1003", "phone-secret-1").await;
+    let (status, body) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/extensions/{phone}"),
+            Some(json!({"record_calls": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    if sipp().is_none() {
+        return;
+    }
+    // SIPp registers as 1003 and answers on the same port with PCMU only, echoing RTP.
+    let port = free_udp_port();
+    let registered = run_sipp_register(&server, dir.path(), ("1003", "phone-secret-1"), port, 1);
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stdout)
+    );
+    api.wait_for_registrations(1).await;
+    let uas = sipp_command(&server, dir.path(), "pcmu_echo_uas.xml", port)
+        .args(["-m", "1", "-mp", &free_udp_port().to_string(), "-rtp_echo"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the SIPp phone");
+    let plan = json!({
+        "base": format!("http://{}", server.http),
+        "users": [{"email": OWNER, "password": OWNER_PASSWORD}],
+        "call": {"from": 0, "number": "1003", "talkMs": 3000},
+    });
+    let result = tokio::task::spawn_blocking(move || drive_phones(&plan))
+        .await
+        .unwrap();
+    let uas = uas.wait_with_output().unwrap();
+    let Some(result) = result else { return };
+    assert!(
+        uas.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uas.stdout)
+    );
+    // The browser hears its own microphone back through SIPp's echo: RTP reached SIPp.
+    assert_heard(&result["call"][0], &result);
+
+    let (_, calls) = api.call(reqwest::Method::GET, "/calls", None).await;
+    let record = &calls["items"][0];
+    assert_eq!(record["disposition"], "answered", "{record}");
+    let recording = record["recording_id"]
+        .as_str()
+        .expect("recorded")
+        .to_owned();
+    api.wait_for_recording(&recording, "complete").await;
+    let (spec, samples) = api.wav(&recording).await;
+    assert_eq!(spec.channels, 2);
+    // Each channel (caller left, callee right) carries sound, not silence.
+    for channel in 0..2 {
+        let energy: f64 = samples
+            .iter()
+            .skip(channel)
+            .step_by(2)
+            .map(|s| f64::from(*s).powi(2))
+            .sum::<f64>()
+            / (samples.len() / 2) as f64;
+        assert!(
+            energy.sqrt() > 100.0,
+            "channel {channel} RMS {}",
+            energy.sqrt()
+        );
+    }
 }

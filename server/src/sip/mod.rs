@@ -394,6 +394,10 @@ pub async fn start(
     rand::fill(&mut seed);
     let mut core = Core::new(core_config(config), nonce_key, seed);
     core.set_credential_key(websockets.credential_key);
+    // One DTLS certificate for every browser leg of this process.
+    let certificate = switchboard_signalling::media::Certificate::generate()
+        .map_err(|e| anyhow::anyhow!("generating the WebRTC DTLS certificate: {e}"))?;
+    core.set_webrtc_certificate(certificate);
     for update in directory::load(db, secret_box).await? {
         core.apply(update);
     }

@@ -52,6 +52,7 @@ impl World {
         }));
         core.set_default_domain("example.com");
         core.set_local("203.0.113.1".parse().unwrap(), &[(Transport::Udp, 5060)]);
+        core.set_webrtc_certificate(crate::media::Certificate::generate().unwrap());
         for (number, secret) in [("1001", "alice-pass"), ("1002", "bob-pass")] {
             core.apply(Update::ExtensionUpsert(Extension {
                 id: Uuid::new_v4(),
@@ -388,11 +389,11 @@ fn call_is_anchored_answered_and_hung_up_by_the_caller() {
     assert_eq!(ok.status, 200);
     let answer = Sdp::parse(&ok.body).unwrap();
     let a_port = crate::media::audio_address(&answer).unwrap().port();
-    let Some(MediaCommand::Create {
+    let Some(&&MediaCommand::Create {
         a_port: created,
         a_expected,
         ..
-    }) = world.media().first().copied().cloned()
+    }) = world.media().first()
     else {
         panic!()
     };
@@ -2306,8 +2307,19 @@ fn a_closed_websocket_ends_its_calls_and_its_registration() {
         200
     );
     let browser = world.core.registrar.bindings(world.extension_id("1002"))[0].peer;
-    world.bob.push(browser);
-    answered_call(&mut world);
+    world.call("1002");
+    let invite = world
+        .requests(browser)
+        .pop()
+        .expect("INVITE to the browser");
+    let offer = str0m::change::SdpOffer::from_sdp_string(&String::from_utf8_lossy(&invite.body));
+    let answer = browser_rtc()
+        .sdp_api()
+        .accept_offer(offer.unwrap())
+        .unwrap()
+        .to_sdp_string();
+    world.answer_from(browser, &invite, 200, Some(answer));
+    alice_acks(&mut world);
     world.outputs.clear();
     world.core.connection_closed(world.now, WALL, 7);
     world.drain();
@@ -2329,5 +2341,196 @@ fn a_closed_websocket_ends_its_calls_and_its_registration() {
             .registrar
             .bindings(world.extension_id("1002"))
             .is_empty()
+    );
+}
+
+/// A browser stand-in (str0m, full ICE) that offers audio as Chromium does: Opus first, then
+/// PCMU, PCMA and telephone-event.
+fn browser_rtc() -> str0m::Rtc {
+    let mut config = str0m::Rtc::builder().set_rtp_mode(true).clear_codecs();
+    let codecs = config.codec_config();
+    codecs.enable_opus(true, false);
+    codecs.enable_pcmu(true, false);
+    codecs.enable_pcma(true, false);
+    codecs.add_config(
+        126.into(),
+        None,
+        str0m::format::Codec::Tele,
+        str0m::media::Frequency::EIGHT_KHZ,
+        None,
+        str0m::format::FormatParams::parse_line("0-16"),
+    );
+    let mut rtc = config.build(Instant::now());
+    let host = str0m::Candidate::host("192.0.2.40:50000".parse().unwrap(), "udp").unwrap();
+    rtc.add_local_candidate(host);
+    rtc
+}
+
+#[test]
+fn a_browser_calls_a_phone_with_webrtc_on_its_side_and_plain_rtp_on_the_other() {
+    let mut world = World::new(1, CoreConfig::default());
+    let mut browser = browser_rtc();
+    let mut change = browser.sdp_api();
+    change.add_media(
+        str0m::media::MediaKind::Audio,
+        str0m::media::Direction::SendRecv,
+        None,
+        None,
+        None,
+    );
+    let (offer, pending) = change.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let ws = Peer {
+        transport: Transport::Ws,
+        addr: SocketAddr::from(([192, 0, 2, 40], 51_000)),
+        conn: Some(3),
+    };
+    let invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/WSS b7.invalid;branch=z9hG4bKbr{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sip:1001@example.com>;tag=br\r\nTo: <sip:1002@example.com>\r\nCall-ID: browser-call\r\n\
+             CSeq: {cseq} INVITE\r\nContact: <sip:x@b7.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n{auth}\
+             Content-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        )
+    };
+    world.send(ws, &invite(1, ""));
+    let challenge = world.challenge(ws);
+    let answer = challenge.answer(
+        "1001",
+        "alice-pass",
+        "INVITE",
+        "sip:1002@example.com",
+        "cn",
+        1,
+    );
+    world.send(ws, &invite(2, &format!("Authorization: {answer}\r\n")));
+
+    // The phone is offered plain RTP with the one G.711 codec the browser's leg will carry.
+    let bob = world.bob[0];
+    let to_bob = world.requests(bob).pop().expect("INVITE to Bob");
+    let plain = String::from_utf8_lossy(&to_bob.body).into_owned();
+    assert!(
+        plain.contains("m=audio ") && plain.contains(" RTP/AVP 0 126\r\n"),
+        "{plain}"
+    );
+    for webrtc in [
+        "fingerprint",
+        "ice-ufrag",
+        "candidate",
+        "SAVPF",
+        "opus",
+        "a=mid",
+    ] {
+        assert!(!plain.contains(webrtc), "{webrtc} in {plain}");
+    }
+    assert!(
+        world
+            .media()
+            .iter()
+            .any(|m| matches!(m, MediaCommand::WebRtc { a_side: true, .. }))
+    );
+    world.answer_from(bob, &to_bob, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+
+    // The browser gets the WebRTC answer of its leg, which str0m (as the browser) accepts.
+    let ok = world
+        .responses(ws)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200");
+    let answer = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(
+        answer.contains("a=ice-lite") && answer.contains("a=fingerprint:"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("203.0.113.1 "),
+        "our advertised address: {answer}"
+    );
+    browser
+        .sdp_api()
+        .accept_answer(
+            pending,
+            str0m::change::SdpAnswer::from_sdp_string(&answer).unwrap(),
+        )
+        .unwrap();
+
+    // The browser holds (SIP.js re-offers sendonly): we answer it ourselves, recvonly, with
+    // the same transport, and the phone's leg is left alone.
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .params
+        .get("tag")
+        .flatten()
+        .unwrap()
+        .to_owned();
+    let held = offer.replace("a=sendrecv", "a=sendonly");
+    let reinvite = format!(
+        "INVITE sip:switchboard@203.0.113.1:5060;transport=ws SIP/2.0\r\nVia: SIP/2.0/WSS b7.invalid;branch=z9hG4bKhold\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@example.com>;tag=br\r\nTo: <sip:1002@example.com>;tag={tag}\r\n\
+         Call-ID: browser-call\r\nCSeq: 3 INVITE\r\nContact: <sip:x@b7.invalid;transport=ws>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{held}",
+        held.len()
+    );
+    world.outputs.clear();
+    world.send(ws, &reinvite);
+    let refreshed = world.responses(ws).pop().expect("an answer to the hold");
+    assert_eq!(refreshed.status, 200);
+    let body = String::from_utf8_lossy(&refreshed.body).into_owned();
+    assert!(
+        body.contains("a=recvonly") && body.contains("a=ice-lite"),
+        "{body}"
+    );
+    let fingerprint = answer
+        .lines()
+        .find(|l| l.starts_with("a=fingerprint"))
+        .unwrap();
+    assert!(body.contains(fingerprint), "{body}");
+    assert!(
+        world.requests(bob).is_empty(),
+        "the phone's leg is not renegotiated"
+    );
+}
+
+#[test]
+fn a_phone_calls_a_browser_that_answers_our_webrtc_offer() {
+    let mut world = World::new(0, CoreConfig::default());
+    assert_eq!(
+        browser_register(&mut world, 9, "1002", "bob-pass").status,
+        200
+    );
+    let browser_peer = world.core.registrar.bindings(world.extension_id("1002"))[0].peer;
+    world.call("1002");
+    let to_browser = world
+        .requests(browser_peer)
+        .pop()
+        .expect("INVITE to the browser");
+    let offer = String::from_utf8_lossy(&to_browser.body).into_owned();
+    assert!(offer.contains("UDP/TLS/RTP/SAVPF 0 101"), "{offer}");
+    assert!(!offer.contains("a=crypto"), "{offer}");
+    let mut browser = browser_rtc();
+    let answer = browser
+        .sdp_api()
+        .accept_offer(str0m::change::SdpOffer::from_sdp_string(&offer).unwrap())
+        .unwrap()
+        .to_sdp_string();
+    world.answer_from(browser_peer, &to_browser, 200, Some(answer));
+    assert!(
+        world
+            .media()
+            .iter()
+            .any(|m| matches!(m, MediaCommand::WebRtc { a_side: false, .. }))
+    );
+    // Alice, a phone, is answered with plain RTP.
+    let ok = world
+        .responses(world.alice)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200");
+    let plain = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(plain.contains(" RTP/AVP 0 101\r\n"), "{plain}");
+    assert!(
+        !plain.contains("fingerprint") && !plain.contains("SAVPF"),
+        "{plain}"
     );
 }

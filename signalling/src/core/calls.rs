@@ -35,7 +35,7 @@ pub use self::app::IvrSummary;
 use super::{Core, Output};
 use crate::directory::{Extension, NumberTarget, Tenant};
 use crate::media::{self, MediaCommand, MediaEvent, SessionId};
-use crate::peer::Peer;
+use crate::peer::{Peer, Transport};
 use crate::stats::SipStats;
 
 /// How a call ended.
@@ -326,6 +326,8 @@ struct Fork {
     state: ForkState,
     /// The extension it rings, if it rings one.
     callee: Option<Uuid>,
+    /// A browser's fork: the WebRTC leg our offer came from, until it answers.
+    webrtc: Option<Box<media::WebRtcLeg>>,
 }
 
 /// What a client transaction of a call is for.
@@ -439,6 +441,12 @@ struct Call {
     failover: Vec<std::net::SocketAddr>,
     /// It goes out through a trunk: the toll-fraud limits count it.
     out: bool,
+    /// The caller is a browser: our WebRTC answer to its offer (sent instead of anchored
+    /// SDP).
+    a_webrtc: Option<String>,
+    /// The SDP we last sent the caller (answered again on a refresh when a browser is in
+    /// the call).
+    a_sent: Option<String>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -587,11 +595,38 @@ fn sdp_of(body: &[u8], headers: &Headers) -> Option<Result<Sdp, ()>> {
 /// only).
 fn audio_offer(request: &Request, hold: bool) -> Option<Sdp> {
     match sdp_of(&request.body, &request.headers) {
-        Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || (hold && media::is_hold(&sdp)) => {
+        Some(Ok(sdp))
+            if media::audio_address(&sdp).is_some()
+                || (hold && media::is_hold(&sdp))
+                // A browser's address is in its ICE candidates, not in c= (0.0.0.0).
+                || media::is_webrtc(&sdp) =>
+        {
             Some(sdp)
         }
         _ => None,
     }
+}
+
+/// A browser's WebRTC offer, kept to answer once its call is set up: the offer as sent, and
+/// what its leg must carry.
+struct BrowserOffer {
+    offer: String,
+    formats: media::AudioFormats,
+}
+
+/// The caller's offer as the rest of the call sees it: a WebRTC offer becomes plain RTP with
+/// one G.711 codec (the browser's leg passes payloads through unchanged), and is kept to be
+/// answered. `None`: a WebRTC offer without G.711.
+fn caller_offer(offer: Sdp, request: &Request) -> Option<(Sdp, Option<BrowserOffer>)> {
+    if !media::is_webrtc(&offer) {
+        return Some((offer, None));
+    }
+    let (plain, formats) = media::plain_from_webrtc(&offer)?;
+    let browser = BrowserOffer {
+        offer: String::from_utf8_lossy(&request.body).into_owned(),
+        formats,
+    };
+    Some((plain, Some(browser)))
 }
 
 /// The CANCEL of one of our INVITEs (§9.1): the same Request-URI, Call-ID, To, From, CSeq
@@ -791,6 +826,9 @@ impl Core {
         let Some(offer) = audio_offer(&request, true) else {
             return self.refuse_without_offer(now, refused, record);
         };
+        let Some((offer, browser)) = caller_offer(offer, &request) else {
+            return self.refuse_browser_without_g711(now, refused, record);
+        };
         let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
         };
@@ -801,16 +839,35 @@ impl Core {
             .get(&HeaderName::MaxForwards)
             .and_then(|m| m.trim().parse::<u8>().ok())
             .map_or(70, |m| m.saturating_sub(1));
+        let domain = tenant.domain.clone();
+        let caller_id = (caller.display(), caller.number().to_owned());
+        let record_policy = tenant.record_calls || caller_records || callee.record_calls;
+        let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
+        call.record_policy = record_policy;
+        self.calls.insert(session, call);
+        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if let Some(browser) = browser
+            && !self.answer_browser(now, session, &browser)
+        {
+            return self.fail_call(
+                now,
+                wall_ms,
+                session,
+                488,
+                Disposition::Failed,
+                "incompatible_destination",
+            );
+        }
         let forks = self.fork_to(
             now,
             session,
             bindings,
             Forking {
-                caller: (caller.display(), caller.number()),
+                caller: (caller_id.0, &caller_id.1),
                 callee: &callee.number,
                 callee_id: Some(callee.id),
-                domain: &tenant.domain,
-                to_domain: &tenant.domain,
+                domain: &domain,
+                to_domain: &domain,
                 offer: &b_offer,
                 max_forwards,
                 headers: &[],
@@ -818,13 +875,10 @@ impl Core {
         );
         let ring_deadline = now + self.config.ring_timeout;
         self.calls.timers.push(Reverse((ring_deadline, session)));
-        let record_policy = tenant.record_calls || caller_records || callee.record_calls;
-        let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
-        call.forks = forks;
-        call.ring_deadline = Some(ring_deadline);
-        call.record_policy = record_policy;
-        self.calls.insert(session, call);
-        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            call.forks = forks;
+            call.ring_deadline = Some(ring_deadline);
+        }
         if self.calls.calls[&session].forks.is_empty() {
             self.fail_call(
                 now,
@@ -910,6 +964,8 @@ impl Core {
             hunt: None,
             failover: Vec::new(),
             out: false,
+            a_webrtc: None,
+            a_sent: None,
         }
     }
 
@@ -962,6 +1018,16 @@ impl Core {
             let Ok(uri) = Uri::parse(&contact) else {
                 continue;
             };
+            // A browser (registered over WebSocket) gets a WebRTC offer from a leg of its
+            // own; a phone gets the anchored offer.
+            let (body, webrtc) = if matches!(peer.transport, Transport::Ws | Transport::Wss) {
+                match self.offer_browser(now, forking.offer) {
+                    Some((leg, offer)) => (Bytes::from(offer), Some(Box::new(leg))),
+                    None => continue,
+                }
+            } else {
+                (Bytes::from(forking.offer.to_string()), None)
+            };
             let mut headers = Headers::new();
             headers.push(HeaderName::Via, self.our_via(peer));
             headers.push(HeaderName::MaxForwards, forking.max_forwards.to_string());
@@ -993,7 +1059,7 @@ impl Core {
                 uri,
                 version: (2, 0),
                 headers,
-                body: Bytes::from(forking.offer.to_string()),
+                body,
             };
             match self.transactions.send_request(
                 now,
@@ -1009,12 +1075,29 @@ impl Core {
                         peer,
                         state: ForkState::Trying,
                         callee: forking.callee_id,
+                        webrtc,
                     });
                 }
                 Err(error) => tracing::debug!(%error, "could not fork INVITE"),
             }
         }
         forks
+    }
+
+    /// A WebRTC leg offering a browser what `offer` (the anchored offer for the callee's
+    /// side) carries, on the same port. `None` (the browser is skipped) when the offer has
+    /// no G.711 or str0m refused.
+    fn offer_browser(&mut self, now: Instant, offer: &Sdp) -> Option<(media::WebRtcLeg, String)> {
+        let cert = self.webrtc_cert.as_ref()?;
+        let local = media::audio_address(offer)?;
+        let formats = media::g711_formats(offer);
+        match media::WebRtcLeg::offer(now, cert, &formats, local) {
+            Ok(offered) => Some(offered),
+            Err(error) => {
+                tracing::debug!(%error, "not ringing a browser: nothing to offer it");
+                None
+            }
+        }
     }
 
     /// Whether a response belongs to a call; if so, handles it.
@@ -1162,6 +1245,7 @@ impl Core {
                 return;
             }
             call.forks[index].state = ForkState::Early;
+            let browser = call.forks[index].webrtc.is_some();
             if call.app.is_some() {
                 // A flow's dial: the caller hears ringing unless the flow answered already
                 // (the callee's early media is not relayed: the flow owns the caller's SDP).
@@ -1175,8 +1259,9 @@ impl Core {
                 call.rang = true;
                 self.call_event(session, CallEventKind::Ringing);
             }
+            // A browser's early answer stays unused (its leg takes the final one).
             let sdp = match sdp_of(&response.body, &response.headers) {
-                Some(Ok(sdp)) => Some(sdp),
+                Some(Ok(sdp)) if !browser => Some(sdp),
                 _ => None,
             };
             if let Some(sdp) = &sdp {
@@ -1237,6 +1322,34 @@ impl Core {
         self.fail_call(now, wall_ms, session, status, disposition, cause);
     }
 
+    /// The SDP answer in a fork's 2xx, as the rest of the call sees it: a browser's
+    /// WebRTC answer completes its leg, which goes to the media plane, and becomes plain RTP.
+    fn fork_answer(
+        &mut self,
+        session: SessionId,
+        index: usize,
+        response: &Response,
+    ) -> Option<Sdp> {
+        let Some(Ok(answer)) = sdp_of(&response.body, &response.headers) else {
+            return None;
+        };
+        let call = self.calls.calls.get_mut(&session)?;
+        let Some(mut leg) = call.forks[index].webrtc.take() else {
+            return Some(answer);
+        };
+        if let Err(error) = leg.accept_answer(&String::from_utf8_lossy(&response.body)) {
+            tracing::debug!(%error, session, "a browser's answer is unusable");
+            return None;
+        }
+        let (plain, _) = media::plain_from_webrtc(&answer)?;
+        self.outputs.push_back(Output::Media(MediaCommand::WebRtc {
+            session,
+            a_side: false,
+            leg,
+        }));
+        Some(plain)
+    }
+
     fn fork_answered(
         &mut self,
         now: Instant,
@@ -1278,7 +1391,7 @@ impl Core {
             call.record.to_extension = Some(callee);
         }
         call.answered_wall_ms.get_or_insert(wall_ms);
-        let Some(Ok(answer)) = sdp_of(&response.body, &response.headers) else {
+        let Some(answer) = self.fork_answer(session, index, &response) else {
             // A 2xx without an answer to our offer: acknowledge, hang up, fail the call.
             let contact = self.our_contact(fork_peer);
             let via = self.our_via(fork_peer);
@@ -1551,16 +1664,25 @@ impl Core {
             .headers
             .push(HeaderName::Server, self.config.server_name.clone());
         if let Some(sdp) = sdp {
-            let anchored = media::anchor(sdp, self.advertised, call.a_port);
+            // A browser gets the answer of its WebRTC leg, a phone the anchored SDP.
+            let body = match &call.a_webrtc {
+                Some(answer) => answer.clone(),
+                None => media::anchor(sdp, self.advertised, call.a_port).to_string(),
+            };
             response
                 .headers
                 .push(HeaderName::ContentType, "application/sdp");
-            response.body = Bytes::from(anchored.to_string());
+            response.body = Bytes::from(body);
         }
         let (key, peer) = (call.a_key.clone(), call.a_peer);
+        let cseq = cseq_of(&call.a_invite.headers).map_or(0, |c| c.seq);
+        if sdp.is_some()
+            && let Some(call) = self.calls.calls.get_mut(&session)
+        {
+            call.a_sent = std::str::from_utf8(&response.body).ok().map(str::to_owned);
+        }
         if (200..300).contains(&status) {
             let bytes = Bytes::from(response.to_bytes());
-            let cseq = cseq_of(&call.a_invite.headers).map_or(0, |c| c.seq);
             self.retransmit_ok(now, session, (Side::A, cseq, peer), bytes);
         }
         if let Err(error) = self.transactions.send_response(now, &key, response) {
@@ -1638,6 +1760,49 @@ impl Core {
             to_extension: record.to_extension,
             kind,
         }));
+    }
+
+    /// Refuses a browser's call whose offer has no G.711 (488): browser legs are bridged
+    /// without transcoding.
+    fn refuse_browser_without_g711(
+        &mut self,
+        now: Instant,
+        refused: Refused<'_>,
+        record: CallStart,
+    ) {
+        self.refuse(now, refused, record, NO_OFFER, |r| {
+            r.headers.push(
+                HeaderName::Warning,
+                "399 switchboard \"a WebRTC offer with PCMU or PCMA audio is required\"",
+            );
+        });
+    }
+
+    /// Answers a browser caller's WebRTC offer on the call's caller-side port: the answer
+    /// goes with our first response that carries SDP, the leg to the media plane now (it
+    /// answers the browser's ICE checks from the start). False if str0m refused the offer.
+    fn answer_browser(&mut self, now: Instant, session: SessionId, browser: &BrowserOffer) -> bool {
+        let (Some(cert), Some(call)) = (&self.webrtc_cert, self.calls.calls.get(&session)) else {
+            return false;
+        };
+        let local = std::net::SocketAddr::new(self.advertised, call.a_port);
+        match media::WebRtcLeg::answer(now, cert, &browser.offer, &browser.formats, local) {
+            Ok((leg, answer)) => {
+                if let Some(call) = self.calls.calls.get_mut(&session) {
+                    call.a_webrtc = Some(answer);
+                }
+                self.outputs.push_back(Output::Media(MediaCommand::WebRtc {
+                    session,
+                    a_side: true,
+                    leg: Box::new(leg),
+                }));
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, session, "refusing a browser's WebRTC offer");
+                false
+            }
+        }
     }
 
     /// Refuses a new call that has no SDP offer with audio (488).
@@ -1885,6 +2050,12 @@ impl Core {
                 {
                     return true;
                 }
+                if request.method != Method::Info
+                    && let Some(ours) = self.browser_refresh(session, side)
+                {
+                    self.answer_refresh(now, session, side, &key, &request, ours);
+                    return true;
+                }
                 self.relay_request(now, session, side, key, request);
             }
             _ => self.respond(now, &key, &request, 501, "Not Implemented", |r| {
@@ -1921,6 +2092,89 @@ impl Core {
             }
         }
         self.send_unwatched(now, session, bye, peer);
+    }
+
+    /// Answers an in-dialog INVITE or UPDATE (a refresh, hold, resume) from `side` ourselves
+    /// with `ours`, the SDP that side already has from us, its direction the reverse of the
+    /// offer's (a hold gets recvonly or inactive back); the media plane follows the offer.
+    /// A 2xx to an INVITE is retransmitted until the ACK.
+    fn answer_refresh(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        side: Side,
+        key: &ServerKey,
+        request: &Request,
+        mut ours: Sdp,
+    ) {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        let peer = match side {
+            Side::A => call.a_peer,
+            Side::B => call.winner.map_or(call.a_peer, |w| call.forks[w].peer),
+        };
+        if let Some(Ok(offer)) = sdp_of(&request.body, &request.headers) {
+            let hold = media::is_hold(&offer);
+            if let Some(index) = offer.media.iter().position(|m| m.kind == "audio") {
+                ours.set_direction(index, offer.direction(index).reversed());
+            }
+            ours.bump_version();
+            if call.held != hold {
+                call.held = hold;
+                let kind = if hold {
+                    CallEventKind::Held
+                } else {
+                    CallEventKind::Resumed
+                };
+                self.call_event(session, kind);
+            }
+            self.media_update(session, side, &offer, hold);
+        }
+        let mut response = transaction::response_to(request, 200, "OK");
+        response
+            .headers
+            .push(HeaderName::Contact, format!("<{}>", self.our_contact(peer)));
+        response
+            .headers
+            .push(HeaderName::Server, self.config.server_name.clone());
+        if request.method == Method::Invite || !request.body.is_empty() {
+            response
+                .headers
+                .push(HeaderName::ContentType, "application/sdp");
+            response.body = Bytes::from(ours.to_string());
+        }
+        let bytes = Bytes::from(response.to_bytes());
+        if self.transactions.send_response(now, key, response).is_ok()
+            && request.method == Method::Invite
+        {
+            // Our 2xx is ours to retransmit until the ACK.
+            let cseq = cseq_of(&request.headers).map_or(0, |c| c.seq);
+            self.retransmit_ok(now, session, (side, cseq, peer), bytes);
+        }
+    }
+
+    /// The SDP `side` has from us, when a browser is in the call: its session is answered
+    /// by us rather than renegotiated end to end (a browser's WebRTC leg lives in the media
+    /// plane). `None` for calls between phones, whose offers are relayed.
+    fn browser_refresh(&self, session: SessionId, side: Side) -> Option<Sdp> {
+        let call = self.calls.calls.get(&session)?;
+        let winner = call.winner.and_then(|w| call.forks.get(w))?;
+        let b_browser = matches!(winner.peer.transport, Transport::Ws | Transport::Wss);
+        if call.a_webrtc.is_none() && !b_browser {
+            return None;
+        }
+        let (text, browser) = match side {
+            Side::A => (call.a_sent.as_deref()?, call.a_webrtc.is_some()),
+            Side::B => (std::str::from_utf8(&winner.invite.body).ok()?, b_browser),
+        };
+        // Our offer to a browser said actpass; it answered active, so we are passive now.
+        let text = if browser {
+            text.replace("a=setup:actpass", "a=setup:passive")
+        } else {
+            text.to_owned()
+        };
+        Sdp::parse(text.as_bytes()).ok()
     }
 
     /// Relays an in-dialog request to the other side, SDP re-anchored.

@@ -132,12 +132,15 @@ impl Core {
         let Some((flow, flow_version)) = published else {
             return self.refuse(now, refused, record, FLOW_UNAVAILABLE, |_| {});
         };
+        // A browser's WebRTC offer is answered by its own leg; the flow sees plain G.711.
         let offer = match super::sdp_of(&request.body, &request.headers) {
-            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() => Some(sdp),
+            Some(Ok(sdp)) if media::audio_address(&sdp).is_some() || media::is_webrtc(&sdp) => {
+                super::caller_offer(sdp, &request)
+            }
             _ => None,
         };
-        let Some((offer, (answer, payload_type))) =
-            offer.and_then(|o| media::answer_g711(&o).map(|a| (o, a)))
+        let Some(((offer, browser), (answer, payload_type))) =
+            offer.and_then(|o| media::answer_g711(&o.0).map(|a| (o, a)))
         else {
             return self.refuse(now, refused, record, NO_OFFER, |r| {
                 r.headers.push(
@@ -169,6 +172,12 @@ impl Core {
         }));
         self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if let Some(browser) = browser
+            && !self.answer_browser(now, session, &browser)
+        {
+            let cause = "incompatible_destination";
+            return self.fail_call(now, wall_ms, session, 488, Disposition::Failed, cause);
+        }
         self.drive_app(now, wall_ms, session);
     }
 
@@ -628,39 +637,16 @@ impl Core {
         let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
             return;
         };
-        let (a_port, a_peer) = (call.a_port, call.a_peer);
-        // The caller's new offer: follow its address, and answer its direction (a hold gets
-        // recvonly or inactive back).
-        let mut ours = media::anchor(&answer, self.advertised, a_port);
-        if let Some(Ok(offer)) = super::sdp_of(&request.body, &request.headers) {
-            let hold = media::is_hold(&offer);
-            if let Some(index) = offer.media.iter().position(|m| m.kind == "audio") {
-                ours.set_direction(index, offer.direction(index).reversed());
-            }
-            self.media_update(session, Side::A, &offer, hold);
-        }
-        let mut response = switchboard_sip::transaction::response_to(request, 200, "OK");
-        response.headers.push(
-            HeaderName::Contact,
-            format!("<{}>", self.our_contact(a_peer)),
-        );
-        response
-            .headers
-            .push(HeaderName::Server, self.config.server_name.clone());
-        if request.method == Method::Invite || !request.body.is_empty() {
-            response
-                .headers
-                .push(HeaderName::ContentType, "application/sdp");
-            response.body = bytes::Bytes::from(ours.to_string());
-        }
-        let bytes = bytes::Bytes::from(response.to_bytes());
-        if self.transactions.send_response(now, key, response).is_ok()
-            && request.method == Method::Invite
+        // A browser gets its WebRTC leg's answer again, a phone the flow's.
+        let ours = match call
+            .a_webrtc
+            .as_deref()
+            .map(|text| Sdp::parse(text.as_bytes()))
         {
-            // Our 2xx is ours to retransmit until the caller's ACK.
-            let cseq = super::cseq_of(&request.headers).map_or(0, |c| c.seq);
-            self.retransmit_ok(now, session, (Side::A, cseq, a_peer), bytes);
-        }
+            Some(Ok(webrtc)) => webrtc,
+            _ => media::anchor(&answer, self.advertised, call.a_port),
+        };
+        self.answer_refresh(now, session, Side::A, key, request, ours);
     }
 
     /// The answer to an [`Output::Http`]: the JSON of a 2xx, or why there is none.

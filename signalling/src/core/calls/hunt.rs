@@ -47,6 +47,9 @@ impl Core {
         let Some(offer) = super::audio_offer(&request, false) else {
             return self.refuse_without_offer(now, refused, record);
         };
+        let Some((offer, browser)) = super::caller_offer(offer, &request) else {
+            return self.refuse_browser_without_g711(now, refused, record);
+        };
         let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
         };
@@ -56,6 +59,12 @@ impl Core {
         call.record_policy = call.tenant.record_calls;
         self.calls.insert(session, call);
         crate::stats::SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if let Some(browser) = browser
+            && !self.answer_browser(now, session, &browser)
+        {
+            let cause = "incompatible_destination";
+            return self.fail_call(now, wall_ms, session, 488, Disposition::Failed, cause);
+        }
         if !self.ring_group(now, session, &group, b_offer, caller) {
             let cause = "user_not_registered";
             self.fail_call(now, wall_ms, session, 480, Disposition::Failed, cause);

@@ -139,6 +139,9 @@ impl Core {
         let Some(offer) = super::audio_offer(&request, false) else {
             return self.refuse_without_offer(now, refused, record);
         };
+        let Some((offer, browser)) = super::caller_offer(offer, &request) else {
+            return self.refuse_browser_without_g711(now, refused, record);
+        };
         let Some(opened) = self.open_session(&record, &offer, &offer) else {
             return self.refuse(now, refused, record, NO_PORTS, retry_later);
         };
@@ -146,6 +149,23 @@ impl Core {
 
         let caller_id = caller.caller_id.clone().unwrap_or(caller.number.clone());
         let b_offer = media::anchor(&offer, self.advertised, b_port);
+        let domain = tenant.domain.clone();
+        let record_policy = tenant.record_calls || caller.record_calls;
+        let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
+        call.out = true;
+        call.record_policy = record_policy;
+        call.trunk_auth = outbound
+            .credentials
+            .clone()
+            .map(|(user, password)| Box::new((user, password, false)));
+        self.calls.insert(session, call);
+        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if let Some(browser) = browser
+            && !self.answer_browser(now, session, &browser)
+        {
+            let cause = "incompatible_destination";
+            return self.fail_call(now, wall_ms, session, 488, Disposition::Failed, cause);
+        }
         let (forks, failover) = self.fork_trunk(
             now,
             session,
@@ -154,7 +174,7 @@ impl Core {
             TrunkCaller {
                 display: &caller.display_name,
                 number: &caller_id,
-                domain: &tenant.domain,
+                domain: &domain,
                 diversion: None,
             },
             &b_offer,
@@ -163,18 +183,11 @@ impl Core {
         self.calls
             .timers
             .push(std::cmp::Reverse((ring_deadline, session)));
-        let record_policy = tenant.record_calls || caller.record_calls;
-        let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
-        call.forks = forks;
-        call.failover = failover;
-        call.out = true;
-        call.ring_deadline = Some(ring_deadline);
-        call.record_policy = record_policy;
-        call.trunk_auth = outbound
-            .credentials
-            .map(|(user, password)| Box::new((user, password, false)));
-        self.calls.insert(session, call);
-        SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
+        if let Some(call) = self.calls.calls.get_mut(&session) {
+            call.forks = forks;
+            call.failover = failover;
+            call.ring_deadline = Some(ring_deadline);
+        }
         if self.calls.calls[&session].forks.is_empty() {
             let cause = "no_usable_contact";
             self.fail_call(now, wall_ms, session, 503, Disposition::Failed, cause);
