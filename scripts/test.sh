@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this script):
+#   0. libopus-dev and pkg-config (Debian), which the build links against, if missing;
 #   1. formatting and clippy (warnings are errors);
 #   2. every Rust test of the workspace, storage tests on SQLite *and* on a throwaway
 #      PostgreSQL started here (Debian's `postgresql` is installed if missing);
@@ -16,6 +17,10 @@ source scripts/lib/postgres.sh
 
 started=$SECONDS
 step() { echo "==> [$((SECONDS - started))s] $*"; }
+
+step "build dependencies"
+# libopus (Opus ⇄ G.711 for browsers) is linked from the system through pkg-config.
+pkg-config --exists opus 2>/dev/null || { echo "==> installing libopus-dev and pkg-config (Opus for WebRTC legs)"; apt_install libopus-dev pkg-config; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -29,4 +29,5 @@ pub mod relay;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod transcode;
 pub mod webrtc;

@@ -67,13 +67,16 @@ impl Certificate {
 }
 
 /// The audio a leg may carry: G.711 payload types in order of preference, and
-/// telephone-event's payload type.
+/// telephone-event's payload type; or, for a browser that offers no G.711, Opus (transcoded
+/// to G.711 by [`crate::transcode::Transcoder`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AudioFormats {
     /// 0 (PCMU) and/or 8 (PCMA), preferred first.
     pub g711: Vec<u8>,
     /// telephone-event/8000, if the call carries RFC 4733 keys.
     pub telephone_event: Option<u8>,
+    /// Opus's payload type, when the leg carries Opus instead of G.711.
+    pub opus: Option<u8>,
 }
 
 /// One WebRTC leg.
@@ -90,6 +93,8 @@ pub struct WebRtcLeg {
     connected: bool,
     /// The latest time given.
     last_now: Instant,
+    /// Opus's payload type, when it carries Opus.
+    opus: Option<u8>,
 }
 
 /// How long a failed leg waits before being polled again.
@@ -128,6 +133,20 @@ fn config(cert: &Certificate, formats: &AudioFormats) -> RtcConfig {
         .set_dtls_cert((*cert.0).clone())
         .clear_codecs();
     let codecs = config.codec_config();
+    if let Some(pt) = formats.opus {
+        codecs.add_config(
+            pt.into(),
+            None,
+            Codec::Opus,
+            Frequency::FORTY_EIGHT_KHZ,
+            Some(2),
+            FormatParams {
+                min_p_time: Some(10),
+                use_inband_fec: Some(true),
+                ..FormatParams::default()
+            },
+        );
+    }
     // G.711 has static payload types (RFC 3551): 0 and 8 everywhere.
     for &pt in &formats.g711 {
         match pt {
@@ -156,7 +175,7 @@ impl WebRtcLeg {
         formats: &AudioFormats,
         local: SocketAddr,
     ) -> Result<Self, WebRtcError> {
-        if !formats.g711.iter().any(|pt| matches!(pt, 0 | 8)) {
+        if formats.opus.is_none() && !formats.g711.iter().any(|pt| matches!(pt, 0 | 8)) {
             return Err(WebRtcError::NoCodec);
         }
         let mut rtc = config(cert, formats).build(now);
@@ -170,6 +189,7 @@ impl WebRtcLeg {
             last_seq: None,
             connected: false,
             last_now: now,
+            opus: formats.opus.filter(|_| formats.g711.is_empty()),
         })
     }
 
@@ -239,6 +259,12 @@ impl WebRtcLeg {
         }
         self.mid = Some(mid);
         Ok(())
+    }
+
+    /// Opus's payload type when the leg carries Opus rather than G.711 (its audio must be
+    /// transcoded).
+    pub fn opus(&self) -> Option<u8> {
+        self.opus
     }
 
     /// Where the browser reaches us.
@@ -447,6 +473,7 @@ mod tests {
         AudioFormats {
             g711: vec![0],
             telephone_event: Some(126),
+            opus: None,
         }
     }
 
@@ -578,6 +605,7 @@ mod tests {
         let formats = AudioFormats {
             g711: vec![8, 0],
             telephone_event: Some(101),
+            opus: None,
         };
         let (mut leg, offer) =
             WebRtcLeg::offer(now, &cert, &formats, OURS.parse().unwrap()).unwrap();

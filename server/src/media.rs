@@ -28,6 +28,7 @@ use std::io::IoSliceMut;
 use switchboard_media::dtmf::{Digit, DtmfEvent};
 use switchboard_media::g711::Law;
 use switchboard_media::relay::{Bridge, Latching, Leg, Refused, Side};
+use switchboard_media::transcode::Transcoder;
 use switchboard_media::webrtc::{Poll, WebRtcLeg};
 use switchboard_media::{rtcp, rtp};
 use switchboard_signalling::media::{MediaCommand, MediaEvent, RecordAction, SessionId};
@@ -456,6 +457,17 @@ impl Session {
 
     /// Makes `side` a browser's: its RTP socket speaks WebRTC through `leg` from now on.
     fn attach_browser(&mut self, shell: &Shell, session: SessionId, side: Side, leg: WebRtcLeg) {
+        if let Some(opus) = leg.opus() {
+            let ssrc = 0x5C00_0000 | u32::from(leg.local().port());
+            match Transcoder::new(opus, ssrc) {
+                Ok(transcoder) => {
+                    *self.browsers.transcoders[index(side)].borrow_mut() = Some(transcoder);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, session, "no Opus transcoder: the browser is not heard");
+                }
+            }
+        }
         *self.browsers.legs[index(side)].borrow_mut() = Some(leg);
         if self.browser_task.is_none() {
             let context = (session, self.bridge.clone(), self.tapping.clone());
@@ -1022,6 +1034,8 @@ const BROWSER_TICK: Duration = Duration::from_millis(500);
 #[derive(Default)]
 struct Browsers {
     legs: [RefCell<Option<WebRtcLeg>>; 2],
+    /// For a browser leg that carries Opus: its Opus ⇄ G.711 transcoder.
+    transcoders: [RefCell<Option<Transcoder>>; 2],
     /// When each leg wants its next timeout.
     deadlines: [Cell<Option<Instant>>; 2],
     /// The source the bridge sees for each browser's media: its first address.
@@ -1057,13 +1071,44 @@ impl Browsers {
         let mut slot = self.legs[index(side)].borrow_mut();
         match slot.as_mut() {
             Some(leg) => {
-                leg.send_rtp(Instant::now(), packet);
-                let received = self.flush(side, leg, socket);
-                debug_assert!(received.is_empty(), "sending yields no received media");
+                if let Some(transcoder) = self.transcoders[index(side)].borrow_mut().as_mut() {
+                    let mut opus = Vec::new();
+                    if !transcoder.to_browser(packet, &mut opus) {
+                        return false;
+                    }
+                    leg.send_rtp(Instant::now(), &opus);
+                } else {
+                    leg.send_rtp(Instant::now(), packet);
+                }
+                // Sending yields no received media (that comes with datagrams).
+                let _ = self.flush(side, leg, socket);
                 true
             }
             None => socket.try_send_to(packet, destination).is_ok(),
         }
+    }
+
+    /// What a browser sent, for the phone: as it is, or (an Opus leg) through its
+    /// transcoder's jitter buffer: the G.711 due by `now`.
+    fn transcode(&self, side: Side, now: Instant, received: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut slot = self.transcoders[index(side)].borrow_mut();
+        let Some(transcoder) = slot.as_mut() else {
+            return received;
+        };
+        for packet in &received {
+            transcoder.from_browser(now, packet);
+        }
+        let mut due = Vec::new();
+        let mut out = Vec::new();
+        while transcoder.poll_to_phone(now, &mut out) {
+            due.push(std::mem::take(&mut out));
+        }
+        if let Some(at) = transcoder.poll_timeout()
+            && self.sleeping_until.get().is_none_or(|until| at < until)
+        {
+            self.wake.notify_one();
+        }
+        due
     }
 
     /// Drains `side`'s leg: datagrams leave from `socket`; the RTP it received is returned.
@@ -1112,7 +1157,8 @@ fn relay_with_browsers(
     // the bridge sees one source per browser, so its latching never refuses a move.
     let source = browsers.sources[index(side)].get().unwrap_or(source);
     browsers.sources[index(side)].set(Some(source));
-    for mut plain in received {
+    let decoded = browsers.transcode(side, Instant::now(), received);
+    for mut plain in decoded {
         forward_plain(shell, context, browsers, (source, &mut plain), to);
     }
 }
@@ -1141,18 +1187,21 @@ async fn drive_browsers(
     loop {
         let now = Instant::now();
         for side in [Side::A, Side::B] {
-            if browsers.deadlines[index(side)]
+            let due = browsers.deadlines[index(side)]
                 .get()
-                .is_some_and(|at| at > now)
-            {
-                continue;
-            }
+                .is_none_or(|at| at <= now);
             let received = {
                 let mut slot = browsers.legs[index(side)].borrow_mut();
                 let Some(leg) = slot.as_mut() else { continue };
-                leg.handle_timeout(now);
-                browsers.flush(side, leg, &sockets[index(side)])
+                if due {
+                    leg.handle_timeout(now);
+                    browsers.flush(side, leg, &sockets[index(side)])
+                } else {
+                    Vec::new()
+                }
             };
+            // An Opus leg's transcoder plays out on its own schedule.
+            let received = browsers.transcode(side, now, received);
             let source = browsers.sources[index(side)].get();
             for (mut plain, source) in received.into_iter().zip(std::iter::repeat(source)) {
                 if let Some(source) = source {
@@ -1162,13 +1211,19 @@ async fn drive_browsers(
                 }
             }
         }
+        let transcoding: Vec<Instant> = browsers
+            .transcoders
+            .iter()
+            .filter_map(|t| t.borrow().as_ref().and_then(Transcoder::poll_timeout))
+            .collect();
         let next = browsers
             .deadlines
             .iter()
             .filter_map(Cell::get)
+            .chain(transcoding)
             .min()
             .unwrap_or(now + BROWSER_TICK)
-            .min(now + BROWSER_TICK);
+            .clamp(now, now + BROWSER_TICK);
         browsers.sleeping_until.set(Some(next));
         tokio::select! {
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}

@@ -353,11 +353,15 @@ const WEBRTC_ATTRIBUTES: &[&str] = &[
 /// A browser's WebRTC session description as a plain RTP one for the other leg: its first
 /// audio stream with one G.711 codec (µ-law if offered, else A-law) and telephone-event at
 /// 8 kHz, `RTP/AVP`, none of the WebRTC transport attributes. Also returns what the WebRTC
-/// leg must carry so that payloads pass unchanged. `None` without G.711.
+/// leg must carry so that payloads pass unchanged. A browser that offers Opus but no G.711
+/// gets Opus, and the other leg is offered PCMU and PCMA (the media plane transcodes).
+/// `None` without either.
 pub fn plain_from_webrtc(sdp: &Sdp) -> Option<(Sdp, AudioFormats)> {
     let index = sdp.media.iter().position(|m| m.kind == "audio")?;
     let direction = sdp.direction(index);
-    let (mut plain, chosen) = answer_g711(sdp)?;
+    let Some((mut plain, chosen)) = answer_g711(sdp) else {
+        return plain_for_opus(sdp, index);
+    };
     plain.set_direction(index, direction);
     let media = &mut plain.media[index];
     media.retain_formats(|m| {
@@ -374,6 +378,43 @@ pub fn plain_from_webrtc(sdp: &Sdp) -> Option<(Sdp, AudioFormats)> {
     let formats = AudioFormats {
         g711: vec![chosen],
         telephone_event: telephone_event(&plain),
+        opus: None,
+    };
+    Some((plain, formats))
+}
+
+/// For a browser offering Opus and no G.711: a plain offer of PCMU and PCMA (no
+/// telephone-event: keys do not cross the transcoder yet), and Opus for the browser's leg.
+fn plain_for_opus(sdp: &Sdp, index: usize) -> Option<(Sdp, AudioFormats)> {
+    let opus = sdp.media[index]
+        .rtpmaps()
+        .into_iter()
+        .find(|m| m.encoding.eq_ignore_ascii_case("opus") && m.clock_rate == 48_000)?
+        .payload_type;
+    let mut plain = sdp.clone();
+    let media = &mut plain.media[index];
+    media.retain_formats(|_| false);
+    media.formats = vec!["0".into(), "8".into()];
+    media.proto = "RTP/AVP".into();
+    media.remove_attributes(WEBRTC_ATTRIBUTES);
+    media.remove_attributes(&["rtcp-fb", "fmtp", "rtpmap", "ptime", "maxptime"]);
+    for map in ["rtpmap:0 PCMU/8000", "rtpmap:8 PCMA/8000"] {
+        media.lines.insert(
+            0,
+            switchboard_media::sdp::Line {
+                kind: 'a',
+                value: map.into(),
+            },
+        );
+    }
+    plain.session.retain(|l| {
+        let name = l.value.split_once(':').map_or(l.value.as_str(), |(n, _)| n);
+        l.kind != 'a' || !WEBRTC_ATTRIBUTES.contains(&name)
+    });
+    let formats = AudioFormats {
+        g711: Vec::new(),
+        telephone_event: None,
+        opus: Some(opus),
     };
     Some((plain, formats))
 }
@@ -402,6 +443,7 @@ pub fn g711_formats(sdp: &Sdp) -> AudioFormats {
     AudioFormats {
         g711,
         telephone_event: telephone_event(sdp),
+        opus: None,
     }
 }
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env node
 // Drives Switchboard's web phone (/phone) in headless Chromium (/usr/bin/chromium) with
 // playwright-core: each user signs in on a page of their own, the page fetches SIP credentials
-// and registers over SIP over WebSocket with SIP.js.
+// and registers over SIP over WebSocket with SIP.js. A user with "opusOnly" offers Opus alone
+// (its page's createOffer cuts every other audio codec), as an Opus-only client would.
 //
 //   node phone.mjs '<plan JSON>'
-//   plan: {"base": "http://127.0.0.1:8080", "users": [{"email": "...", "password": "..."}],
+//   plan: {"base": "http://127.0.0.1:8080", "users": [{"email": "...", "password": "...",
+//          "opusOnly": false}],
 //          "signOut": true, "registrationsToken": "<admin access token>"}
 //   With registrationsToken, GET /api/v1/registrations is read (as that admin) once every
 //   page is registered, and put in each user's result as `registrations`.
@@ -65,6 +67,25 @@ try {
   const pages = [];
   for (const user of plan.users) {
     const context = await browser.newContext({ permissions: ['microphone'] });
+    if (user.opusOnly) {
+      // The page offers Opus alone: every other audio codec is cut from its offers.
+      await context.addInitScript(() => {
+        const createOffer = RTCPeerConnection.prototype.createOffer;
+        RTCPeerConnection.prototype.createOffer = async function (...args) {
+          const offer = await createOffer.apply(this, args);
+          const lines = offer.sdp.split('\r\n');
+          const opus = lines.map((l) => /^a=rtpmap:(\d+) opus\//i.exec(l)).find(Boolean)[1];
+          const sdp = lines
+            .map((l) => (l.startsWith('m=audio ') ? l.split(' ').slice(0, 3).concat([opus]).join(' ') : l))
+            .filter((l) => {
+              const pt = /^a=(?:rtpmap|fmtp|rtcp-fb):(\d+)/.exec(l);
+              return !pt || pt[1] === opus;
+            })
+            .join('\r\n');
+          return { type: offer.type, sdp };
+        };
+      });
+    }
     const page = await context.newPage();
     page.on('console', (m) => console.error(`[${user.email}] ${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => console.error(`[${user.email}] page error: ${e.message}`));

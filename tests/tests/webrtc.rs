@@ -340,10 +340,10 @@ async fn events(
     socket
 }
 
-/// A page's call statistics show media flowing in: connected, packets and sound.
-fn assert_heard(stats: &Value, result: &Value) {
+/// A page's call statistics show media flowing in, in `codec`: connected, packets and sound.
+fn assert_heard(stats: &Value, (codec, result): (&str, &Value)) {
     assert_eq!(stats["connectionState"], "connected", "{result}");
-    assert_eq!(stats["codec"], "audio/PCMU", "{result}");
+    assert_eq!(stats["codec"], codec, "{result}");
     assert!(stats["packetsReceived"].as_u64().unwrap() >= 50, "{result}");
     assert!(
         stats["totalAudioEnergy"].as_f64().unwrap() > 0.0,
@@ -375,8 +375,8 @@ async fn two_browsers_call_each_other_with_audio_both_ways_and_dtmf() {
         return;
     };
     // Both RTCPeerConnections connected to us, and each heard the other's (fake) microphone.
-    assert_heard(&result["call"][0], &result);
-    assert_heard(&result["call"][1], &result);
+    assert_heard(&result["call"][0], ("audio/PCMU", &result));
+    assert_heard(&result["call"][1], ("audio/PCMU", &result));
     // The key pressed in the caller's page (RTCDTMFSender, RFC 4733) reached call control.
     // Hold and resume from the page were answered, and told.
     let wanted = [
@@ -406,6 +406,18 @@ async fn two_browsers_call_each_other_with_audio_both_ways_and_dtmf() {
 
 #[tokio::test]
 async fn a_browser_calls_a_sipp_phone_and_the_recording_has_both_sides() {
+    browser_calls_a_pcmu_phone(false).await;
+}
+
+/// With Opus only, the browser's audio is transcoded to the phone's PCMU and back.
+#[tokio::test]
+async fn a_browser_offering_only_opus_is_transcoded_for_a_pcmu_only_phone() {
+    browser_calls_a_pcmu_phone(true).await;
+}
+
+/// A web phone (offering `opus_only` or not) calls a SIPp phone that knows only PCMU and
+/// echoes: the browser hears itself back, and the call's recording has both sides.
+async fn browser_calls_a_pcmu_phone(opus_only: bool) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
     let api = Api::login(&server).await;
@@ -439,7 +451,7 @@ async fn a_browser_calls_a_sipp_phone_and_the_recording_has_both_sides() {
         .expect("start the SIPp phone");
     let plan = json!({
         "base": format!("http://{}", server.http),
-        "users": [{"email": OWNER, "password": OWNER_PASSWORD}],
+        "users": [{"email": OWNER, "password": OWNER_PASSWORD, "opusOnly": opus_only}],
         "call": {"from": 0, "number": "1003", "talkMs": 3000},
     });
     let result = tokio::task::spawn_blocking(move || drive_phones(&plan))
@@ -453,7 +465,12 @@ async fn a_browser_calls_a_sipp_phone_and_the_recording_has_both_sides() {
         String::from_utf8_lossy(&uas.stdout)
     );
     // The browser hears its own microphone back through SIPp's echo: RTP reached SIPp.
-    assert_heard(&result["call"][0], &result);
+    let codec = if opus_only {
+        "audio/opus"
+    } else {
+        "audio/PCMU"
+    };
+    assert_heard(&result["call"][0], (codec, &result));
 
     let (_, calls) = api.call(reqwest::Method::GET, "/calls", None).await;
     let record = &calls["items"][0];

@@ -2534,3 +2534,74 @@ fn a_phone_calls_a_browser_that_answers_our_webrtc_offer() {
         "{plain}"
     );
 }
+
+#[test]
+fn a_browser_offering_only_opus_gets_opus_and_the_phone_g711() {
+    let mut world = World::new(1, CoreConfig::default());
+    let mut config = str0m::Rtc::builder().set_rtp_mode(true).clear_codecs();
+    config.codec_config().enable_opus(true, false);
+    let mut browser = config.build(Instant::now());
+    let host = str0m::Candidate::host("192.0.2.41:50000".parse().unwrap(), "udp").unwrap();
+    browser.add_local_candidate(host);
+    let mut change = browser.sdp_api();
+    let kind = str0m::media::MediaKind::Audio;
+    change.add_media(kind, str0m::media::Direction::SendRecv, None, None, None);
+    let (offer, pending) = change.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let ws = Peer {
+        transport: Transport::Ws,
+        addr: SocketAddr::from(([192, 0, 2, 41], 51_000)),
+        conn: Some(4),
+    };
+    let invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/WSS o7.invalid;branch=z9hG4bKop{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sip:1001@example.com>;tag=op\r\nTo: <sip:1002@example.com>\r\nCall-ID: opus-call\r\n\
+             CSeq: {cseq} INVITE\r\nContact: <sip:x@o7.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n{auth}\
+             Content-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        )
+    };
+    world.send(ws, &invite(1, ""));
+    let challenge = world.challenge(ws);
+    let answer = challenge.answer(
+        "1001",
+        "alice-pass",
+        "INVITE",
+        "sip:1002@example.com",
+        "cn",
+        1,
+    );
+    world.send(ws, &invite(2, &format!("Authorization: {answer}\r\n")));
+    // The phone is offered PCMU and PCMA; the browser's leg carries Opus (transcoded).
+    let bob = world.bob[0];
+    let to_bob = world.requests(bob).pop().expect("INVITE to Bob");
+    let plain = String::from_utf8_lossy(&to_bob.body).into_owned();
+    assert!(plain.contains(" RTP/AVP 0 8\r\n"), "{plain}");
+    assert!(
+        plain.contains("a=rtpmap:0 PCMU/8000") && !plain.contains("opus"),
+        "{plain}"
+    );
+    let opus = world.media().iter().find_map(|m| match m {
+        MediaCommand::WebRtc {
+            a_side: true, leg, ..
+        } => Some(leg.opus()),
+        _ => None,
+    });
+    assert!(matches!(opus, Some(Some(_))), "{opus:?}");
+    world.answer_from(bob, &to_bob, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    let ok = world
+        .responses(ws)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200");
+    let answer = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(answer.contains("opus/48000/2"), "{answer}");
+    browser
+        .sdp_api()
+        .accept_answer(
+            pending,
+            str0m::change::SdpAnswer::from_sdp_string(&answer).unwrap(),
+        )
+        .unwrap();
+}

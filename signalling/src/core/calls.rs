@@ -615,8 +615,9 @@ struct BrowserOffer {
 }
 
 /// The caller's offer as the rest of the call sees it: a WebRTC offer becomes plain RTP with
-/// one G.711 codec (the browser's leg passes payloads through unchanged), and is kept to be
-/// answered. `None`: a WebRTC offer without G.711.
+/// one G.711 codec (the browser's leg passes payloads through unchanged), or PCMU and PCMA
+/// for a browser that offers only Opus (transcoded), and is kept to be answered. `None`: a
+/// WebRTC offer with neither.
 fn caller_offer(offer: Sdp, request: &Request) -> Option<(Sdp, Option<BrowserOffer>)> {
     if !media::is_webrtc(&offer) {
         return Some((offer, None));
@@ -1762,8 +1763,7 @@ impl Core {
         }));
     }
 
-    /// Refuses a browser's call whose offer has no G.711 (488): browser legs are bridged
-    /// without transcoding.
+    /// Refuses a browser's call whose offer has neither G.711 nor Opus (488).
     fn refuse_browser_without_g711(
         &mut self,
         now: Instant,
@@ -1773,7 +1773,7 @@ impl Core {
         self.refuse(now, refused, record, NO_OFFER, |r| {
             r.headers.push(
                 HeaderName::Warning,
-                "399 switchboard \"a WebRTC offer with PCMU or PCMA audio is required\"",
+                "399 switchboard \"a WebRTC offer with PCMU, PCMA or Opus audio is required\"",
             );
         });
     }
