@@ -1025,6 +1025,9 @@ async fn receive_rtcp(
 /// The recording a session's packets are copied to, if any (shared by its tasks).
 type Tapping = Rc<Cell<Option<Uuid>>>;
 
+/// The least a session's WebRTC timer task waits for a transcoder's next playout.
+const TRANSCODE_STEP: Duration = Duration::from_millis(2);
+
 /// The most a session's WebRTC timer task sleeps between looks at its legs.
 const BROWSER_TICK: Duration = Duration::from_millis(500);
 
@@ -1104,7 +1107,10 @@ impl Browsers {
             due.push(std::mem::take(&mut out));
         }
         if let Some(at) = transcoder.poll_timeout()
-            && self.sleeping_until.get().is_none_or(|until| at < until)
+            && self
+                .sleeping_until
+                .get()
+                .is_some_and(|until| at.max(now + TRANSCODE_STEP) < until)
         {
             self.wake.notify_one();
         }
@@ -1123,7 +1129,9 @@ impl Browsers {
                 Poll::Rtp(packet) => received.push(packet),
                 Poll::Timeout(at) => {
                     self.deadlines[index(side)].set(Some(at));
-                    if self.sleeping_until.get().is_none_or(|until| at < until) {
+                    // While the timer task runs (not sleeping) it looks at the deadlines
+                    // itself when it is done: a wake-up now would only spin it again.
+                    if self.sleeping_until.get().is_some_and(|until| at < until) {
                         self.wake.notify_one();
                     }
                     return received;
@@ -1211,10 +1219,13 @@ async fn drive_browsers(
                 }
             }
         }
+        // A jitter buffer may name a playout time that has come with nothing to pop yet (its
+        // hangover): such a deadline is looked at again a step later, not spun on.
         let transcoding: Vec<Instant> = browsers
             .transcoders
             .iter()
             .filter_map(|t| t.borrow().as_ref().and_then(Transcoder::poll_timeout))
+            .map(|at| at.max(now + TRANSCODE_STEP))
             .collect();
         let next = browsers
             .deadlines

@@ -163,7 +163,7 @@ async fn run(args: Args) -> serde_json::Value {
         "window_secs": (secs * 10.0).round() / 10.0,
         "sent_pps": (sent as f64 / secs).round(),
         "received_pps": (received as f64 / secs).round(),
-        "loss": if sent == 0 { 1.0 } else { 1.0 - received as f64 / sent as f64 },
+        "loss": if sent == 0 { 1.0 } else { (1.0 - received as f64 / sent as f64).max(0.0) },
     })
 }
 
