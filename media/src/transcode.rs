@@ -127,9 +127,14 @@ impl Transcoder {
         })
     }
 
+    /// Whether an RTP packet carries Opus.
+    pub fn is_opus(&self, packet: &[u8]) -> bool {
+        packet.len() >= 12 && packet[1] & 0x7f == self.opus_pt
+    }
+
     /// An RTP packet the browser sent (plain, after SRTP): Opus goes into the jitter buffer.
     pub fn from_browser(&mut self, now: Instant, packet: &[u8]) {
-        if packet.len() >= 12 && packet[1] & 0x7f == self.opus_pt {
+        if self.is_opus(packet) {
             // Rejections (late, duplicate, malformed) are counted by the buffer.
             let _ = self.jitter.push(now, packet);
         }

@@ -66,16 +66,16 @@ impl Certificate {
     }
 }
 
-/// The audio a leg may carry: G.711 payload types in order of preference, and
-/// telephone-event's payload type; or, for a browser that offers no G.711, Opus (transcoded
-/// to G.711 by [`crate::transcode::Transcoder`]).
+/// The audio a leg may carry: G.711 payload types in order of preference, telephone-event's
+/// payload type, and Opus's, which a peer without G.711 gets (transcoded to G.711 by
+/// [`crate::transcode::Transcoder`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AudioFormats {
     /// 0 (PCMU) and/or 8 (PCMA), preferred first.
     pub g711: Vec<u8>,
     /// telephone-event/8000, if the call carries RFC 4733 keys.
     pub telephone_event: Option<u8>,
-    /// Opus's payload type, when the leg carries Opus instead of G.711.
+    /// Opus's payload type, for a peer that has no G.711.
     pub opus: Option<u8>,
 }
 
@@ -95,6 +95,8 @@ pub struct WebRtcLeg {
     last_now: Instant,
     /// Opus's payload type, when it carries Opus.
     opus: Option<u8>,
+    /// Opus's payload type, when we configured it.
+    opus_offered: Option<u8>,
 }
 
 /// How long a failed leg waits before being polled again.
@@ -133,6 +135,15 @@ fn config(cert: &Certificate, formats: &AudioFormats) -> RtcConfig {
         .set_dtls_cert((*cert.0).clone())
         .clear_codecs();
     let codecs = config.codec_config();
+    // G.711 has static payload types (RFC 3551): 0 and 8 everywhere.
+    for &pt in &formats.g711 {
+        match pt {
+            0 => codecs.enable_pcmu(true, false),
+            8 => codecs.enable_pcma(true, false),
+            _ => {}
+        }
+    }
+    // Opus after G.711: it is only chosen by a peer that has no G.711 (and is transcoded).
     if let Some(pt) = formats.opus {
         codecs.add_config(
             pt.into(),
@@ -146,14 +157,6 @@ fn config(cert: &Certificate, formats: &AudioFormats) -> RtcConfig {
                 ..FormatParams::default()
             },
         );
-    }
-    // G.711 has static payload types (RFC 3551): 0 and 8 everywhere.
-    for &pt in &formats.g711 {
-        match pt {
-            0 => codecs.enable_pcmu(true, false),
-            8 => codecs.enable_pcma(true, false),
-            _ => {}
-        }
     }
     if let Some(pt) = formats.telephone_event {
         codecs.add_config(
@@ -189,7 +192,8 @@ impl WebRtcLeg {
             last_seq: None,
             connected: false,
             last_now: now,
-            opus: formats.opus.filter(|_| formats.g711.is_empty()),
+            opus: None,
+            opus_offered: formats.opus,
         })
     }
 
@@ -250,13 +254,18 @@ impl WebRtcLeg {
 
     /// Checks that audio m-line `mid` was agreed with one of our codecs.
     fn accepted(&mut self, mid: Mid) -> Result<(), WebRtcError> {
-        let agreed = self
+        let pts: Vec<u8> = self
             .rtc
             .media(mid)
-            .is_some_and(|media| !media.remote_pts().is_empty());
-        if !agreed {
+            .map(|media| media.remote_pts().iter().map(|pt| **pt).collect())
+            .unwrap_or_default();
+        // G.711 when the peer has it (passed through), else Opus if we offered it.
+        let g711 = pts.iter().any(|pt| matches!(pt, 0 | 8));
+        let opus = self.opus_offered.filter(|pt| pts.contains(pt));
+        if !g711 && opus.is_none() {
             return Err(WebRtcError::NoCodec);
         }
+        self.opus = if g711 { None } else { opus };
         self.mid = Some(mid);
         Ok(())
     }
@@ -605,11 +614,11 @@ mod tests {
         let formats = AudioFormats {
             g711: vec![8, 0],
             telephone_event: Some(101),
-            opus: None,
+            opus: Some(111),
         };
         let (mut leg, offer) =
             WebRtcLeg::offer(now, &cert, &formats, OURS.parse().unwrap()).unwrap();
-        assert!(offer.contains("UDP/TLS/RTP/SAVPF 8 0 101"), "{offer}");
+        assert!(offer.contains("UDP/TLS/RTP/SAVPF 8 0 111 101"), "{offer}");
         assert!(offer.contains("a=setup:actpass"), "{offer}");
         let mut browser = browser(now);
         let answer = browser
@@ -617,6 +626,7 @@ mod tests {
             .accept_offer(SdpOffer::from_sdp_string(&offer).unwrap())
             .unwrap();
         leg.accept_answer(&answer.to_sdp_string()).unwrap();
+        assert_eq!(leg.opus(), None, "G.711 is passed through");
         let mut seq = 0u16;
         let (_, at_browser) = run(&mut now, &mut leg, &mut browser, |now, leg, _| {
             seq += 1;
@@ -632,6 +642,28 @@ mod tests {
         });
         assert!(at_browser.iter().any(|p| *p.header.payload_type == 101));
         assert!(at_browser.iter().any(|p| *p.header.payload_type == 8));
+    }
+
+    #[test]
+    fn a_peer_without_g711_answers_our_offer_with_opus() {
+        let cert = Certificate::generate().unwrap();
+        let now = Instant::now();
+        let formats = AudioFormats {
+            g711: vec![0],
+            telephone_event: Some(101),
+            opus: Some(111),
+        };
+        let (mut leg, offer) =
+            WebRtcLeg::offer(now, &cert, &formats, OURS.parse().unwrap()).unwrap();
+        let mut config = Rtc::builder().set_rtp_mode(true).clear_codecs();
+        config.codec_config().enable_opus(true, false);
+        let mut opus_only = config.build(now);
+        let answer = opus_only
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(&offer).unwrap())
+            .unwrap();
+        leg.accept_answer(&answer.to_sdp_string()).unwrap();
+        assert_eq!(leg.opus(), Some(111), "to be transcoded");
     }
 
     #[test]

@@ -1098,10 +1098,16 @@ impl Browsers {
         let Some(transcoder) = slot.as_mut() else {
             return received;
         };
-        for packet in &received {
-            transcoder.from_browser(now, packet);
-        }
+        // G.711 from a browser that answered Opus but sends what it was offered first goes
+        // through as it is; Opus into the jitter buffer.
         let mut due = Vec::new();
+        for packet in received {
+            if transcoder.is_opus(&packet) {
+                transcoder.from_browser(now, &packet);
+            } else {
+                due.push(packet);
+            }
+        }
         let mut out = Vec::new();
         while transcoder.poll_to_phone(now, &mut out) {
             due.push(std::mem::take(&mut out));

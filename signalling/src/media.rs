@@ -420,7 +420,8 @@ fn plain_for_opus(sdp: &Sdp, index: usize) -> Option<(Sdp, AudioFormats)> {
 }
 
 /// What a WebRTC leg offered to a browser may carry, from the plain offer of the other leg:
-/// its G.711 payload types in order, and its telephone-event.
+/// its G.711 payload types in order, its telephone-event, and Opus after them (a browser
+/// that has no G.711 picks it, and is transcoded).
 pub fn g711_formats(sdp: &Sdp) -> AudioFormats {
     let g711 = sdp
         .media
@@ -440,10 +441,22 @@ pub fn g711_formats(sdp: &Sdp) -> AudioFormats {
                 .collect()
         })
         .unwrap_or_default();
+    let telephone_event = telephone_event(sdp);
+    // A dynamic payload type for Opus that the offer does not use already.
+    let used: Vec<String> = sdp
+        .media
+        .iter()
+        .find(|m| m.kind == "audio")
+        .map(|m| m.formats.clone())
+        .unwrap_or_default();
+    // 111, as browsers number it, unless taken.
+    let opus = std::iter::once(111u8)
+        .chain(96..=127)
+        .find(|pt| !used.contains(&pt.to_string()) && Some(*pt) != telephone_event);
     AudioFormats {
         g711,
-        telephone_event: telephone_event(sdp),
-        opus: None,
+        telephone_event,
+        opus,
     }
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Drives Switchboard's web phone (/phone) in headless Chromium (/usr/bin/chromium) with
 // playwright-core: each user signs in on a page of their own, the page fetches SIP credentials
-// and registers over SIP over WebSocket with SIP.js. A user with "opusOnly" offers Opus alone
-// (its page's createOffer cuts every other audio codec), as an Opus-only client would.
+// and registers over SIP over WebSocket with SIP.js. A user with "opusOnly" offers and answers
+// Opus alone (its page's createOffer and createAnswer cut every other audio codec), as an
+// Opus-only client would.
 //
 //   node phone.mjs '<plan JSON>'
 //   plan: {"base": "http://127.0.0.1:8080", "users": [{"email": "...", "password": "...",
@@ -70,10 +71,8 @@ try {
     if (user.opusOnly) {
       // The page offers Opus alone: every other audio codec is cut from its offers.
       await context.addInitScript(() => {
-        const createOffer = RTCPeerConnection.prototype.createOffer;
-        RTCPeerConnection.prototype.createOffer = async function (...args) {
-          const offer = await createOffer.apply(this, args);
-          const lines = offer.sdp.split('\r\n');
+        const opusOnly = (description) => {
+          const lines = description.sdp.split('\r\n');
           const opus = lines.map((l) => /^a=rtpmap:(\d+) opus\//i.exec(l)).find(Boolean)[1];
           const sdp = lines
             .map((l) => (l.startsWith('m=audio ') ? l.split(' ').slice(0, 3).concat([opus]).join(' ') : l))
@@ -82,8 +81,14 @@ try {
               return !pt || pt[1] === opus;
             })
             .join('\r\n');
-          return { type: offer.type, sdp };
+          return { type: description.type, sdp };
         };
+        for (const name of ['createOffer', 'createAnswer']) {
+          const original = RTCPeerConnection.prototype[name];
+          RTCPeerConnection.prototype[name] = async function (...args) {
+            return opusOnly(await original.apply(this, args));
+          };
+        }
       });
     }
     const page = await context.newPage();

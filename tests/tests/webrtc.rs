@@ -404,6 +404,38 @@ async fn two_browsers_call_each_other_with_audio_both_ways_and_dtmf() {
     assert!(record["billsec"].as_i64().unwrap() >= 2, "{record}");
 }
 
+/// A browser that answers our offer (G.711, then Opus) with Opus alone is sent Opus,
+/// transcoded from the caller's PCMU. (Chromium still sends the codec our offer put first,
+/// PCMU, which passes through to the caller.)
+#[tokio::test]
+async fn a_browser_that_answers_with_opus_is_sent_opus_and_both_hear() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let api = Api::login(&server).await;
+    let users = [
+        ("alice@example.com", "alice-password-1"),
+        ("bob@example.com", "bob-password-1"),
+    ];
+    user_with_extension(&api, &server, users[0], "1001").await;
+    user_with_extension(&api, &server, users[1], "1002").await;
+    let plan = json!({
+        "base": format!("http://{}", server.http),
+        "users": [
+            {"email": users[0].0, "password": users[0].1},
+            {"email": users[1].0, "password": users[1].1, "opusOnly": true},
+        ],
+        "call": {"from": 0, "to": 1, "number": "1002", "talkMs": 3000},
+    });
+    let Some(result) = tokio::task::spawn_blocking(move || drive_phones(&plan))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    assert_heard(&result["call"][0], ("audio/PCMU", &result));
+    assert_heard(&result["call"][1], ("audio/opus", &result));
+}
+
 #[tokio::test]
 async fn a_browser_calls_a_sipp_phone_and_the_recording_has_both_sides() {
     browser_calls_a_pcmu_phone(false).await;
