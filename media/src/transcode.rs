@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::g711::Law;
 use crate::jitter::{self, JitterBuffer};
+use crate::rtp::{self, RtpHeader};
 
 /// Samples of 20 ms at 8 kHz.
 const FRAME: usize = 160;
@@ -54,16 +55,18 @@ impl Stream {
         }
     }
 
-    /// Writes a packet of `payload_type` carrying `samples` clock ticks of `payload`.
+    /// Writes a packet of `payload_type` carrying `ticks` clock ticks of `payload`.
     fn write(&mut self, payload_type: u8, payload: &[u8], ticks: u32, out: &mut Vec<u8>) {
-        out.clear();
-        out.push(0x80);
-        let marker = if self.started { 0 } else { 0x80 };
-        out.push(marker | (payload_type & 0x7f));
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.extend_from_slice(&self.ssrc.to_be_bytes());
-        out.extend_from_slice(payload);
+        let marker = !self.started;
+        rtp::build(
+            out,
+            payload_type,
+            marker,
+            self.seq,
+            self.timestamp,
+            self.ssrc,
+            payload,
+        );
         self.started = true;
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(ticks);
@@ -210,19 +213,9 @@ impl Transcoder {
 
 /// The payload type and payload of an RTP packet (after CSRCs, extension and padding).
 fn rtp_payload(packet: &[u8]) -> Option<(u8, &[u8])> {
-    if packet.len() < 12 || packet[0] >> 6 != 2 {
-        return None;
-    }
-    let mut offset = 12 + 4 * usize::from(packet[0] & 0x0f);
-    if packet[0] & 0x10 != 0 {
-        let words = packet.get(offset + 2..offset + 4)?;
-        offset += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
-    }
-    let mut end = packet.len();
-    if packet[0] & 0x20 != 0 {
-        end = end.checked_sub(usize::from(*packet.last()?))?;
-    }
-    Some((packet[1] & 0x7f, packet.get(offset..end)?))
+    let header = RtpHeader::parse(packet).ok()?;
+    let end = header.payload_offset + header.payload_len;
+    Some((header.payload_type, &packet[header.payload_offset..end]))
 }
 
 #[cfg(test)]

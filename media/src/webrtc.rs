@@ -25,6 +25,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
+use crate::rtp::{self, RtpHeader};
+
 /// Why a WebRTC leg could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum WebRtcError {
@@ -307,10 +309,11 @@ impl WebRtcLeg {
         let (Some(mid), true) = (self.mid, self.connected) else {
             return;
         };
-        let Some((header, payload)) = PlainRtp::parse(packet) else {
+        let Ok(header) = RtpHeader::parse(packet) else {
             return;
         };
-        let seq = extend(&mut self.last_seq, header.seq);
+        let payload = &packet[header.payload_offset..header.payload_offset + header.payload_len];
+        let seq = extend(&mut self.last_seq, header.sequence);
         let mut direct = self.rtc.direct_api();
         let Some(stream) = direct.stream_tx_by_mid(mid, None) else {
             return;
@@ -338,14 +341,18 @@ impl WebRtcLeg {
                     };
                 }
                 Ok(Output::Event(Event::RtpPacket(packet))) => {
-                    let header = PlainRtp {
-                        marker: packet.header.marker,
-                        payload_type: *packet.header.payload_type,
-                        seq: packet.header.sequence_number,
-                        timestamp: packet.header.timestamp,
-                        ssrc: *packet.header.ssrc,
-                    };
-                    return Poll::Rtp(header.write(&packet.payload));
+                    let header = &packet.header;
+                    let mut plain = Vec::with_capacity(12 + packet.payload.len());
+                    rtp::build(
+                        &mut plain,
+                        *header.payload_type,
+                        header.marker,
+                        header.sequence_number,
+                        header.timestamp,
+                        *header.ssrc,
+                        &packet.payload,
+                    );
+                    return Poll::Rtp(plain);
                 }
                 Ok(Output::Event(Event::Connected)) => self.connected = true,
                 Ok(Output::Event(Event::IceConnectionStateChange(
@@ -394,55 +401,6 @@ fn extend(last: &mut Option<u64>, seq: u16) -> u64 {
         *last = Some(extended);
     }
     extended
-}
-
-/// The fixed RTP header fields we carry across (RFC 3550 §5.1).
-struct PlainRtp {
-    marker: bool,
-    payload_type: u8,
-    seq: u16,
-    timestamp: u32,
-    ssrc: u32,
-}
-
-impl PlainRtp {
-    /// Splits a plain RTP packet into its header fields and payload (after CSRCs and any
-    /// header extension).
-    fn parse(packet: &[u8]) -> Option<(Self, &[u8])> {
-        if packet.len() < 12 || packet[0] >> 6 != 2 {
-            return None;
-        }
-        let csrcs = usize::from(packet[0] & 0x0f);
-        let mut offset = 12 + 4 * csrcs;
-        if packet[0] & 0x10 != 0 {
-            let words = packet.get(offset + 2..offset + 4)?;
-            offset += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
-        }
-        let mut end = packet.len();
-        if packet[0] & 0x20 != 0 {
-            end = end.checked_sub(usize::from(*packet.last()?))?;
-        }
-        let payload = packet.get(offset..end)?;
-        let header = Self {
-            marker: packet[1] & 0x80 != 0,
-            payload_type: packet[1] & 0x7f,
-            seq: u16::from_be_bytes([packet[2], packet[3]]),
-            timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
-            ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
-        };
-        Some((header, payload))
-    }
-
-    fn write(&self, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + payload.len());
-        out.push(0x80);
-        out.push(u8::from(self.marker) << 7 | (self.payload_type & 0x7f));
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.extend_from_slice(&self.ssrc.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
 }
 
 #[cfg(test)]
@@ -539,14 +497,18 @@ mod tests {
     }
 
     fn plain(seq: u16, payload_type: u8, payload: &[u8]) -> Vec<u8> {
-        PlainRtp {
-            marker: false,
+        let mut packet = Vec::new();
+        let timestamp = u32::from(seq) * 160;
+        rtp::build(
+            &mut packet,
             payload_type,
+            false,
             seq,
-            timestamp: u32::from(seq) * 160,
-            ssrc: 0x5b00_7530,
-        }
-        .write(payload)
+            timestamp,
+            0x5b00_7530,
+            payload,
+        );
+        packet
     }
 
     #[test]
@@ -600,7 +562,8 @@ mod tests {
         });
         assert!(leg.is_connected());
         assert!(at_leg.len() > 100, "{}", at_leg.len());
-        let (header, payload) = PlainRtp::parse(&at_leg[10]).unwrap();
+        let header = RtpHeader::parse(&at_leg[10]).unwrap();
+        let payload = &at_leg[10][header.payload_offset..];
         assert_eq!((header.payload_type, payload), (0, &[0x7f; 160][..]));
         assert!(at_browser.len() > 100, "{}", at_browser.len());
         assert_eq!(*at_browser[10].header.payload_type, 0);
@@ -700,28 +663,5 @@ mod tests {
             "a late packet from before"
         );
         assert_eq!(extend(&mut last, 1), 65_537);
-    }
-
-    #[test]
-    fn plain_rtp_parses_past_csrcs_extensions_and_padding() {
-        let mut packet = vec![0xb1, 0x80, 0, 7, 0, 0, 0, 160, 0, 0, 0, 9];
-        packet.extend_from_slice(&[0, 0, 0, 1]); // one CSRC
-        packet.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0]); // one-byte extension
-        packet.extend_from_slice(&[5, 6, 7]);
-        packet.extend_from_slice(&[0, 0, 3]); // padding of 3
-        let (header, payload) = PlainRtp::parse(&packet).unwrap();
-        assert!(header.marker);
-        assert_eq!(
-            (
-                header.payload_type,
-                header.seq,
-                header.timestamp,
-                header.ssrc
-            ),
-            (0, 7, 160, 9)
-        );
-        assert_eq!(payload, &[5, 6, 7]);
-        assert!(PlainRtp::parse(&packet[..11]).is_none());
-        assert!(PlainRtp::parse(&[0x40; 12]).is_none(), "version 1");
     }
 }

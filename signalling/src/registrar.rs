@@ -421,26 +421,12 @@ impl Registrar {
     pub fn connection_closed(&mut self, conn: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         for extension_id in self.by_conn.remove(&conn).unwrap_or_default() {
-            let Some(entry) = self.entries.get_mut(&extension_id) else {
-                continue;
-            };
-            let tenant_id = entry.tenant_id;
-            entry.bindings.retain(|b| {
-                if b.peer.conn == Some(conn) {
-                    changes.push(Change::Remove {
-                        tenant_id,
-                        extension_id,
-                        contact: b.contact.clone(),
-                        expired: false,
-                    });
-                    false
-                } else {
-                    true
-                }
-            });
-            if entry.bindings.is_empty() {
-                self.entries.remove(&extension_id);
-            }
+            self.drop_bindings(
+                extension_id,
+                |b| b.peer.conn == Some(conn),
+                false,
+                &mut changes,
+            );
         }
         changes
     }
@@ -458,28 +444,38 @@ impl Registrar {
                 break;
             }
             self.expiries.pop();
-            let Some(entry) = self.entries.get_mut(&extension_id) else {
-                continue;
-            };
-            let tenant_id = entry.tenant_id;
-            entry.bindings.retain(|b| {
-                if b.expires_at <= now {
-                    changes.push(Change::Remove {
-                        tenant_id,
-                        extension_id,
-                        contact: b.contact.clone(),
-                        expired: true,
-                    });
-                    false
-                } else {
-                    true
-                }
-            });
-            if entry.bindings.is_empty() {
-                self.entries.remove(&extension_id);
-            }
+            self.drop_bindings(extension_id, |b| b.expires_at <= now, true, &mut changes);
         }
         changes
+    }
+
+    /// Removes the bindings of `extension_id` that `gone` picks, noting each in `changes`.
+    fn drop_bindings(
+        &mut self,
+        extension_id: Uuid,
+        gone: impl Fn(&Binding) -> bool,
+        expired: bool,
+        changes: &mut Vec<Change>,
+    ) {
+        let Some(entry) = self.entries.get_mut(&extension_id) else {
+            return;
+        };
+        let tenant_id = entry.tenant_id;
+        entry.bindings.retain(|b| {
+            if !gone(b) {
+                return true;
+            }
+            changes.push(Change::Remove {
+                tenant_id,
+                extension_id,
+                contact: b.contact.clone(),
+                expired,
+            });
+            false
+        });
+        if entry.bindings.is_empty() {
+            self.entries.remove(&extension_id);
+        }
     }
 }
 

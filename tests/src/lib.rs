@@ -322,6 +322,20 @@ pub async fn metric(server: &Server, name: &str) -> u64 {
 /// The bootstrap admin's password the tests start servers with.
 pub const ADMIN_PASSWORD: &str = "an-admin-password";
 
+/// Logs in as `email` with `password`; the access token.
+pub async fn login(server: &Server, email: &str, password: &str) -> String {
+    let body: Value = http()
+        .post(server.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
 /// The control plane, logged in as the bootstrap admin.
 pub struct Api {
     /// The HTTP client.
@@ -337,16 +351,7 @@ impl Api {
     pub async fn login(server: &Server) -> Self {
         let client = http();
         let base = server.url("/api/v1");
-        let body: Value = client
-            .post(format!("{base}/auth/login"))
-            .json(&json!({"email": "admin@localhost", "password": ADMIN_PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = body["access_token"].as_str().expect("token").to_owned();
+        let token = login(server, "admin@localhost", ADMIN_PASSWORD).await;
         Self {
             client,
             base,
@@ -556,4 +561,20 @@ where
         seen.push(kind);
     }
     found
+}
+
+/// The path of `tests/browser/<name>`, a playwright-core script for headless Chromium, when
+/// Chromium, Node.js and the npm packages are installed (a failure under the README test
+/// command, which installs them; `None` otherwise).
+pub fn browser_script(name: &str) -> Option<PathBuf> {
+    let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let installed = browser.join("node_modules/playwright-core").exists();
+    assert!(
+        installed || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
+        "tests/browser/node_modules is missing: run `npm ci` in tests/browser"
+    );
+    let ready = installed
+        && peer("chromium", "--version", "Debian package chromium")
+        && peer("node", "--version", "Node.js");
+    ready.then(|| browser.join(name))
 }

@@ -213,36 +213,14 @@ async fn wrong_credentials_and_denied_peers_are_refused() {
 
 /// The admin's access token.
 async fn login(server: &Server) -> String {
-    let body: Value = switchboard_tests::http()
-        .post(server.url("/api/v1/auth/login"))
-        .json(&json!({"email": ADMIN, "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().expect("token").to_owned()
+    switchboard_tests::login(server, ADMIN, ADMIN_PASSWORD).await
 }
 
 #[tokio::test]
 async fn chromium_connects_through_the_relay_with_ice_servers_from_the_api() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/turn_relay.mjs");
-    let modules = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/browser/node_modules/playwright-core"
-    );
-    let installed = std::path::Path::new(modules).exists();
-    assert!(
-        installed || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
-        "tests/browser/node_modules is missing: run `npm ci` in tests/browser"
-    );
-    if !installed
-        || !peer("chromium", "--version", "Debian package chromium")
-        || !peer("node", "--version", "Node.js")
-    {
+    let Some(script) = switchboard_tests::browser_script("turn_relay.mjs") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
     let client = switchboard_tests::http();
@@ -286,7 +264,7 @@ async fn chromium_connects_through_the_relay_with_ice_servers_from_the_api() {
             "credential": relay["credential"],
         }]);
         let output = Command::new("node")
-            .arg(script)
+            .arg(&script)
             .arg(ice.to_string())
             .output()
             .expect("run node");

@@ -48,16 +48,7 @@ async fn user_with_extension(
                "user_id": user["id"]}),
     )
     .await;
-    let body: Value = switchboard_tests::http()
-        .post(server.url("/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().expect("token").to_owned()
+    switchboard_tests::login(server, email, password).await
 }
 
 async fn credentials(server: &Server, token: &str, body: Option<Value>) -> (u16, Value) {
@@ -253,22 +244,7 @@ async fn browsers_register_over_ws_and_wss_with_credentials_from_the_api() {
 /// Runs `tests/browser/phone.mjs` with `plan`; `None` when Chromium or the npm packages are
 /// missing (a failure under the README test command, which installs them).
 fn drive_phones(plan: &Value) -> Option<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/phone.mjs");
-    let modules = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/browser/node_modules/playwright-core"
-    );
-    let installed = std::path::Path::new(modules).exists();
-    assert!(
-        installed || std::env::var_os("SWITCHBOARD_TEST_REQUIRE_PEERS").is_none(),
-        "tests/browser/node_modules is missing: run `npm ci` in tests/browser"
-    );
-    if !installed
-        || !switchboard_tests::peer("chromium", "--version", "Debian package chromium")
-        || !switchboard_tests::peer("node", "--version", "Node.js")
-    {
-        return None;
-    }
+    let script = switchboard_tests::browser_script("phone.mjs")?;
     let output = std::process::Command::new("node")
         .arg(script)
         .arg(plan.to_string())
@@ -327,6 +303,21 @@ async fn the_web_phone_signs_in_and_registers_over_websocket_in_chromium() {
     api.wait_for_registrations(0).await;
 }
 
+/// Two users with web phones: Alice owns 1001, Bob 1002.
+const ALICE_AND_BOB: [(&str, &str); 2] = [
+    ("alice@example.com", "alice-password-1"),
+    ("bob@example.com", "bob-password-1"),
+];
+
+/// A server where Alice and Bob have their extensions, and the admin's API.
+async fn alice_and_bob(dir: &std::path::Path) -> (Server, Api) {
+    let server = start(dir);
+    let api = Api::login(&server).await;
+    user_with_extension(&api, &server, ALICE_AND_BOB[0], "1001").await;
+    user_with_extension(&api, &server, ALICE_AND_BOB[1], "1002").await;
+    (server, api)
+}
+
 /// The live event stream, as the admin, once it says it is ready.
 async fn events(
     server: &Server,
@@ -354,18 +345,11 @@ fn assert_heard(stats: &Value, (codec, result): (&str, &Value)) {
 #[tokio::test]
 async fn two_browsers_call_each_other_with_audio_both_ways_and_dtmf() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let api = Api::login(&server).await;
-    let users = [
-        ("alice@example.com", "alice-password-1"),
-        ("bob@example.com", "bob-password-1"),
-    ];
-    user_with_extension(&api, &server, users[0], "1001").await;
-    user_with_extension(&api, &server, users[1], "1002").await;
+    let (server, api) = alice_and_bob(dir.path()).await;
     let mut socket = events(&server, &api).await;
     let plan = json!({
         "base": format!("http://{}", server.http),
-        "users": users.map(|(email, password)| json!({"email": email, "password": password})),
+        "users": ALICE_AND_BOB.map(|(email, password)| json!({"email": email, "password": password})),
         "call": {"from": 0, "to": 1, "number": "1002", "dtmf": "5", "talkMs": 3000, "hold": true},
     });
     let Some(result) = tokio::task::spawn_blocking(move || drive_phones(&plan))
@@ -410,19 +394,12 @@ async fn two_browsers_call_each_other_with_audio_both_ways_and_dtmf() {
 #[tokio::test]
 async fn a_browser_that_answers_with_opus_is_sent_opus_and_both_hear() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let api = Api::login(&server).await;
-    let users = [
-        ("alice@example.com", "alice-password-1"),
-        ("bob@example.com", "bob-password-1"),
-    ];
-    user_with_extension(&api, &server, users[0], "1001").await;
-    user_with_extension(&api, &server, users[1], "1002").await;
+    let (server, _) = alice_and_bob(dir.path()).await;
     let plan = json!({
         "base": format!("http://{}", server.http),
         "users": [
-            {"email": users[0].0, "password": users[0].1},
-            {"email": users[1].0, "password": users[1].1, "opusOnly": true},
+            {"email": ALICE_AND_BOB[0].0, "password": ALICE_AND_BOB[0].1},
+            {"email": ALICE_AND_BOB[1].0, "password": ALICE_AND_BOB[1].1, "opusOnly": true},
         ],
         "call": {"from": 0, "to": 1, "number": "1002", "talkMs": 3000},
     });

@@ -2302,22 +2302,9 @@ fn a_browsers_short_lived_credentials_register_until_they_expire() {
 #[test]
 fn a_closed_websocket_ends_its_calls_and_its_registration() {
     let mut world = World::new(0, CoreConfig::default());
-    assert_eq!(
-        browser_register(&mut world, 7, "1002", "bob-pass").status,
-        200
-    );
-    let browser = world.core.registrar.bindings(world.extension_id("1002"))[0].peer;
-    world.call("1002");
-    let invite = world
-        .requests(browser)
-        .pop()
-        .expect("INVITE to the browser");
-    let offer = str0m::change::SdpOffer::from_sdp_string(&String::from_utf8_lossy(&invite.body));
-    let answer = browser_rtc()
-        .sdp_api()
-        .accept_offer(offer.unwrap())
-        .unwrap()
-        .to_sdp_string();
+    let (browser, invite) = alice_calls_browser_bob(&mut world, 7);
+    let offer = String::from_utf8_lossy(&invite.body).into_owned();
+    let answer = browser_answers(&offer);
     world.answer_from(browser, &invite, 200, Some(answer));
     alice_acks(&mut world);
     world.outputs.clear();
@@ -2342,6 +2329,67 @@ fn a_closed_websocket_ends_its_calls_and_its_registration() {
             .bindings(world.extension_id("1002"))
             .is_empty()
     );
+}
+
+/// Bob registers a browser over WebSocket connection `conn`, and Alice (a phone) calls him;
+/// returns the browser's peer and the INVITE it got.
+fn alice_calls_browser_bob(world: &mut World, conn: u64) -> (Peer, Request) {
+    let registered = browser_register(world, conn, "1002", "bob-pass");
+    assert_eq!(registered.status, 200);
+    let browser = world.core.registrar.bindings(world.extension_id("1002"))[0].peer;
+    world.call("1002");
+    let invite = world
+        .requests(browser)
+        .pop()
+        .expect("INVITE to the browser");
+    (browser, invite)
+}
+
+/// A browser stand-in's answer to our WebRTC `offer`.
+fn browser_answers(offer: &str) -> String {
+    let offer = str0m::change::SdpOffer::from_sdp_string(offer).unwrap();
+    browser_rtc()
+        .sdp_api()
+        .accept_offer(offer)
+        .unwrap()
+        .to_sdp_string()
+}
+
+/// `browser` (over WebSocket connection `conn`) calls 1002 as 1001, through the challenge;
+/// returns its peer, its offer and the pending offer to complete with our answer.
+fn browser_calls_1002(
+    world: &mut World,
+    browser: &mut str0m::Rtc,
+    conn: u64,
+) -> (Peer, String, str0m::change::SdpPendingOffer) {
+    let mut change = browser.sdp_api();
+    let (audio, both) = (
+        str0m::media::MediaKind::Audio,
+        str0m::media::Direction::SendRecv,
+    );
+    change.add_media(audio, both, None, None, None);
+    let (offer, pending) = change.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let ws = Peer {
+        transport: Transport::Ws,
+        addr: SocketAddr::from(([192, 0, 2, 40], 51_000 + u16::try_from(conn).unwrap())),
+        conn: Some(conn),
+    };
+    let invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/WSS b{conn}.invalid;branch=z9hG4bKbr{conn}x{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1001@example.com>;tag=br{conn}\r\nTo: <sip:1002@example.com>\r\n\
+             Call-ID: browser-{conn}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:x@b{conn}.invalid;transport=ws>\r\n\
+             Content-Type: application/sdp\r\n{auth}Content-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        )
+    };
+    world.send(ws, &invite(1, ""));
+    let challenge = world.challenge(ws);
+    let uri = "sip:1002@example.com";
+    let answer = challenge.answer("1001", "alice-pass", "INVITE", uri, "cn", 1);
+    world.send(ws, &invite(2, &format!("Authorization: {answer}\r\n")));
+    (ws, offer, pending)
 }
 
 /// A browser stand-in (str0m, full ICE) that offers audio as Chromium does: Opus first, then
@@ -2370,41 +2418,7 @@ fn browser_rtc() -> str0m::Rtc {
 fn a_browser_calls_a_phone_with_webrtc_on_its_side_and_plain_rtp_on_the_other() {
     let mut world = World::new(1, CoreConfig::default());
     let mut browser = browser_rtc();
-    let mut change = browser.sdp_api();
-    change.add_media(
-        str0m::media::MediaKind::Audio,
-        str0m::media::Direction::SendRecv,
-        None,
-        None,
-        None,
-    );
-    let (offer, pending) = change.apply().unwrap();
-    let offer = offer.to_sdp_string();
-    let ws = Peer {
-        transport: Transport::Ws,
-        addr: SocketAddr::from(([192, 0, 2, 40], 51_000)),
-        conn: Some(3),
-    };
-    let invite = |cseq: u32, auth: &str| {
-        format!(
-            "INVITE sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/WSS b7.invalid;branch=z9hG4bKbr{cseq}\r\nMax-Forwards: 70\r\n\
-             From: <sip:1001@example.com>;tag=br\r\nTo: <sip:1002@example.com>\r\nCall-ID: browser-call\r\n\
-             CSeq: {cseq} INVITE\r\nContact: <sip:x@b7.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n{auth}\
-             Content-Length: {}\r\n\r\n{offer}",
-            offer.len()
-        )
-    };
-    world.send(ws, &invite(1, ""));
-    let challenge = world.challenge(ws);
-    let answer = challenge.answer(
-        "1001",
-        "alice-pass",
-        "INVITE",
-        "sip:1002@example.com",
-        "cn",
-        1,
-    );
-    world.send(ws, &invite(2, &format!("Authorization: {answer}\r\n")));
+    let (ws, offer, pending) = browser_calls_1002(&mut world, &mut browser, 3);
 
     // The phone is offered plain RTP with the one G.711 codec the browser's leg will carry.
     let bob = world.bob[0];
@@ -2466,9 +2480,9 @@ fn a_browser_calls_a_phone_with_webrtc_on_its_side_and_plain_rtp_on_the_other() 
         .to_owned();
     let held = offer.replace("a=sendrecv", "a=sendonly");
     let reinvite = format!(
-        "INVITE sip:switchboard@203.0.113.1:5060;transport=ws SIP/2.0\r\nVia: SIP/2.0/WSS b7.invalid;branch=z9hG4bKhold\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:1001@example.com>;tag=br\r\nTo: <sip:1002@example.com>;tag={tag}\r\n\
-         Call-ID: browser-call\r\nCSeq: 3 INVITE\r\nContact: <sip:x@b7.invalid;transport=ws>\r\n\
+        "INVITE sip:switchboard@203.0.113.1:5060;transport=ws SIP/2.0\r\nVia: SIP/2.0/WSS b3.invalid;branch=z9hG4bKhold\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@example.com>;tag=br3\r\nTo: <sip:1002@example.com>;tag={tag}\r\n\
+         Call-ID: browser-3\r\nCSeq: 3 INVITE\r\nContact: <sip:x@b3.invalid;transport=ws>\r\n\
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{held}",
         held.len()
     );
@@ -2495,27 +2509,17 @@ fn a_browser_calls_a_phone_with_webrtc_on_its_side_and_plain_rtp_on_the_other() 
 #[test]
 fn a_phone_calls_a_browser_that_answers_our_webrtc_offer() {
     let mut world = World::new(0, CoreConfig::default());
-    assert_eq!(
-        browser_register(&mut world, 9, "1002", "bob-pass").status,
-        200
-    );
-    let browser_peer = world.core.registrar.bindings(world.extension_id("1002"))[0].peer;
-    world.call("1002");
-    let to_browser = world
-        .requests(browser_peer)
-        .pop()
-        .expect("INVITE to the browser");
+    let (browser_peer, to_browser) = alice_calls_browser_bob(&mut world, 9);
     let offer = String::from_utf8_lossy(&to_browser.body).into_owned();
     // G.711 from the caller's offer, Opus after it for a browser without G.711.
     assert!(offer.contains("UDP/TLS/RTP/SAVPF 0 111 101"), "{offer}");
     assert!(!offer.contains("a=crypto"), "{offer}");
-    let mut browser = browser_rtc();
-    let answer = browser
-        .sdp_api()
-        .accept_offer(str0m::change::SdpOffer::from_sdp_string(&offer).unwrap())
-        .unwrap()
-        .to_sdp_string();
-    world.answer_from(browser_peer, &to_browser, 200, Some(answer));
+    world.answer_from(
+        browser_peer,
+        &to_browser,
+        200,
+        Some(browser_answers(&offer)),
+    );
     assert!(
         world
             .media()
@@ -2544,36 +2548,7 @@ fn a_browser_offering_only_opus_gets_opus_and_the_phone_g711() {
     let mut browser = config.build(Instant::now());
     let host = str0m::Candidate::host("192.0.2.41:50000".parse().unwrap(), "udp").unwrap();
     browser.add_local_candidate(host);
-    let mut change = browser.sdp_api();
-    let kind = str0m::media::MediaKind::Audio;
-    change.add_media(kind, str0m::media::Direction::SendRecv, None, None, None);
-    let (offer, pending) = change.apply().unwrap();
-    let offer = offer.to_sdp_string();
-    let ws = Peer {
-        transport: Transport::Ws,
-        addr: SocketAddr::from(([192, 0, 2, 41], 51_000)),
-        conn: Some(4),
-    };
-    let invite = |cseq: u32, auth: &str| {
-        format!(
-            "INVITE sip:1002@example.com SIP/2.0\r\nVia: SIP/2.0/WSS o7.invalid;branch=z9hG4bKop{cseq}\r\nMax-Forwards: 70\r\n\
-             From: <sip:1001@example.com>;tag=op\r\nTo: <sip:1002@example.com>\r\nCall-ID: opus-call\r\n\
-             CSeq: {cseq} INVITE\r\nContact: <sip:x@o7.invalid;transport=ws>\r\nContent-Type: application/sdp\r\n{auth}\
-             Content-Length: {}\r\n\r\n{offer}",
-            offer.len()
-        )
-    };
-    world.send(ws, &invite(1, ""));
-    let challenge = world.challenge(ws);
-    let answer = challenge.answer(
-        "1001",
-        "alice-pass",
-        "INVITE",
-        "sip:1002@example.com",
-        "cn",
-        1,
-    );
-    world.send(ws, &invite(2, &format!("Authorization: {answer}\r\n")));
+    let (ws, _, pending) = browser_calls_1002(&mut world, &mut browser, 4);
     // The phone is offered PCMU and PCMA; the browser's leg carries Opus (transcoded).
     let bob = world.bob[0];
     let to_bob = world.requests(bob).pop().expect("INVITE to Bob");

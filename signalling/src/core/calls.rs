@@ -847,17 +847,8 @@ impl Core {
         call.record_policy = record_policy;
         self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
-        if let Some(browser) = browser
-            && !self.answer_browser(now, session, &browser)
-        {
-            return self.fail_call(
-                now,
-                wall_ms,
-                session,
-                488,
-                Disposition::Failed,
-                "incompatible_destination",
-            );
+        if !self.answer_browser(now, wall_ms, session, browser) {
+            return;
         }
         let forks = self.fork_to(
             now,
@@ -1778,15 +1769,29 @@ impl Core {
         });
     }
 
-    /// Answers a browser caller's WebRTC offer on the call's caller-side port: the answer
-    /// goes with our first response that carries SDP, the leg to the media plane now (it
-    /// answers the browser's ICE checks from the start). False if str0m refused the offer.
-    fn answer_browser(&mut self, now: Instant, session: SessionId, browser: &BrowserOffer) -> bool {
-        let (Some(cert), Some(call)) = (&self.webrtc_cert, self.calls.calls.get(&session)) else {
-            return false;
+    /// Answers a browser caller's WebRTC offer (if the caller is one) on the call's
+    /// caller-side port: the answer goes with our first response that carries SDP, the leg
+    /// to the media plane now (it answers the browser's ICE checks from the start). If str0m
+    /// refuses the offer, the call fails with 488 and this returns false.
+    fn answer_browser(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        session: SessionId,
+        browser: Option<BrowserOffer>,
+    ) -> bool {
+        let Some(browser) = browser else {
+            return true;
         };
-        let local = std::net::SocketAddr::new(self.advertised, call.a_port);
-        match media::WebRtcLeg::answer(now, cert, &browser.offer, &browser.formats, local) {
+        let answered = match (&self.webrtc_cert, self.calls.calls.get(&session)) {
+            (Some(cert), Some(call)) => {
+                let local = std::net::SocketAddr::new(self.advertised, call.a_port);
+                media::WebRtcLeg::answer(now, cert, &browser.offer, &browser.formats, local)
+                    .map_err(|error| error.to_string())
+            }
+            _ => Err("WebRTC is not set up".to_owned()),
+        };
+        match answered {
             Ok((leg, answer)) => {
                 if let Some(call) = self.calls.calls.get_mut(&session) {
                     call.a_webrtc = Some(answer);
@@ -1800,6 +1805,8 @@ impl Core {
             }
             Err(error) => {
                 tracing::debug!(%error, session, "refusing a browser's WebRTC offer");
+                let cause = "incompatible_destination";
+                self.fail_call(now, wall_ms, session, 488, Disposition::Failed, cause);
                 false
             }
         }
@@ -2107,7 +2114,7 @@ impl Core {
         request: &Request,
         mut ours: Sdp,
     ) {
-        let Some(call) = self.calls.calls.get_mut(&session) else {
+        let Some(call) = self.calls.calls.get(&session) else {
             return;
         };
         let peer = match side {
@@ -2115,21 +2122,11 @@ impl Core {
             Side::B => call.winner.map_or(call.a_peer, |w| call.forks[w].peer),
         };
         if let Some(Ok(offer)) = sdp_of(&request.body, &request.headers) {
-            let hold = media::is_hold(&offer);
             if let Some(index) = offer.media.iter().position(|m| m.kind == "audio") {
                 ours.set_direction(index, offer.direction(index).reversed());
             }
             ours.bump_version();
-            if call.held != hold {
-                call.held = hold;
-                let kind = if hold {
-                    CallEventKind::Held
-                } else {
-                    CallEventKind::Resumed
-                };
-                self.call_event(session, kind);
-            }
-            self.media_update(session, side, &offer, hold);
+            self.offer_changed(session, side, &offer);
         }
         let mut response = transaction::response_to(request, 200, "OK");
         response
@@ -2152,6 +2149,25 @@ impl Core {
             let cseq = cseq_of(&request.headers).map_or(0, |c| c.seq);
             self.retransmit_ok(now, session, (side, cseq, peer), bytes);
         }
+    }
+
+    /// `side` sent a new offer: the call is held or resumed (told once per change), and the
+    /// media plane follows it. Returns whether it holds.
+    fn offer_changed(&mut self, session: SessionId, side: Side, offer: &Sdp) -> bool {
+        let hold = media::is_hold(offer);
+        if let Some(call) = self.calls.calls.get_mut(&session)
+            && call.held != hold
+        {
+            call.held = hold;
+            let kind = if hold {
+                CallEventKind::Held
+            } else {
+                CallEventKind::Resumed
+            };
+            self.call_event(session, kind);
+        }
+        self.media_update(session, side, offer, hold);
+        hold
     }
 
     /// The SDP `side` has from us, when a browser is in the call: its session is answered
@@ -2198,17 +2214,7 @@ impl Core {
         };
         let (body, content_type, hold) = match sdp_of(&request.body, &request.headers) {
             Some(Ok(sdp)) => {
-                let hold = media::is_hold(&sdp);
-                if call.held != hold {
-                    call.held = hold;
-                    let kind = if hold {
-                        CallEventKind::Held
-                    } else {
-                        CallEventKind::Resumed
-                    };
-                    self.call_event(session, kind);
-                }
-                self.media_update(session, side, &sdp, hold);
+                let hold = self.offer_changed(session, side, &sdp);
                 (
                     Bytes::from(media::anchor(&sdp, self.advertised, port).to_string()),
                     Some("application/sdp".to_owned()),

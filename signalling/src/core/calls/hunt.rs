@@ -59,11 +59,8 @@ impl Core {
         call.record_policy = call.tenant.record_calls;
         self.calls.insert(session, call);
         crate::stats::SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
-        if let Some(browser) = browser
-            && !self.answer_browser(now, session, &browser)
-        {
-            let cause = "incompatible_destination";
-            return self.fail_call(now, wall_ms, session, 488, Disposition::Failed, cause);
+        if !self.answer_browser(now, wall_ms, session, browser) {
+            return;
         }
         if !self.ring_group(now, session, &group, b_offer, caller) {
             let cause = "user_not_registered";

@@ -160,11 +160,8 @@ impl Core {
             .map(|(user, password)| Box::new((user, password, false)));
         self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
-        if let Some(browser) = browser
-            && !self.answer_browser(now, session, &browser)
-        {
-            let cause = "incompatible_destination";
-            return self.fail_call(now, wall_ms, session, 488, Disposition::Failed, cause);
+        if !self.answer_browser(now, wall_ms, session, browser) {
+            return;
         }
         let (forks, failover) = self.fork_trunk(
             now,
