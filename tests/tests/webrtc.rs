@@ -260,7 +260,7 @@ fn drive_phones(plan: &Value) -> Option<Value> {
 }
 
 #[tokio::test]
-async fn the_web_phone_signs_in_and_registers_over_websocket_in_chromium() {
+async fn the_web_phone_signs_in_and_registers_over_ws_and_wss_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
     let api = Api::login(&server).await;
@@ -273,34 +273,34 @@ async fn the_web_phone_signs_in_and_registers_over_websocket_in_chromium() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("/phone/phone.js"));
 
-    // While the page is signed in, the API lists its registration over WebSocket; once it
-    // signs out (un-REGISTER), none is left.
-    let plan = json!({
-        "base": format!("http://{}", server.http),
-        "users": [{"email": OWNER, "password": OWNER_PASSWORD}],
-        "signOut": true,
-        "registrationsToken": api.token,
-    });
-    let Some(result) = tokio::task::spawn_blocking(move || drive_phones(&plan))
-        .await
-        .unwrap()
-    else {
-        return;
-    };
-    let user = &result["users"][0];
-    assert_eq!(user["status"], "Registered as 1001", "{result}");
-    let listed = user["registrations"]["items"].as_array().expect("listed");
-    assert_eq!(listed.len(), 1, "{result}");
-    assert_eq!(listed[0]["transport"], "WS", "{result}");
-    assert!(
-        listed[0]["user_agent"]
-            .as_str()
+    // While the page is signed in, the API lists its registration over WebSocket (WSS when
+    // the page came over HTTPS); once it signs out (un-REGISTER), none is left.
+    for (base, transport) in [
+        (format!("http://{}", server.http), "WS"),
+        (format!("https://{}", server.https), "WSS"),
+    ] {
+        let plan = json!({
+            "base": base,
+            "users": [{"email": OWNER, "password": OWNER_PASSWORD}],
+            "signOut": true,
+            "registrationsToken": api.token,
+        });
+        let Some(result) = tokio::task::spawn_blocking(move || drive_phones(&plan))
+            .await
             .unwrap()
-            .starts_with("SIP.js/"),
-        "{result}"
-    );
-    assert_eq!(user["signed_out"], true, "{result}");
-    api.wait_for_registrations(0).await;
+        else {
+            return;
+        };
+        let user = &result["users"][0];
+        assert_eq!(user["status"], "Registered as 1001", "{result}");
+        let listed = user["registrations"]["items"].as_array().expect("listed");
+        assert_eq!(listed.len(), 1, "{result}");
+        assert_eq!(listed[0]["transport"], transport, "{result}");
+        let agent = listed[0]["user_agent"].as_str().unwrap();
+        assert!(agent.starts_with("SIP.js/"), "{result}");
+        assert_eq!(user["signed_out"], true, "{result}");
+        api.wait_for_registrations(0).await;
+    }
 }
 
 /// Two users with web phones: Alice owns 1001, Bob 1002.
