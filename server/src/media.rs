@@ -73,6 +73,10 @@ pub struct WorkerStats {
     pub inactive: AtomicU64,
     /// RTP packets of IVR prompts sent to callers.
     pub prompt_packets: AtomicU64,
+    /// Browser legs (WebRTC) of live sessions.
+    pub webrtc_legs: AtomicU64,
+    /// Browser legs whose Opus is transcoded.
+    pub transcoded_legs: AtomicU64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -410,6 +414,17 @@ impl Session {
 
     /// Stops forwarding (and recording) and writes the media statistics to the call record.
     fn end(mut self, shell: &Shell) {
+        for side in [Side::A, Side::B] {
+            if self.browsers.is(side) {
+                shell.counters.webrtc_legs.fetch_sub(1, Ordering::Relaxed);
+            }
+            if self.browsers.transcoders[index(side)].borrow().is_some() {
+                shell
+                    .counters
+                    .transcoded_legs
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         for task in self
             .tasks
             .drain(..)
@@ -457,11 +472,16 @@ impl Session {
 
     /// Makes `side` a browser's: its RTP socket speaks WebRTC through `leg` from now on.
     fn attach_browser(&mut self, shell: &Shell, session: SessionId, side: Side, leg: WebRtcLeg) {
+        shell.counters.webrtc_legs.fetch_add(1, Ordering::Relaxed);
         if let Some(opus) = leg.opus() {
             let ssrc = 0x5C00_0000 | u32::from(leg.local().port());
             match Transcoder::new(opus, ssrc) {
                 Ok(transcoder) => {
                     *self.browsers.transcoders[index(side)].borrow_mut() = Some(transcoder);
+                    shell
+                        .counters
+                        .transcoded_legs
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => {
                     tracing::warn!(%error, session, "no Opus transcoder: the browser is not heard");

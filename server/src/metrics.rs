@@ -319,6 +319,11 @@ impl Collector for SipCollector {
                 "Trunk proxies that did not answer their last OPTIONS",
                 &s.trunk_proxies_down,
             ),
+            (
+                "switchboard_sip_websocket_connections",
+                "Open SIP over WebSocket connections (WS and WSS)",
+                &s.websocket_connections,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(SipStats::get(value)).unwrap_or(i64::MAX));
@@ -391,13 +396,27 @@ impl Collector for MediaCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauge = ConstGauge::new(i64::try_from(self.0.sum(|w| &w.sessions)).unwrap_or(i64::MAX));
-        gauge.encode(encoder.encode_descriptor(
-            "switchboard_media_sessions",
-            "Media sessions (calls with anchored media)",
-            None,
-            gauge.metric_type(),
-        )?)?;
+        let gauges: [(&str, &str, Field); 3] = [
+            (
+                "switchboard_media_sessions",
+                "Media sessions (calls with anchored media)",
+                |w| &w.sessions,
+            ),
+            (
+                "switchboard_media_webrtc_legs",
+                "Browser legs (WebRTC through str0m) of live media sessions",
+                |w| &w.webrtc_legs,
+            ),
+            (
+                "switchboard_media_transcoded_legs",
+                "Browser legs whose Opus is transcoded to and from G.711",
+                |w| &w.transcoded_legs,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(self.0.sum(field)).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
         Ok(())
     }
 }

@@ -46,6 +46,8 @@ pub struct SipStats {
     pub active_calls: AtomicU64,
     /// Live transactions.
     pub transactions: AtomicU64,
+    /// Open SIP WebSocket connections (the shell counts them).
+    pub websocket_connections: AtomicU64,
 }
 
 impl SipStats {

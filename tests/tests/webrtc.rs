@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use switchboard_sip::digest::Challenge;
 use switchboard_sip::message::{HeaderName, Limits, Message, Response};
 use switchboard_tests::{
-    ADMIN_PASSWORD, Api, Server, TIMEOUT, expect_events, free_udp_port, run_sipp_register, sipp,
-    sipp_command,
+    ADMIN_PASSWORD, Api, Server, TIMEOUT, expect_events, free_udp_port, metric, run_sipp_register,
+    sipp, sipp_command,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -220,10 +220,14 @@ async fn browsers_register_over_ws_and_wss_with_credentials_from_the_api() {
     transports.sort_unstable();
     assert_eq!(transports, ["WS", "WSS"], "{listed:?}");
 
+    let connections = "switchboard_sip_websocket_connections";
+    assert_eq!(metric(&server, connections).await, 2);
+
     // Closing the page takes its binding with it.
     plain.socket.close(None).await.unwrap();
     let left = api.wait_for_registrations(1).await;
     assert_eq!(left[0]["transport"], "WSS", "{left:?}");
+    assert_eq!(metric(&server, connections).await, 1);
 
     // Credentials stop working when the extension's password changes.
     let id = creds["extension_id"].as_str().unwrap();
@@ -301,6 +305,23 @@ async fn the_web_phone_signs_in_and_registers_over_ws_and_wss_in_chromium() {
         assert_eq!(user["signed_out"], true, "{result}");
         api.wait_for_registrations(0).await;
     }
+}
+
+/// Waits (bounded, while `driving` runs) until metric `name` is `value`; whether it got there.
+async fn wait_for_metric<T>(
+    server: &Server,
+    name: &str,
+    value: u64,
+    driving: &tokio::task::JoinHandle<T>,
+) -> bool {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline && !driving.is_finished() {
+        if metric(server, name).await == value {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Two users with web phones: Alice owns 1001, Bob 1002.
@@ -463,11 +484,15 @@ async fn browser_calls_a_pcmu_phone(opus_only: bool) {
         "users": [{"email": OWNER, "password": OWNER_PASSWORD, "opusOnly": opus_only}],
         "call": {"from": 0, "number": "1003", "talkMs": 3000},
     });
-    let result = tokio::task::spawn_blocking(move || drive_phones(&plan))
-        .await
-        .unwrap();
+    let driving = tokio::task::spawn_blocking(move || drive_phones(&plan));
+    // While the call is up, the media plane has one browser leg (transcoded or not).
+    let legs = wait_for_metric(&server, "switchboard_media_webrtc_legs", 1, &driving).await;
+    let transcoded = metric(&server, "switchboard_media_transcoded_legs").await;
+    let result = driving.await.unwrap();
     let uas = uas.wait_with_output().unwrap();
     let Some(result) = result else { return };
+    assert!(legs, "no browser leg while the call was up");
+    assert_eq!(transcoded, u64::from(opus_only));
     assert!(
         uas.status.success(),
         "{}",

@@ -111,7 +111,7 @@ impl SipHandle {
         addr: SocketAddr,
         upgrade: axum::extract::ws::WebSocketUpgrade,
     ) -> Result<axum::response::Response, (axum::http::StatusCode, &'static str)> {
-        ws::upgrade(&self.websockets, secure, addr, upgrade)
+        ws::upgrade((&self.websockets, &self.stats), secure, addr, upgrade)
     }
 
     /// Short-lived SIP credentials for extension `id` (its `number` and current `secret`),

@@ -17,6 +17,7 @@
 //! after `sip.tcp_idle_timeout` without a frame.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -24,6 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use switchboard_signalling::peer::{Peer, Transport};
+use switchboard_signalling::stats::SipStats;
 use tokio::sync::mpsc;
 
 use super::Command;
@@ -37,7 +39,7 @@ const SUBPROTOCOL: &str = "sip";
 
 /// Answers a WebSocket upgrade of `/sip` from `addr`; `secure` for the HTTPS listener.
 pub(crate) fn upgrade(
-    shared: &Shared,
+    (shared, stats): (&Shared, &Arc<SipStats>),
     secure: bool,
     addr: SocketAddr,
     upgrade: WebSocketUpgrade,
@@ -62,7 +64,7 @@ pub(crate) fn upgrade(
     } else {
         Transport::Ws
     };
-    let shared = shared.clone();
+    let (shared, stats) = (shared.clone(), stats.clone());
     let max = shared.limits.max_message_len;
     Ok(upgrade
         .max_message_size(max)
@@ -74,7 +76,9 @@ pub(crate) fn upgrade(
                 addr,
                 conn: Some(id),
             };
+            stats.websocket_connections.fetch_add(1, Ordering::Relaxed);
             connection(socket, peer, &shared).await;
+            stats.websocket_connections.fetch_sub(1, Ordering::Relaxed);
             let _ = shared.inbox.send(Command::Disconnected { conn: id }).await;
             shared.open.fetch_sub(1, Ordering::Relaxed);
         })
