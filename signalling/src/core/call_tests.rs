@@ -2581,3 +2581,36 @@ fn a_browser_offering_only_opus_gets_opus_and_the_phone_g711() {
         )
         .unwrap();
 }
+
+#[test]
+fn star_67_withholds_the_callers_number_from_the_callee_but_not_the_carrier() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_outbound_trunk(&mut world, "1");
+    world.call("*675551234567");
+    let invite = world
+        .requests(peer(60))
+        .pop()
+        .expect("INVITE to the carrier");
+    // RFC 3323: an anonymous From; RFC 3325: the real identity asserted, with Privacy: id.
+    assert_eq!(
+        invite.uri.to_string(),
+        "sip:+15551234567@sip.carrier.example"
+    );
+    let from = invite.headers.get(&HeaderName::From).unwrap();
+    assert!(
+        from.starts_with("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag="),
+        "{from}"
+    );
+    assert_eq!(
+        invite
+            .headers
+            .get(&HeaderName::parse("P-Asserted-Identity")),
+        Some("<sip:1001@example.com>")
+    );
+    assert_eq!(
+        invite.headers.get(&HeaderName::parse("Privacy")),
+        Some("id")
+    );
+    // The record names the number dialled, without the prefix.
+    assert_eq!(world.started().to_number, "+15551234567");
+}

@@ -253,6 +253,9 @@ const UNKNOWN_NUMBER: Refusal = Refusal {
     disposition: Disposition::Failed,
     cause: "unallocated_number",
 };
+/// Dialled before a number outside, withholds the caller's number (`Privacy: id`).
+const ANONYMOUS_PREFIX: &str = "*67";
+
 /// The callee has no registered contact.
 const NOT_REGISTERED: Refusal = Refusal {
     status: 480,
@@ -803,13 +806,19 @@ impl Core {
             (Caller::Trunk { .. }, None) => None,
         };
         let Some(callee) = callee else {
-            // No extension has it: a number outside, through a trunk.
+            // No extension has it: a number outside, through a trunk. `*67` before it
+            // withholds the caller's number (as on North American phone lines).
+            let (number, anonymous) = match dialled.strip_prefix(ANONYMOUS_PREFIX) {
+                Some(number) => (number, true),
+                None => (dialled.as_str(), false),
+            };
             if let Caller::Extension(extension) = &caller
-                && let Ok(e164) = crate::e164::normalize(&dialled)
+                && let Ok(e164) = crate::e164::normalize(number)
             {
                 let call = (key.clone(), request.clone(), from);
                 let caller = extension.clone();
-                return self.start_outbound(now, wall_ms, call, (tenant, caller), record, e164);
+                let out = (e164, anonymous);
+                return self.start_outbound(now, wall_ms, call, (tenant, caller), record, out);
             }
             return self.refuse(now, refused, record, UNKNOWN_NUMBER, |_| {});
         };

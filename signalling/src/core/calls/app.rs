@@ -528,6 +528,7 @@ impl Core {
                 number: &caller,
                 domain: &domain,
                 diversion: did.as_deref(),
+                anonymous: false,
             },
             &offer,
         );

@@ -71,6 +71,9 @@ pub(super) struct TrunkCaller<'a> {
     pub(super) domain: &'a str,
     /// The number the call was for, when it is passed on.
     pub(super) diversion: Option<&'a str>,
+    /// Withhold the number from the callee (RFC 3323): From says `Anonymous`, the carrier
+    /// still gets it in P-Asserted-Identity, with `Privacy: id`.
+    pub(super) anonymous: bool,
 }
 
 impl Core {
@@ -113,7 +116,7 @@ impl Core {
         (key, request, from): (ServerKey, Request, Peer),
         (tenant, caller): (Tenant, Extension),
         mut record: CallStart,
-        e164: String,
+        (e164, anonymous): (String, bool),
     ) {
         let refused = Refused {
             key: &key,
@@ -173,6 +176,7 @@ impl Core {
                 number: &caller_id,
                 domain: &domain,
                 diversion: None,
+                anonymous,
             },
             &b_offer,
         );
@@ -226,6 +230,14 @@ impl Core {
                 format!("<sip:{diverted}@{}>;reason=unconditional", caller.domain),
             ));
         }
+        // RFC 3323 §4.1.1.3 and RFC 3325 §9.3: the anonymous From of RFC 3323, the real
+        // identity asserted to the carrier, which must not pass it on.
+        let (from_caller, from_domain) = if caller.anonymous {
+            headers.push(("Privacy".into(), "id".into()));
+            (("Anonymous", "anonymous"), "anonymous.invalid")
+        } else {
+            ((caller.display, caller.number), caller.domain)
+        };
         let peer = Peer {
             transport: Transport::Udp,
             addr: proxy,
@@ -236,10 +248,10 @@ impl Core {
             session,
             vec![(format!("sip:{user}@{host}"), peer)],
             super::Forking {
-                caller: (caller.display, caller.number),
+                caller: from_caller,
                 callee: &user,
                 callee_id: None,
-                domain: caller.domain,
+                domain: from_domain,
                 to_domain: &host,
                 offer,
                 max_forwards: 70,
