@@ -1170,6 +1170,29 @@ async fn tenants_are_managed_by_superadmins() {
 
     let path = format!("/api/v1/tenants/{acme}");
     assert_eq!(expect(app.get(&path, &root).await, StatusCode::OK), created);
+    // The tenant's caller ID: normalised to E.164, refused with the key's name, removed by null.
+    assert_eq!(created["caller_id_number"], Value::Null);
+    let numbered = expect(
+        app.patch(
+            &path,
+            &root,
+            json!({"caller_id_number": "1 (555) 000-1000"}),
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(numbered["caller_id_number"], "+15550001000");
+    expect_invalid(
+        app.patch(&path, &root, json!({"caller_id_number": "call me"}))
+            .await,
+        "caller_id_number",
+    );
+    let cleared = expect(
+        app.patch(&path, &root, json!({"caller_id_number": null}))
+            .await,
+        StatusCode::OK,
+    );
+    assert_eq!(cleared["caller_id_number"], Value::Null);
     let renamed = expect(
         app.patch(&path, &root, json!({"name": "Acme Corp"})).await,
         StatusCode::OK,

@@ -21,6 +21,8 @@ pub struct Tenant {
     pub domain: String,
     /// Whether its answered calls are recorded.
     pub record_calls: bool,
+    /// The number its extensions present on calls out when they have none of their own.
+    pub caller_id: Option<String>,
 }
 
 /// An extension as call control sees it.
@@ -40,8 +42,8 @@ pub struct Extension {
     pub record_calls: bool,
     /// Whether it may call numbers outside through trunks.
     pub outbound_allowed: bool,
-    /// The number presented on its outbound calls (else the tenant has none to present and
-    /// the extension's own number goes).
+    /// The number presented on its outbound calls (else the tenant's, else the extension's
+    /// own number).
     pub caller_id: Option<String>,
 }
 
@@ -460,11 +462,13 @@ mod tests {
             id: a,
             domain: "A.example".into(),
             record_calls: false,
+            caller_id: None,
         }));
         directory.apply(Update::TenantUpsert(Tenant {
             id: b,
             domain: "b.example".into(),
             record_calls: false,
+            caller_id: None,
         }));
         directory.set_default_domain("a.example");
         assert_eq!(
@@ -499,6 +503,7 @@ mod tests {
             id: b,
             domain: "c.example".into(),
             record_calls: false,
+            caller_id: None,
         }));
         assert_eq!(
             directory.tenant_for_host("b.example").map(|t| t.id),

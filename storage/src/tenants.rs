@@ -17,6 +17,9 @@ pub struct Tenant {
     pub sip_domain: String,
     /// Whether every answered call of the tenant is recorded.
     pub record_calls: bool,
+    /// The number (E.164) its extensions present on calls out when they have no caller ID
+    /// of their own.
+    pub caller_id_number: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -35,6 +38,7 @@ pub async fn create(db: &Db, name: &str, sip_domain: &str) -> Result<Tenant, Err
         name: name.to_owned(),
         sip_domain: sip_domain.to_owned(),
         record_calls: false,
+        caller_id_number: None,
         created_at: now,
         updated_at: now,
     };
@@ -51,7 +55,8 @@ pub async fn create(db: &Db, name: &str, sip_domain: &str) -> Result<Tenant, Err
 
 /// A live tenant by id.
 pub async fn get(db: &Db, id: Uuid) -> Result<Tenant, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+                       FROM tenants \
                        WHERE id = $1 AND deleted_at IS NULL";
     run!(db, |pool| sqlx::query_as(SQL)
         .bind(id)
@@ -62,7 +67,8 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Tenant, Error> {
 
 /// The live tenant that owns `sip_domain`, if any.
 pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+                       FROM tenants \
                        WHERE sip_domain = $1 AND deleted_at IS NULL";
     Ok(run!(db, |pool| sqlx::query_as(SQL)
         .bind(sip_domain)
@@ -72,14 +78,16 @@ pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>,
 
 /// Every live tenant (for loading the signalling directory).
 pub async fn all(db: &Db) -> Result<Vec<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+                       FROM tenants \
                        WHERE deleted_at IS NULL ORDER BY id";
     Ok(run!(db, |pool| sqlx::query_as(SQL).fetch_all(pool).await)?)
 }
 
 /// Live tenants, oldest first.
 pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, created_at, updated_at FROM tenants \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+                       FROM tenants \
                        WHERE deleted_at IS NULL AND ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2";
     let rows: Vec<Tenant> = run!(db, |pool| sqlx::query_as(SQL)
         .bind(page.cursor)
@@ -89,17 +97,18 @@ pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
     Ok(Page::from_rows(rows, page, |t| t.id))
 }
 
-/// Writes `tenant`'s name and domain.
+/// Writes `tenant`'s name, domain, recording policy and caller ID.
 pub async fn update(db: &Db, tenant: &Tenant) -> Result<Tenant, Error> {
     const SQL: &str = "UPDATE tenants SET name = $2, sip_domain = $3, updated_at = $4, \
-                       record_calls = $5 WHERE id = $1 AND deleted_at IS NULL";
+                       record_calls = $5, caller_id_number = $6 WHERE id = $1 AND deleted_at IS NULL";
     let now = Timestamp::now();
     let done = exec!(db, |pool| sqlx::query(SQL)
         .bind(tenant.id)
         .bind(&tenant.name)
         .bind(&tenant.sip_domain)
         .bind(now)
-        .bind(tenant.record_calls))
+        .bind(tenant.record_calls)
+        .bind(&tenant.caller_id_number))
     .map_err(|e| Error::conflict_on_unique(e, || domain_taken(&tenant.sip_domain)))?;
     if done == 0 {
         return Err(Error::NotFound);
@@ -158,6 +167,7 @@ mod tests {
                 &Tenant {
                     name: "Acme Ltd".into(),
                     record_calls: true,
+                    caller_id_number: Some("+15550001000".into()),
                     ..a.clone()
                 },
             )
@@ -165,8 +175,12 @@ mod tests {
             .unwrap();
             let stored = get(&db, a.id).await.unwrap();
             assert_eq!(
-                (stored.name.as_str(), stored.record_calls),
-                ("Acme Ltd", true)
+                (
+                    stored.name.as_str(),
+                    stored.record_calls,
+                    stored.caller_id_number.as_deref()
+                ),
+                ("Acme Ltd", true, Some("+15550001000"))
             );
             assert!(matches!(
                 update(

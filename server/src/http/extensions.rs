@@ -85,15 +85,6 @@ async fn check_owner(state: &AppState, tenant_id: Uuid, user_id: Option<Uuid>) -
     Ok(())
 }
 
-fn caller_id_number(value: Option<String>) -> ApiResult<Option<String>> {
-    value
-        .map(|n| {
-            switchboard_signalling::e164::normalize(&n)
-                .map_err(|e| ApiError::invalid("caller_id_number", e))
-        })
-        .transpose()
-}
-
 fn caller_id_name(value: Option<String>) -> ApiResult<Option<String>> {
     value
         .map(|n| validate::text("caller_id_name", &n, 64))
@@ -142,7 +133,7 @@ async fn create_extension(
         display_name,
         user_id: body.user_id,
         caller_id_name: caller_id_name(body.caller_id_name)?,
-        caller_id_number: caller_id_number(body.caller_id_number)?,
+        caller_id_number: validate::caller_id_number(body.caller_id_number)?,
         outbound_allowed: body.outbound_allowed,
         voicemail_enabled: body.voicemail_enabled,
         record_calls: body.record_calls,
@@ -216,7 +207,7 @@ async fn update_extension(
         extension.caller_id_name = caller_id_name(name)?;
     }
     if let Some(number) = body.caller_id_number {
-        extension.caller_id_number = caller_id_number(number)?;
+        extension.caller_id_number = validate::caller_id_number(number)?;
     }
     extension.outbound_allowed = body.outbound_allowed.unwrap_or(extension.outbound_allowed);
     extension.voicemail_enabled = body

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::extract::{Json, PageParams, Path, Query};
+use super::validate::double_option;
 use super::{ApiError, ApiResult, AppState, AuditEvent, Auth, ClientIp, validate};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -31,6 +32,9 @@ struct CreateTenant {
     /// Record every answered call of the tenant (default false).
     #[serde(default)]
     record_calls: bool,
+    /// The number (E.164; `+1…`, `1…` or national forms are normalised) its extensions
+    /// present on calls out when they have no caller ID of their own.
+    caller_id_number: Option<String>,
 }
 
 /// Changes to a tenant; absent fields stay as they are.
@@ -41,6 +45,10 @@ struct UpdateTenant {
     sip_domain: Option<String>,
     /// Record every answered call of the tenant.
     record_calls: Option<bool>,
+    /// The tenant's caller ID number; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    caller_id_number: Option<Option<String>>,
 }
 
 /// List tenants (superadmin).
@@ -67,9 +75,11 @@ async fn create_tenant(
     who.require_superadmin()?;
     let name = validate::text("name", &body.name, 100)?;
     let domain = validate::sip_domain("sip_domain", &body.sip_domain)?;
+    let caller_id = validate::caller_id_number(body.caller_id_number)?;
     let mut tenant = tenants::create(&state.db, &name, &domain).await?;
-    if body.record_calls {
-        tenant.record_calls = true;
+    if body.record_calls || caller_id.is_some() {
+        tenant.record_calls = body.record_calls;
+        tenant.caller_id_number = caller_id;
         tenant = tenants::update(&state.db, &tenant).await?;
     }
     state
@@ -81,7 +91,7 @@ async fn create_tenant(
                 action: "create",
                 object_type: "tenant",
                 object_id: tenant.id.to_string(),
-                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls}),
+                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls, "caller_id_number": tenant.caller_id_number}),
             },
         )
         .await;
@@ -103,7 +113,7 @@ async fn get_tenant(
     Ok(Json(tenants::get(&state.db, id).await?))
 }
 
-/// Rename a tenant, change its SIP domain or its recording policy (superadmin).
+/// Rename a tenant, change its SIP domain, its recording policy or its caller ID (superadmin).
 #[utoipa::path(patch, path = "/tenants/{id}", tag = "tenants", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = UpdateTenant,
     responses((status = 200, body = Tenant), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_tenant(
@@ -122,6 +132,9 @@ async fn update_tenant(
         tenant.sip_domain = validate::sip_domain("sip_domain", domain)?;
     }
     tenant.record_calls = body.record_calls.unwrap_or(tenant.record_calls);
+    if let Some(number) = body.caller_id_number {
+        tenant.caller_id_number = validate::caller_id_number(number)?;
+    }
     let tenant = tenants::update(&state.db, &tenant).await?;
     state
         .audit(
@@ -132,7 +145,7 @@ async fn update_tenant(
                 action: "update",
                 object_type: "tenant",
                 object_id: id.to_string(),
-                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls}),
+                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls, "caller_id_number": tenant.caller_id_number}),
             },
         )
         .await;

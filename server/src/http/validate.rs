@@ -206,6 +206,17 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A caller ID number (`caller_id_number`), normalised to E.164 (`+1…`, `1…` and national
+/// forms are accepted).
+pub(super) fn caller_id_number(value: Option<String>) -> Result<Option<String>, ApiError> {
+    value
+        .map(|n| {
+            switchboard_signalling::e164::normalize(&n)
+                .map_err(|e| ApiError::invalid("caller_id_number", e))
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

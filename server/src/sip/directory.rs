@@ -54,6 +54,7 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
             id: tenant.id,
             domain: tenant.sip_domain,
             record_calls: tenant.record_calls,
+            caller_id: tenant.caller_id_number,
         }));
     }
     for (extension, sealed) in extensions::all_with_secrets(db).await? {
@@ -278,6 +279,7 @@ pub(super) async fn tenant(db: &Db, id: Uuid) -> anyhow::Result<Update> {
             id: tenant.id,
             domain: tenant.sip_domain,
             record_calls: tenant.record_calls,
+            caller_id: tenant.caller_id_number,
         })),
         Err(switchboard_storage::Error::NotFound) => Ok(Update::TenantRemove(id)),
         Err(error) => Err(error.into()),

@@ -49,6 +49,7 @@ impl World {
             id: tenant,
             domain: "example.com".into(),
             record_calls: false,
+            caller_id: None,
         }));
         core.set_default_domain("example.com");
         core.set_local("203.0.113.1".parse().unwrap(), &[(Transport::Udp, 5060)]);
@@ -2613,4 +2614,30 @@ fn star_67_withholds_the_callers_number_from_the_callee_but_not_the_carrier() {
     );
     // The record names the number dialled, without the prefix.
     assert_eq!(world.started().to_number, "+15551234567");
+}
+
+#[test]
+fn the_tenants_number_is_presented_when_the_extension_has_none() {
+    let mut world = World::new(1, CoreConfig::default());
+    let tenant = world.tenant();
+    world.core.apply(Update::TenantUpsert(Tenant {
+        id: tenant,
+        domain: "example.com".into(),
+        record_calls: false,
+        caller_id: Some("+15550001000".into()),
+    }));
+    with_outbound_trunk(&mut world, "1");
+    world.call("5551234567");
+    let invite = world
+        .requests(peer(60))
+        .pop()
+        .expect("INVITE to the carrier");
+    assert_eq!(
+        invite
+            .headers
+            .get(&HeaderName::parse("P-Asserted-Identity")),
+        Some("<sip:+15550001000@example.com>")
+    );
+    let from = invite.headers.get(&HeaderName::From).unwrap();
+    assert!(from.contains("<sip:+15550001000@example.com>"), "{from}");
 }

@@ -36,6 +36,7 @@ impl Phone {
             id: tenant,
             domain: "example.com".into(),
             record_calls: false,
+            caller_id: None,
         }));
         core.set_default_domain("example.com");
         core.apply(Update::ExtensionUpsert(Extension {

@@ -150,7 +150,12 @@ impl Core {
         };
         let (session, b_port) = (opened.session, opened.b_port);
 
-        let caller_id = caller.caller_id.clone().unwrap_or(caller.number.clone());
+        // The extension's caller ID, else the tenant's, else the extension's own number.
+        let caller_id = caller
+            .caller_id
+            .clone()
+            .or_else(|| tenant.caller_id.clone())
+            .unwrap_or(caller.number.clone());
         let b_offer = media::anchor(&offer, self.advertised, b_port);
         let domain = tenant.domain.clone();
         let record_policy = tenant.record_calls || caller.record_calls;
