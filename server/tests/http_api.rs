@@ -1193,6 +1193,38 @@ async fn tenants_are_managed_by_superadmins() {
         StatusCode::OK,
     );
     assert_eq!(cleared["caller_id_number"], Value::Null);
+    // Its own limits on calls out.
+    let limited = expect(
+        app.patch(
+            &path,
+            &root,
+            json!({"max_outbound_calls": 5, "daily_outbound_minutes": 600}),
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(
+        (
+            &limited["max_outbound_calls"],
+            &limited["daily_outbound_minutes"]
+        ),
+        (&json!(5), &json!(600))
+    );
+    expect_invalid(
+        app.patch(&path, &root, json!({"max_outbound_calls": -1}))
+            .await,
+        "max_outbound_calls",
+    );
+    let created = expect(
+        app.patch(
+            &path,
+            &root,
+            json!({"max_outbound_calls": null, "daily_outbound_minutes": null}),
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(created["max_outbound_calls"], Value::Null);
     let renamed = expect(
         app.patch(&path, &root, json!({"name": "Acme Corp"})).await,
         StatusCode::OK,

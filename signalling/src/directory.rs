@@ -23,6 +23,10 @@ pub struct Tenant {
     pub record_calls: bool,
     /// The number its extensions present on calls out when they have none of their own.
     pub caller_id: Option<String>,
+    /// Calls out at once, instead of the server's `max_concurrent_per_tenant`.
+    pub max_outbound_calls: Option<usize>,
+    /// Answered minutes out per UTC day, instead of the server's `daily_minutes_per_tenant`.
+    pub daily_outbound_minutes: Option<u32>,
 }
 
 /// An extension as call control sees it.
@@ -463,12 +467,16 @@ mod tests {
             domain: "A.example".into(),
             record_calls: false,
             caller_id: None,
+            max_outbound_calls: None,
+            daily_outbound_minutes: None,
         }));
         directory.apply(Update::TenantUpsert(Tenant {
             id: b,
             domain: "b.example".into(),
             record_calls: false,
             caller_id: None,
+            max_outbound_calls: None,
+            daily_outbound_minutes: None,
         }));
         directory.set_default_domain("a.example");
         assert_eq!(
@@ -504,6 +512,8 @@ mod tests {
             domain: "c.example".into(),
             record_calls: false,
             caller_id: None,
+            max_outbound_calls: None,
+            daily_outbound_minutes: None,
         }));
         assert_eq!(
             directory.tenant_for_host("b.example").map(|t| t.id),

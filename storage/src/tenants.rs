@@ -20,6 +20,11 @@ pub struct Tenant {
     /// The number (E.164) its extensions present on calls out when they have no caller ID
     /// of their own.
     pub caller_id_number: Option<String>,
+    /// Calls out at once for this tenant (overrides `outbound.max_concurrent_per_tenant`).
+    pub max_outbound_calls: Option<i32>,
+    /// Answered minutes out per UTC day for this tenant (overrides
+    /// `outbound.daily_minutes_per_tenant`; 0: no cap).
+    pub daily_outbound_minutes: Option<i32>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -39,6 +44,8 @@ pub async fn create(db: &Db, name: &str, sip_domain: &str) -> Result<Tenant, Err
         sip_domain: sip_domain.to_owned(),
         record_calls: false,
         caller_id_number: None,
+        max_outbound_calls: None,
+        daily_outbound_minutes: None,
         created_at: now,
         updated_at: now,
     };
@@ -55,7 +62,8 @@ pub async fn create(db: &Db, name: &str, sip_domain: &str) -> Result<Tenant, Err
 
 /// A live tenant by id.
 pub async fn get(db: &Db, id: Uuid) -> Result<Tenant, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, max_outbound_calls, \
+                       daily_outbound_minutes, created_at, updated_at \
                        FROM tenants \
                        WHERE id = $1 AND deleted_at IS NULL";
     run!(db, |pool| sqlx::query_as(SQL)
@@ -67,7 +75,8 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Tenant, Error> {
 
 /// The live tenant that owns `sip_domain`, if any.
 pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, max_outbound_calls, \
+                       daily_outbound_minutes, created_at, updated_at \
                        FROM tenants \
                        WHERE sip_domain = $1 AND deleted_at IS NULL";
     Ok(run!(db, |pool| sqlx::query_as(SQL)
@@ -78,7 +87,8 @@ pub async fn find_by_domain(db: &Db, sip_domain: &str) -> Result<Option<Tenant>,
 
 /// Every live tenant (for loading the signalling directory).
 pub async fn all(db: &Db) -> Result<Vec<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, max_outbound_calls, \
+                       daily_outbound_minutes, created_at, updated_at \
                        FROM tenants \
                        WHERE deleted_at IS NULL ORDER BY id";
     Ok(run!(db, |pool| sqlx::query_as(SQL).fetch_all(pool).await)?)
@@ -86,7 +96,8 @@ pub async fn all(db: &Db) -> Result<Vec<Tenant>, Error> {
 
 /// Live tenants, oldest first.
 pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
-    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, created_at, updated_at \
+    const SQL: &str = "SELECT id, name, sip_domain, record_calls, caller_id_number, max_outbound_calls, \
+                       daily_outbound_minutes, created_at, updated_at \
                        FROM tenants \
                        WHERE deleted_at IS NULL AND ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2";
     let rows: Vec<Tenant> = run!(db, |pool| sqlx::query_as(SQL)
@@ -97,10 +108,11 @@ pub async fn list(db: &Db, page: &PageRequest) -> Result<Page<Tenant>, Error> {
     Ok(Page::from_rows(rows, page, |t| t.id))
 }
 
-/// Writes `tenant`'s name, domain, recording policy and caller ID.
+/// Writes `tenant`'s name, domain, recording policy, caller ID and limits.
 pub async fn update(db: &Db, tenant: &Tenant) -> Result<Tenant, Error> {
     const SQL: &str = "UPDATE tenants SET name = $2, sip_domain = $3, updated_at = $4, \
-                       record_calls = $5, caller_id_number = $6 WHERE id = $1 AND deleted_at IS NULL";
+                       record_calls = $5, caller_id_number = $6, max_outbound_calls = $7, \
+                       daily_outbound_minutes = $8 WHERE id = $1 AND deleted_at IS NULL";
     let now = Timestamp::now();
     let done = exec!(db, |pool| sqlx::query(SQL)
         .bind(tenant.id)
@@ -108,7 +120,9 @@ pub async fn update(db: &Db, tenant: &Tenant) -> Result<Tenant, Error> {
         .bind(&tenant.sip_domain)
         .bind(now)
         .bind(tenant.record_calls)
-        .bind(&tenant.caller_id_number))
+        .bind(&tenant.caller_id_number)
+        .bind(tenant.max_outbound_calls)
+        .bind(tenant.daily_outbound_minutes))
     .map_err(|e| Error::conflict_on_unique(e, || domain_taken(&tenant.sip_domain)))?;
     if done == 0 {
         return Err(Error::NotFound);
@@ -168,6 +182,8 @@ mod tests {
                     name: "Acme Ltd".into(),
                     record_calls: true,
                     caller_id_number: Some("+15550001000".into()),
+                    max_outbound_calls: Some(3),
+                    daily_outbound_minutes: Some(600),
                     ..a.clone()
                 },
             )
@@ -181,6 +197,10 @@ mod tests {
                     stored.caller_id_number.as_deref()
                 ),
                 ("Acme Ltd", true, Some("+15550001000"))
+            );
+            assert_eq!(
+                (stored.max_outbound_calls, stored.daily_outbound_minutes),
+                (Some(3), Some(600))
             );
             assert!(matches!(
                 update(

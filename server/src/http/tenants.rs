@@ -35,6 +35,11 @@ struct CreateTenant {
     /// The number (E.164; `+1…`, `1…` or national forms are normalised) its extensions
     /// present on calls out when they have no caller ID of their own.
     caller_id_number: Option<String>,
+    /// Calls out at once for this tenant, instead of `outbound.max_concurrent_per_tenant`.
+    max_outbound_calls: Option<i32>,
+    /// Answered minutes out per UTC day, instead of `outbound.daily_minutes_per_tenant`
+    /// (0: no cap).
+    daily_outbound_minutes: Option<i32>,
 }
 
 /// Changes to a tenant; absent fields stay as they are.
@@ -49,6 +54,14 @@ struct UpdateTenant {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     caller_id_number: Option<Option<String>>,
+    /// Calls out at once for this tenant; `null`: the server's limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i32>)]
+    max_outbound_calls: Option<Option<i32>>,
+    /// Answered minutes out per UTC day for this tenant; `null`: the server's limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i32>)]
+    daily_outbound_minutes: Option<Option<i32>>,
 }
 
 /// List tenants (superadmin).
@@ -76,10 +89,14 @@ async fn create_tenant(
     let name = validate::text("name", &body.name, 100)?;
     let domain = validate::sip_domain("sip_domain", &body.sip_domain)?;
     let caller_id = validate::caller_id_number(body.caller_id_number)?;
+    let max_calls = limit("max_outbound_calls", body.max_outbound_calls)?;
+    let minutes = limit("daily_outbound_minutes", body.daily_outbound_minutes)?;
     let mut tenant = tenants::create(&state.db, &name, &domain).await?;
-    if body.record_calls || caller_id.is_some() {
+    if body.record_calls || caller_id.is_some() || max_calls.is_some() || minutes.is_some() {
         tenant.record_calls = body.record_calls;
         tenant.caller_id_number = caller_id;
+        tenant.max_outbound_calls = max_calls;
+        tenant.daily_outbound_minutes = minutes;
         tenant = tenants::update(&state.db, &tenant).await?;
     }
     state
@@ -91,7 +108,7 @@ async fn create_tenant(
                 action: "create",
                 object_type: "tenant",
                 object_id: tenant.id.to_string(),
-                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls, "caller_id_number": tenant.caller_id_number}),
+                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls, "caller_id_number": tenant.caller_id_number, "max_outbound_calls": tenant.max_outbound_calls, "daily_outbound_minutes": tenant.daily_outbound_minutes}),
             },
         )
         .await;
@@ -113,7 +130,8 @@ async fn get_tenant(
     Ok(Json(tenants::get(&state.db, id).await?))
 }
 
-/// Rename a tenant, change its SIP domain, its recording policy or its caller ID (superadmin).
+/// Rename a tenant, change its SIP domain, its recording policy, its caller ID or its limits on
+/// calls out (superadmin).
 #[utoipa::path(patch, path = "/tenants/{id}", tag = "tenants", security(("bearer" = [])), params(("id" = Uuid, Path)), request_body = UpdateTenant,
     responses((status = 200, body = Tenant), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_tenant(
@@ -135,6 +153,12 @@ async fn update_tenant(
     if let Some(number) = body.caller_id_number {
         tenant.caller_id_number = validate::caller_id_number(number)?;
     }
+    if let Some(calls) = body.max_outbound_calls {
+        tenant.max_outbound_calls = limit("max_outbound_calls", calls)?;
+    }
+    if let Some(minutes) = body.daily_outbound_minutes {
+        tenant.daily_outbound_minutes = limit("daily_outbound_minutes", minutes)?;
+    }
     let tenant = tenants::update(&state.db, &tenant).await?;
     state
         .audit(
@@ -145,7 +169,7 @@ async fn update_tenant(
                 action: "update",
                 object_type: "tenant",
                 object_id: id.to_string(),
-                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls, "caller_id_number": tenant.caller_id_number}),
+                details: json!({"name": tenant.name, "sip_domain": tenant.sip_domain, "record_calls": tenant.record_calls, "caller_id_number": tenant.caller_id_number, "max_outbound_calls": tenant.max_outbound_calls, "daily_outbound_minutes": tenant.daily_outbound_minutes}),
             },
         )
         .await;
@@ -186,4 +210,14 @@ async fn delete_tenant(
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A per-tenant limit: 0 to 1 000 000.
+fn limit(field: &str, value: Option<i32>) -> ApiResult<Option<i32>> {
+    match value {
+        Some(n) if !(0..=1_000_000).contains(&n) => {
+            Err(ApiError::invalid(field, "must be between 0 and 1000000"))
+        }
+        other => Ok(other),
+    }
 }

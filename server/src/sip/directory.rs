@@ -55,6 +55,12 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
             domain: tenant.sip_domain,
             record_calls: tenant.record_calls,
             caller_id: tenant.caller_id_number,
+            max_outbound_calls: tenant
+                .max_outbound_calls
+                .and_then(|n| usize::try_from(n).ok()),
+            daily_outbound_minutes: tenant
+                .daily_outbound_minutes
+                .and_then(|n| u32::try_from(n).ok()),
         }));
     }
     for (extension, sealed) in extensions::all_with_secrets(db).await? {
@@ -280,6 +286,12 @@ pub(super) async fn tenant(db: &Db, id: Uuid) -> anyhow::Result<Update> {
             domain: tenant.sip_domain,
             record_calls: tenant.record_calls,
             caller_id: tenant.caller_id_number,
+            max_outbound_calls: tenant
+                .max_outbound_calls
+                .and_then(|n| usize::try_from(n).ok()),
+            daily_outbound_minutes: tenant
+                .daily_outbound_minutes
+                .and_then(|n| u32::try_from(n).ok()),
         })),
         Err(switchboard_storage::Error::NotFound) => Ok(Update::TenantRemove(id)),
         Err(error) => Err(error.into()),

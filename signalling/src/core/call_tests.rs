@@ -50,6 +50,8 @@ impl World {
             domain: "example.com".into(),
             record_calls: false,
             caller_id: None,
+            max_outbound_calls: None,
+            daily_outbound_minutes: None,
         }));
         core.set_default_domain("example.com");
         core.set_local("203.0.113.1".parse().unwrap(), &[(Transport::Udp, 5060)]);
@@ -2625,6 +2627,8 @@ fn the_tenants_number_is_presented_when_the_extension_has_none() {
         domain: "example.com".into(),
         record_calls: false,
         caller_id: Some("+15550001000".into()),
+        max_outbound_calls: None,
+        daily_outbound_minutes: None,
     }));
     with_outbound_trunk(&mut world, "1");
     world.call("5551234567");
@@ -2640,4 +2644,34 @@ fn the_tenants_number_is_presented_when_the_extension_has_none() {
     );
     let from = invite.headers.get(&HeaderName::From).unwrap();
     assert!(from.contains("<sip:+15550001000@example.com>"), "{from}");
+}
+
+#[test]
+fn a_tenants_own_outbound_limits_replace_the_servers() {
+    let mut world = World::new(0, CoreConfig::default());
+    with_outbound_trunk(&mut world, "1");
+    let tenant = world.tenant();
+    let limited = |calls: Option<usize>| {
+        Update::TenantUpsert(Tenant {
+            id: tenant,
+            domain: "example.com".into(),
+            record_calls: false,
+            caller_id: None,
+            max_outbound_calls: calls,
+            daily_outbound_minutes: None,
+        })
+    };
+    // No calls out at all for this tenant, whatever the server allows.
+    world.core.apply(limited(Some(0)));
+    world.call("5551234567");
+    assert_eq!(world.statuses(world.alice).last(), Some(&403));
+    assert_eq!(world.ended().expect("a CDR").cause, "outbound_call_limit");
+    // Without its own limit, the server's (100 at once) applies again.
+    world.outputs.clear();
+    world.core.apply(limited(None));
+    world.call("5551234567");
+    assert!(
+        world.requests(peer(60)).pop().is_some(),
+        "the call goes out"
+    );
 }

@@ -37,6 +37,8 @@ impl Phone {
             domain: "example.com".into(),
             record_calls: false,
             caller_id: None,
+            max_outbound_calls: None,
+            daily_outbound_minutes: None,
         }));
         core.set_default_domain("example.com");
         core.apply(Update::ExtensionUpsert(Extension {

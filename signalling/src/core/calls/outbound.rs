@@ -77,8 +77,8 @@ pub(super) struct TrunkCaller<'a> {
 }
 
 impl Core {
-    /// Which toll-fraud limit (`[outbound]`) a call out of `tenant` to `digits` (E.164 without
-    /// `+`) would break, if any.
+    /// Which toll-fraud limit (`[outbound]`, or the tenant's own) a call out of `tenant` to
+    /// `digits` (E.164 without `+`) would break, if any.
     pub(super) fn outbound_refusal(
         &self,
         tenant: Uuid,
@@ -94,16 +94,24 @@ impl Core {
         {
             return Some(DESTINATION_FORBIDDEN);
         }
+        // The tenant's own limits, where it has them, else the server's.
+        let own = self.directory.tenant(tenant);
+        let max_concurrent = own
+            .and_then(|t| t.max_outbound_calls)
+            .unwrap_or(limits.max_concurrent_per_tenant);
+        let daily_minutes = own
+            .and_then(|t| t.daily_outbound_minutes)
+            .unwrap_or(limits.daily_minutes_per_tenant);
         let live = self
             .calls
             .calls
             .values()
             .filter(|c| c.tenant.id == tenant && c.out)
             .count();
-        if live >= limits.max_concurrent_per_tenant {
+        if live >= max_concurrent {
             return Some(OUTBOUND_LIMIT);
         }
-        let cap_ms = u64::from(limits.daily_minutes_per_tenant) * 60_000;
+        let cap_ms = u64::from(daily_minutes) * 60_000;
         (cap_ms > 0 && self.calls.outbound_used_ms(tenant, wall_ms) >= cap_ms)
             .then_some(MINUTES_USED)
     }
