@@ -192,6 +192,7 @@ fn ending(end: &CallEnd) -> Ending {
             "version": ivr.version,
             "path": ivr.path,
             "ended": ivr.ended,
+            "out_trunk_id": ivr.out_trunk,
         })
     }));
     Ending {

@@ -1913,7 +1913,7 @@ fn a_simultaneous_ring_group_rings_everyone_and_fails_when_nobody_answers() {
 fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
     let mut world = World::new(0, CoreConfig::default());
     with_trunk(&mut world);
-    with_outbound_trunk(&mut world, "1");
+    let out_trunk = with_outbound_trunk(&mut world, "1");
     publish_flow(
         &mut world,
         serde_json::json!({
@@ -1962,6 +1962,16 @@ fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
         Sdp::parse(&ok[0].body).unwrap().media[0].formats,
         ["0", "101"]
     );
+    // The record names the trunk the dial went out through, beside the one it came in on.
+    let session = world.session();
+    world
+        .core
+        .end_by_system(world.now, WALL, session, ("test", 503));
+    world.drain();
+    let end = world.ended().expect("a CDR");
+    let ivr = end.ivr.as_ref().expect("the flow's summary");
+    assert_eq!(ivr.out_trunk, Some(out_trunk));
+    assert_ne!(end.start.trunk_id, Some(out_trunk));
 }
 
 #[test]

@@ -67,6 +67,8 @@ pub(super) struct App {
     play: u32,
     /// The voicemail being recorded.
     recording: Option<uuid::Uuid>,
+    /// The trunk its latest dial to a number went out through.
+    out_trunk: Option<uuid::Uuid>,
 }
 
 /// What a finished flow leaves in the call record.
@@ -81,6 +83,9 @@ pub struct IvrSummary {
     /// Why the flow ended (`completed`, `max_attempts`, `step_cap`, `caller_hung_up`), if it
     /// did before the call.
     pub ended: Option<&'static str>,
+    /// The trunk its latest dial to a number went out through (the record's `trunk_id` is
+    /// the one the call came in on).
+    pub out_trunk: Option<uuid::Uuid>,
 }
 
 impl App {
@@ -95,6 +100,7 @@ impl App {
             version: self.flow_version,
             path: self.run.path().map(str::to_owned).collect(),
             ended: self.run.ended().map(EndReason::as_str),
+            out_trunk: self.out_trunk,
         }
     }
 }
@@ -169,6 +175,7 @@ impl Core {
             payload_type,
             play: 0,
             recording: None,
+            out_trunk: None,
         }));
         self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
@@ -506,6 +513,7 @@ impl Core {
                 .route(tenant, e164.trim_start_matches('+'))
                 .map(|(_, trunk)| trunk),
         };
+        let out_trunk = chosen.map(|t| t.id);
         let (Some(outbound), Some(answer)) = (
             chosen.and_then(|t| t.outbound.clone()),
             call.app.as_ref().map(|a| a.answer.clone()),
@@ -536,6 +544,9 @@ impl Core {
             return;
         };
         call.record.to_number = e164;
+        if let Some(app) = call.app.as_mut() {
+            app.out_trunk = out_trunk;
+        }
         call.forks = forks;
         call.failover = failover;
         call.out = true;
