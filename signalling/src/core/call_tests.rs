@@ -1946,6 +1946,23 @@ fn an_ivr_passes_a_call_on_to_a_number_through_a_trunk() {
     );
     world.answer_from(proxy, &invite, 180, None);
     assert_eq!(world.statuses(carrier), [180], "the caller hears ringing");
+    // Early media (a carrier's announcement or ringback) reaches the caller before the answer.
+    world.answer_from(
+        proxy,
+        &invite,
+        183,
+        Some(sdp("192.0.2.60", 9000, "sendrecv")),
+    );
+    let early = world.responses(carrier);
+    assert_eq!(early.iter().map(|r| r.status).collect::<Vec<_>>(), [183]);
+    assert_eq!(
+        Sdp::parse(&early[0].body).unwrap().media[0].formats,
+        ["0", "101"]
+    );
+    assert!(world.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::Update { a_side: false, expected: Some(e), .. } if e.port() == 9000
+    )));
     world.answer_from(
         proxy,
         &invite,

@@ -1247,12 +1247,28 @@ impl Core {
             }
             call.forks[index].state = ForkState::Early;
             let browser = call.forks[index].webrtc.is_some();
-            if call.app.is_some() {
-                // A flow's dial: the caller hears ringing unless the flow answered already
-                // (the callee's early media is not relayed: the flow owns the caller's SDP).
-                if call.a_dialog.is_none() && !call.rang {
-                    call.rang = true;
-                    self.respond_to_caller(now, session, 180, None);
+            if let Some(app) = &call.app {
+                // A flow's dial before the flow answered: the caller hears the callee's early
+                // media (183 with the flow's own answer, which is what the dial offered the
+                // callee), else ringing. Once the flow answered, the caller hears the flow.
+                if call.a_dialog.is_some() {
+                    return;
+                }
+                let early = match sdp_of(&response.body, &response.headers) {
+                    Some(Ok(sdp)) if !browser => Some((sdp, app.answer().clone())),
+                    _ => None,
+                };
+                match early {
+                    Some((sdp, answer)) => {
+                        call.rang = true;
+                        self.media_update(session, Side::B, &sdp, false);
+                        self.respond_to_caller(now, session, 183, Some(&answer));
+                    }
+                    None if !call.rang => {
+                        call.rang = true;
+                        self.respond_to_caller(now, session, 180, None);
+                    }
+                    None => {}
                 }
                 return;
             }

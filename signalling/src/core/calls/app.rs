@@ -94,6 +94,11 @@ impl App {
         id == self.play
     }
 
+    /// The flow's answer to the caller's offer (before anchoring).
+    pub(super) fn answer(&self) -> &Sdp {
+        &self.answer
+    }
+
     pub(super) fn summary(&self) -> IvrSummary {
         IvrSummary {
             flow_id: self.flow_id,
