@@ -1059,6 +1059,8 @@ struct Browsers {
     legs: [RefCell<Option<WebRtcLeg>>; 2],
     /// For a browser leg that carries Opus: its Opus ⇄ G.711 transcoder.
     transcoders: [RefCell<Option<Transcoder>>; 2],
+    /// Where a transcoder writes the packet it makes for a browser (reused).
+    scratch: RefCell<Vec<u8>>,
     /// When each leg wants its next timeout.
     deadlines: [Cell<Option<Instant>>; 2],
     /// The source the bridge sees for each browser's media: its first address.
@@ -1095,7 +1097,7 @@ impl Browsers {
         match slot.as_mut() {
             Some(leg) => {
                 if let Some(transcoder) = self.transcoders[index(side)].borrow_mut().as_mut() {
-                    let mut opus = Vec::new();
+                    let mut opus = self.scratch.borrow_mut();
                     if !transcoder.to_browser(packet, &mut opus) {
                         return false;
                     }

@@ -46,22 +46,27 @@ fn extension_update(
     }))
 }
 
+/// A stored tenant as call control sees it.
+fn tenant_update(tenant: tenants::Tenant) -> Update {
+    Update::TenantUpsert(Tenant {
+        id: tenant.id,
+        domain: tenant.sip_domain,
+        record_calls: tenant.record_calls,
+        caller_id: tenant.caller_id_number,
+        max_outbound_calls: tenant
+            .max_outbound_calls
+            .and_then(|n| usize::try_from(n).ok()),
+        daily_outbound_minutes: tenant
+            .daily_outbound_minutes
+            .and_then(|n| u32::try_from(n).ok()),
+    })
+}
+
 /// Every tenant and extension, as updates for an empty directory.
 pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<Update>> {
     let mut updates = Vec::new();
     for tenant in tenants::all(db).await? {
-        updates.push(Update::TenantUpsert(Tenant {
-            id: tenant.id,
-            domain: tenant.sip_domain,
-            record_calls: tenant.record_calls,
-            caller_id: tenant.caller_id_number,
-            max_outbound_calls: tenant
-                .max_outbound_calls
-                .and_then(|n| usize::try_from(n).ok()),
-            daily_outbound_minutes: tenant
-                .daily_outbound_minutes
-                .and_then(|n| u32::try_from(n).ok()),
-        }));
+        updates.push(tenant_update(tenant));
     }
     for (extension, sealed) in extensions::all_with_secrets(db).await? {
         updates.push(extension_update(secret_box, extension, &sealed)?);
@@ -281,18 +286,7 @@ pub(super) async fn extension(db: &Db, secret_box: &SecretBox, id: Uuid) -> anyh
 /// The current state of one tenant: an upsert, or a removal if it is gone.
 pub(super) async fn tenant(db: &Db, id: Uuid) -> anyhow::Result<Update> {
     match tenants::get(db, id).await {
-        Ok(tenant) => Ok(Update::TenantUpsert(Tenant {
-            id: tenant.id,
-            domain: tenant.sip_domain,
-            record_calls: tenant.record_calls,
-            caller_id: tenant.caller_id_number,
-            max_outbound_calls: tenant
-                .max_outbound_calls
-                .and_then(|n| usize::try_from(n).ok()),
-            daily_outbound_minutes: tenant
-                .daily_outbound_minutes
-                .and_then(|n| u32::try_from(n).ok()),
-        })),
+        Ok(tenant) => Ok(tenant_update(tenant)),
         Err(switchboard_storage::Error::NotFound) => Ok(Update::TenantRemove(id)),
         Err(error) => Err(error.into()),
     }
