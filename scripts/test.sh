@@ -5,7 +5,8 @@
 #   2. every Rust test of the workspace, storage tests on SQLite *and* on a throwaway
 #      PostgreSQL started here (Debian's `postgresql` is installed if missing);
 #   3. end-to-end tests of the binary, with third-party peers installed if missing: SIPp
-#      (Debian's `sip-tester`), `openssl s_client`, coturn's `turnutils_uclient` and
+#      (Debian's `sip-tester`), `openssl s_client`, dnsmasq and socat (a carrier found through
+#      DNS SRV, behind a TLS front), coturn's `turnutils_uclient` and
 #      `turnutils_peer` (Debian's `coturn`; its server is not started), and headless Chromium
 #      (Debian's `chromium`) driven by playwright-core from npm (tests/browser, `npm ci`);
 #   4. the OpenAPI document checked by a third-party validator (openapi-spec-validator, PyPI).
@@ -34,6 +35,8 @@ pg_start
 step "third-party test peers"
 command -v sipp >/dev/null || { echo "==> installing SIPp (Debian package sip-tester)"; apt_install sip-tester; }
 command -v openssl >/dev/null || { echo "==> installing openssl (the TLS client of the SIP over TLS test)"; apt_install openssl; }
+command -v dnsmasq >/dev/null || { echo "==> installing dnsmasq (Debian package dnsmasq-base; the DNS server of the trunk SRV test)"; apt_install dnsmasq-base; }
+command -v socat >/dev/null || { echo "==> installing socat (the TLS front of the trunk over TLS test)"; apt_install socat; }
 command -v turnutils_uclient >/dev/null || { echo "==> installing coturn (turnutils_uclient and turnutils_peer drive the TURN tests)"; apt_install coturn; }
 command -v chromium >/dev/null || { echo "==> installing Chromium (the WebRTC tests' browser)"; apt_install chromium; }
 command -v npm >/dev/null || { echo "==> installing Node.js and npm (they drive Chromium)"; apt_install nodejs npm; }

@@ -218,6 +218,16 @@ pub struct SipConfig {
     /// How long the SIP credentials of `POST /api/v1/sip/credentials` stay valid.
     #[serde(with = "humantime_serde")]
     pub credential_ttl: Duration,
+    /// Name servers (`address:port`) that resolve trunk hosts (SRV, A, AAAA). Empty: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// How often trunk hosts are resolved again (besides whenever a trunk is saved).
+    #[serde(with = "humantime_serde")]
+    pub dns_refresh: Duration,
+    /// PEM file of certificates trusted for TLS towards trunks, besides the system's trust
+    /// store (a carrier with a private CA, or a self-signed certificate in a lab).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_trust: Option<PathBuf>,
 }
 
 impl Default for SipConfig {
@@ -249,6 +259,9 @@ impl Default for SipConfig {
             max_tcp_connections: 10_000,
             udp_buffer_bytes: 4 << 20,
             credential_ttl: Duration::from_secs(12 * 3600),
+            dns_servers: Vec::new(),
+            dns_refresh: Duration::from_secs(300),
+            tls_trust: None,
         }
     }
 }
@@ -728,6 +741,9 @@ impl Config {
                 "must satisfy 60s <= default_lifetime <= max_lifetime",
             );
         }
+        if self.sip.dns_refresh < Duration::from_secs(1) {
+            return fail("sip.dns_refresh", "must be at least 1s");
+        }
         if turn.credential_ttl < Duration::from_secs(60) {
             return fail("turn.credential_ttl", "must be at least 60s");
         }
@@ -931,6 +947,7 @@ mod tests {
             "secret_key",
             "tls_extra_bind",
             "shared_secret",
+            "tls_trust",
         ] {
             assert!(
                 DEFAULT_TOML.contains(&format!("# {key} = ")),

@@ -407,6 +407,15 @@ impl Core {
         SipStats::set(&self.stats.transactions, (clients + servers) as u64);
     }
 
+    /// The shell could not open (or lost) a connection to `peer` (TCP or TLS, opened by
+    /// us): requests waiting on it fail at once, as if timed out, so a call fails over to
+    /// the next proxy or route without waiting for Timer B.
+    pub fn transport_failed(&mut self, now: Instant, wall_ms: u64, peer: Peer) {
+        self.last_now = Some(now);
+        self.transactions.transport_failed(&peer);
+        self.drain_transactions(now, wall_ms);
+    }
+
     /// Handles one SIP message from `peer`. `wall_ms` is the wall-clock time (milliseconds
     /// since the epoch), which nonces carry across restarts.
     pub fn handle_datagram(&mut self, now: Instant, wall_ms: u64, peer: Peer, bytes: &[u8]) {

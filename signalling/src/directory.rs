@@ -110,8 +110,12 @@ pub struct Trunk {
 /// How calls leave through a trunk.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Outbound {
-    /// The proxy's addresses, in order of preference (resolved by the shell).
+    /// The proxy's addresses, in order of preference (resolved by the shell: DNS SRV, else
+    /// A/AAAA, RFC 3263 §4.2).
     pub proxies: Vec<std::net::SocketAddr>,
+    /// The transport every proxy is reached over (a stream transport's connection is opened
+    /// by the shell on the first message).
+    pub transport: crate::peer::Transport,
     /// The host our Request-URI and To name (the proxy's name).
     pub host: String,
     /// Digest credentials for 401/407 challenges: username and password.
@@ -124,10 +128,22 @@ pub struct Outbound {
     pub register: Option<String>,
 }
 
+impl Outbound {
+    /// Proxy `addr` as a peer to send to.
+    pub fn peer(&self, addr: std::net::SocketAddr) -> crate::peer::Peer {
+        crate::peer::Peer {
+            transport: self.transport,
+            addr,
+            conn: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound")
             .field("proxies", &self.proxies)
+            .field("transport", &self.transport)
             .field("host", &self.host)
             .field("username", &self.credentials.as_ref().map(|c| &c.0))
             .finish()
@@ -385,7 +401,14 @@ impl Directory {
     /// The route and trunk a number of `tenant` leaves through: the longest prefix of `digits`
     /// (E.164 without `+`), then the lowest priority, among routes whose trunk can place calls.
     pub fn route(&self, tenant: Uuid, digits: &str) -> Option<(&Route, &Trunk)> {
-        self.routes
+        self.routes(tenant, digits).into_iter().next()
+    }
+
+    /// Every route a number of `tenant` may leave through, best first (as [`Self::route`]
+    /// orders them), one per trunk: a call fails over from one to the next.
+    pub fn routes(&self, tenant: Uuid, digits: &str) -> Vec<(&Route, &Trunk)> {
+        let mut routes: Vec<(&Route, &Trunk)> = self
+            .routes
             .values()
             .filter(|r| r.tenant_id == tenant && digits.starts_with(&r.prefix))
             .filter_map(|r| {
@@ -396,7 +419,11 @@ impl Directory {
                     .is_some_and(|o| !o.proxies.is_empty())
                     .then_some((r, trunk))
             })
-            .min_by_key(|(r, _)| (std::cmp::Reverse(r.prefix.len()), r.priority, r.id))
+            .collect();
+        routes.sort_by_key(|(r, _)| (std::cmp::Reverse(r.prefix.len()), r.priority, r.id));
+        let mut seen = std::collections::HashSet::new();
+        routes.retain(|(_, trunk)| seen.insert(trunk.id));
+        routes
     }
 
     /// The published version of flow `id`.

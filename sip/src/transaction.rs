@@ -774,6 +774,28 @@ impl<A: Clone> Transactions<A> {
         }
     }
 
+    /// The transport could not reach `to` (a stream connection failed to open or broke):
+    /// every client transaction sent there that has no final response ends now, reported as
+    /// [`Event::Timeout`] (RFC 3261 §17.1.1.2, §17.1.2.2: a transport error ends the
+    /// transaction; §8.1.3.1: the TU treats it as a failure of that destination).
+    pub fn transport_failed(&mut self, to: &A)
+    where
+        A: PartialEq,
+    {
+        let failed: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, tx)| {
+                &tx.to == to && matches!(tx.state, ClientState::Initial | ClientState::Proceeding)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in failed {
+            self.clients.remove(&key);
+            self.event(Event::Timeout { key });
+        }
+    }
+
     fn fire_client(&mut self, now: Instant, key: &ClientKey) {
         let t = self.timers;
         let Some(tx) = self.clients.get_mut(key) else {

@@ -183,6 +183,7 @@ mod tests {
             hangup_cause: "normal_clearing".into(),
             hangup_side: HangupSide::Caller,
             to_extension_id: None,
+            trunk_id: None,
             legs: json!([{"role": "caller"}]),
             media_stats: json!({"packets": 1}),
             recording_id: None,

@@ -234,6 +234,9 @@ pub struct Ending {
     pub hangup_side: HangupSide,
     /// The callee extension that answered, if any.
     pub to_extension_id: Option<Uuid>,
+    /// The trunk the call went through, if any (a call out may fail over to another route's
+    /// trunk after it started); absent keeps what is stored.
+    pub trunk_id: Option<Uuid>,
     /// Legs of the call.
     pub legs: serde_json::Value,
     /// Media statistics; an empty object keeps what is stored (the media plane may report its
@@ -248,7 +251,8 @@ pub(crate) const FINISH: &str = "UPDATE calls SET answered_at = $2, ended_at = $
     disposition = $4, hangup_cause = $5, hangup_side = $6, \
     to_extension_id = COALESCE($7, to_extension_id), legs = $8, \
     media_stats = CASE WHEN $9 = '{}' THEN media_stats ELSE $9 END, \
-    recording_id = COALESCE($10, recording_id) WHERE id = $1 AND ended_at IS NULL";
+    recording_id = COALESCE($10, recording_id), trunk_id = COALESCE($11, trunk_id) \
+    WHERE id = $1 AND ended_at IS NULL";
 
 /// The UPDATE completing call `$id` with `$ending` (an [`Ending`]), for either backend.
 macro_rules! finish_query {
@@ -265,6 +269,7 @@ macro_rules! finish_query {
             .bind($legs)
             .bind($stats)
             .bind(ending.recording_id)
+            .bind(ending.trunk_id)
     }};
 }
 pub(crate) use finish_query;
@@ -293,6 +298,7 @@ pub fn completed(start: &Call, ending: &Ending) -> Call {
         hangup_cause: Some(ending.hangup_cause.clone()),
         hangup_side: Some(ending.hangup_side),
         to_extension_id: ending.to_extension_id.or(start.to_extension_id),
+        trunk_id: ending.trunk_id.or(start.trunk_id),
         legs: ending.legs.clone(),
         media_stats: ending.media_stats.clone(),
         recording_id: ending.recording_id.or(start.recording_id),
@@ -495,6 +501,8 @@ pub(crate) mod tests {
 
             let answered = sample(a.id, &e1, "1002", 1_000_000);
             insert(&db, &answered).await.unwrap();
+            // The trunk a call out failed over to replaces the one it started with.
+            let trunk = crate::new_id();
             finish(
                 &db,
                 answered.id,
@@ -505,6 +513,7 @@ pub(crate) mod tests {
                     hangup_cause: "normal_clearing".into(),
                     hangup_side: HangupSide::Callee,
                     to_extension_id: Some(e2.id),
+                    trunk_id: Some(trunk),
                     legs: json!([{"leg": "a"}, {"leg": "b"}]),
                     media_stats: json!({"mos": 4.3}),
                     recording_id: None,
@@ -518,6 +527,7 @@ pub(crate) mod tests {
             assert_eq!((done.duration_ms, done.billsec), (Some(65_500), Some(63)));
             assert_eq!(done.disposition, Disposition::Answered);
             assert_eq!(done.to_extension_id, Some(e2.id));
+            assert_eq!(done.trunk_id, Some(trunk));
             // A finished call can't be finished again.
             let again = Ending {
                 ended_at: Timestamp(2_000_000),
@@ -538,6 +548,7 @@ pub(crate) mod tests {
                 busy.id,
                 &Ending {
                     to_extension_id: Some(e1.id),
+                    trunk_id: None,
                     ..ending_failed()
                 },
             )
@@ -700,6 +711,7 @@ pub(crate) mod tests {
             hangup_cause: "user_busy".into(),
             hangup_side: HangupSide::Callee,
             to_extension_id: None,
+            trunk_id: None,
             legs: json!([]),
             media_stats: json!({}),
             recording_id: None,

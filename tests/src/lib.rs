@@ -489,6 +489,54 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A free TCP port on loopback (released at once; a peer binds it next).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until something listens on TCP `addr`, or has UDP `addr` bound
+/// (`udp`), as the kernel lists it in `/proc/net/{tcp,udp}`: a peer started as a process is
+/// ready without a connection to it or a sleep.
+pub fn wait_for_socket(addr: std::net::SocketAddrV4, udp: bool) {
+    let (table, state) = if udp {
+        ("/proc/net/udp", "07")
+    } else {
+        ("/proc/net/tcp", "0A")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = std::fs::read_to_string(table).unwrap_or_default();
+        let found = listed.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&state)
+        });
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing on {addr} ({table})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed when dropped (a peer that would otherwise run forever).
+pub struct PeerProcess(pub Child);
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Writes a SIPp injection file for `number` with its digest credentials (field 1) and
 /// `extra` fields.
 pub fn credentials_csv(dir: &std::path::Path, number: &str, password: &str, extra: &str) -> String {

@@ -3,7 +3,7 @@
 //! and SIPp (a third-party peer) registering through the challenge.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,9 @@ use switchboard_media::g711::Law;
 use switchboard_sip::digest::{Algorithm, Challenge};
 use switchboard_sip::message::{HeaderName, Limits, Message, Response, frame_len};
 use switchboard_tests::{
-    ADMIN_PASSWORD, Api, Server, TIMEOUT, credentials_csv, expect_events, free_udp_port, metric,
-    peer, run_sipp_register, sipp, sipp_command,
+    ADMIN_PASSWORD, Api, PeerProcess, Server, TIMEOUT, credentials_csv, expect_events,
+    free_tcp_port, free_udp_port, metric, peer, run_sipp_register, sipp, sipp_command,
+    wait_for_socket,
 };
 
 /// A phone: sends REGISTERs over UDP, TCP, or TLS (through `openssl s_client`, a TLS client
@@ -629,6 +630,58 @@ impl CallBench {
         }
     }
 
+    /// Lets extension `number` call outside.
+    async fn allow_outbound(&self, number: &str) {
+        let (_, extensions) = self
+            .api
+            .call(reqwest::Method::GET, "/extensions", None)
+            .await;
+        let id = extensions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["number"] == number)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, _) = self
+            .api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/extensions/{id}"),
+                Some(json!({"outbound_allowed": true})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    /// Extension 5001 dials `number` (the callee hangs up) against a carrier already
+    /// started; both must succeed.
+    fn call_out(&self, number: &str, carrier: std::process::Child) -> CallRun {
+        let csv = credentials_csv(self.dir.path(), "5001", "caller-secret", "");
+        let phone = sipp_command(
+            &self.server,
+            self.dir.path(),
+            "callee_hangup_uac.xml",
+            free_udp_port(),
+        )
+        .args(["-inf", &csv, "-s", number, "-m", "1"])
+        .output()
+        .expect("run the SIPp phone");
+        let run = CallRun {
+            caller: phone,
+            callee: Some(carrier.wait_with_output().unwrap()),
+        };
+        assert!(run.caller.status.success(), "{}", run.report());
+        assert!(
+            run.callee.as_ref().unwrap().status.success(),
+            "{}",
+            run.report()
+        );
+        run
+    }
+
     fn assert_ended(record: &Value, disposition: &str, cause: &str, side: &str) {
         assert_eq!(
             (
@@ -1029,24 +1082,7 @@ async fn a_call_out_through_a_credential_trunk_answers_the_407() {
         json!({"name": "north-america", "prefix": "1", "trunk_id": trunk["id"]}),
     )
     .await;
-    let (_, extensions) = api.call(reqwest::Method::GET, "/extensions", None).await;
-    let caller = extensions["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["number"] == "5001")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = api
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/extensions/{caller}"),
-            Some(json!({"outbound_allowed": true})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    bench.allow_outbound("5001").await;
 
     let carrier = sipp_command(
         &bench.server,
@@ -1068,32 +1104,161 @@ async fn a_call_out_through_a_credential_trunk_answers_the_407() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .expect("start the SIPp carrier");
-    let csv = credentials_csv(bench.dir.path(), "5001", "caller-secret", "");
-    let phone = sipp_command(
-        &bench.server,
-        bench.dir.path(),
-        "callee_hangup_uac.xml",
-        free_udp_port(),
-    )
-    .args(["-inf", &csv, "-s", "+15551234567", "-m", "1"])
-    .output()
-    .expect("run the SIPp phone");
-    let run = CallRun {
-        caller: phone,
-        callee: Some(carrier.wait_with_output().unwrap()),
-    };
-    assert!(run.caller.status.success(), "{}", run.report());
-    assert!(
-        run.callee.as_ref().unwrap().status.success(),
-        "{}",
-        run.report()
-    );
+    bench.call_out("+15551234567", carrier);
     let record = bench.next_record().await;
     CallBench::assert_ended(&record, "answered", "normal_clearing", "callee");
     assert_eq!(record["direction"], "outbound", "{record}");
     assert_eq!(record["trunk_id"], trunk["id"], "{record}");
     assert_eq!(record["to_number"], "+15551234567", "{record}");
     assert!(bench.server.terminate().success());
+}
+
+/// A SIPp carrier at 127.0.0.2 on TCP `port` running `carrier_compact_uas.xml` once (no
+/// remote host: over TCP, SIPp would connect to one at start), listening when this returns.
+fn tcp_carrier(dir: &std::path::Path, port: u16) -> std::process::Child {
+    let scenario = format!(
+        "{}/sipp/carrier_compact_uas.xml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let carrier = Command::new("sipp")
+        .args(["-sf", &scenario, "-t", "t1", "-i", "127.0.0.2"])
+        .args(["-p", &port.to_string(), "-mp", &free_udp_port().to_string()])
+        .args(["-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the SIPp carrier");
+    wait_for_socket(SocketAddrV4::new([127, 0, 0, 2].into(), port), false);
+    carrier
+}
+
+#[tokio::test]
+async fn a_call_out_finds_its_carrier_through_dns_srv_over_tcp_and_tls_past_a_dead_route() {
+    if sipp().is_none()
+        || !peer("dnsmasq", "--version", "Debian package dnsmasq-base")
+        || !peer("socat", "-V", "Debian package socat")
+    {
+        return;
+    }
+    let peers = tempfile::tempdir().unwrap();
+    let (sip_tcp, sip_tls, dns_port) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+    // dnsmasq answers for carrier.test: SRV records for SIP over TCP and over TLS (RFC 3263
+    // §4.2), both at proxy.carrier.test, which is 127.0.0.2.
+    let _dns = PeerProcess(
+        Command::new("dnsmasq")
+            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts"])
+            .args([
+                "--conf-file=/dev/null",
+                "--bind-interfaces",
+                "--local=/test/",
+            ])
+            .arg("--listen-address=127.0.0.1")
+            .arg(format!("--port={dns_port}"))
+            .arg(format!(
+                "--pid-file={}",
+                peers.path().join("dnsmasq.pid").display()
+            ))
+            .arg(format!("--user={}", whoami()))
+            .arg(format!(
+                "--srv-host=_sip._tcp.carrier.test,proxy.carrier.test,{sip_tcp},10,0"
+            ))
+            .arg(format!(
+                "--srv-host=_sips._tcp.carrier.test,proxy.carrier.test,{sip_tls},10,0"
+            ))
+            .args(["--host-record=proxy.carrier.test,127.0.0.2"])
+            .args(["--host-record=carrier.test,127.0.0.2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq"),
+    );
+    wait_for_socket(SocketAddrV4::new([127, 0, 0, 1].into(), dns_port), true);
+    // The carrier's TLS certificate, for carrier.test; the server is told to trust it.
+    let certified = rcgen::generate_simple_self_signed(vec!["carrier.test".to_owned()]).unwrap();
+    let (cert, key) = (
+        peers.path().join("carrier.crt"),
+        peers.path().join("carrier.key"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+
+    let dns_servers = format!("[\"127.0.0.1:{dns_port}\"]");
+    let mut bench = CallBench::new(&[
+        ("SWITCHBOARD_SIP__DNS_SERVERS", &dns_servers),
+        ("SWITCHBOARD_SIP__TLS_TRUST", cert.to_str().unwrap()),
+    ])
+    .await;
+    bench.allow_outbound("5001").await;
+    let api = &bench.api;
+    // The first route's trunk is a proxy nothing listens on: its connection is refused.
+    let dead = api
+        .create(
+            "/trunks",
+            json!({"name": "dead", "kind": "credential", "host": "127.0.0.3",
+                   "port": free_tcp_port(), "transport": "tcp",
+                   "username": "acme", "password": "trunk-pass"}),
+        )
+        .await;
+    // The second's host has no port: its proxy is found through SRV.
+    let carrier = api
+        .create(
+            "/trunks",
+            json!({"name": "carrier", "kind": "credential", "host": "carrier.test",
+                   "transport": "tcp", "username": "acme", "password": "trunk-pass"}),
+        )
+        .await;
+    for (trunk, priority) in [(&dead, 1), (&carrier, 2)] {
+        api.create(
+            "/outbound-routes",
+            json!({"name": format!("route-{priority}"), "prefix": "1",
+                   "trunk_id": trunk["id"], "priority": priority}),
+        )
+        .await;
+    }
+
+    // Over TCP: the dead route fails at once, the call goes out through the second.
+    bench.call_out("+15551234567", tcp_carrier(bench.dir.path(), sip_tcp));
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "callee");
+    assert_eq!(record["trunk_id"], carrier["id"], "{record}");
+
+    // Over TLS: socat (a TLS front nobody here wrote) holds the certificate for carrier.test
+    // and passes the connection on to a carrier on a port of its own (the first one's may
+    // still be held by its closed connections).
+    let behind_front = free_tcp_port();
+    let (status, _) = bench
+        .api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/trunks/{}", carrier["id"].as_str().unwrap()),
+            Some(json!({"transport": "tls"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let _front = PeerProcess(
+        Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{sip_tls},bind=127.0.0.2,reuseaddr,fork,verify=0,cert={},key={}",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.2:{behind_front}"))
+            .spawn()
+            .expect("start socat"),
+    );
+    wait_for_socket(SocketAddrV4::new([127, 0, 0, 2].into(), sip_tls), false);
+    bench.call_out("+15551234567", tcp_carrier(bench.dir.path(), behind_front));
+    let record = bench.next_record().await;
+    CallBench::assert_ended(&record, "answered", "normal_clearing", "callee");
+    assert_eq!(record["trunk_id"], carrier["id"], "{record}");
+    assert!(bench.server.terminate().success());
+}
+
+/// The user this test runs as (dnsmasq would otherwise switch to `nobody`).
+fn whoami() -> String {
+    let output = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 #[tokio::test]

@@ -10,16 +10,16 @@ use switchboard_signalling::directory::{
     Trunk, Update,
 };
 use switchboard_signalling::ivr::Flow;
+use switchboard_signalling::peer::Transport;
 use switchboard_storage::crypto::SecretBox;
 use switchboard_storage::ivr_flows;
 use switchboard_storage::numbers::{self, TargetType};
 use switchboard_storage::outbound_routes;
 use switchboard_storage::ring_groups::{self, Strategy};
 use switchboard_storage::trunks::{self, TrunkKind};
-use switchboard_storage::{Db, Scope, Uuid, extensions, tenants};
 
-/// How long one host name of a trunk may take to resolve.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+use super::dns::Dns;
+use switchboard_storage::{Db, Scope, Uuid, extensions, tenants};
 
 fn extension_update(
     secret_box: &SecretBox,
@@ -63,7 +63,11 @@ fn tenant_update(tenant: tenants::Tenant) -> Update {
 }
 
 /// Every tenant and extension, as updates for an empty directory.
-pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<Update>> {
+pub(super) async fn load(
+    db: &Db,
+    secret_box: &SecretBox,
+    dns: &Dns,
+) -> anyhow::Result<Vec<Update>> {
     let mut updates = Vec::new();
     for tenant in tenants::all(db).await? {
         updates.push(tenant_update(tenant));
@@ -73,7 +77,7 @@ pub(super) async fn load(db: &Db, secret_box: &SecretBox) -> anyhow::Result<Vec<
     }
     for trunk in trunks::all(db).await? {
         let sealed = trunks::sealed_password(db, trunk.id).await?;
-        updates.push(trunk_update(secret_box, trunk, sealed.as_deref()).await?);
+        updates.push(trunk_update((secret_box, dns), trunk, sealed.as_deref()).await?);
     }
     for route in outbound_routes::all(db).await? {
         updates.push(route_update(route));
@@ -117,7 +121,7 @@ pub(super) async fn flow(db: &Db, id: Uuid) -> anyhow::Result<Update> {
 
 /// `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or range, or a host name (resolved now; every
 /// address it has). An entry that is none of these, or does not resolve, adds nothing.
-async fn networks(entry: &str) -> Vec<Network> {
+async fn networks(dns: &Dns, entry: &str) -> Vec<Network> {
     let (address, prefix) = match entry.split_once('/') {
         Some((address, prefix)) => (address, prefix.parse::<u8>().ok()),
         None => (entry, None),
@@ -129,30 +133,27 @@ async fn networks(entry: &str) -> Vec<Network> {
             _ => Vec::new(),
         };
     }
-    let lookup = tokio::net::lookup_host((entry, 0));
-    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-        Ok(Ok(addresses)) => addresses
-            .map(|a| Network {
-                addr: a.ip(),
-                prefix: if a.is_ipv4() { 32 } else { 128 },
-            })
-            .collect(),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, host = entry, "trunk source does not resolve");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::warn!(host = entry, "trunk source took too long to resolve");
-            Vec::new()
-        }
+    dns.addresses(entry, 0)
+        .await
+        .into_iter()
+        .map(|a| host(a.ip()))
+        .collect()
+}
+
+/// One address as a network.
+fn host(addr: IpAddr) -> Network {
+    Network {
+        addr,
+        prefix: if addr.is_ipv4() { 32 } else { 128 },
     }
 }
 
 /// A trunk as the core needs it: where its INVITEs may come from (an IP trunk lists them; a
-/// credential trunk's calls come from its proxies), and how calls go out through it (its
-/// proxies resolved, port 5060 unless set; DNS SRV is not looked up).
+/// credential trunk's calls come from its proxies), and how calls go out through it: its
+/// transport, and its proxies resolved as RFC 3263 says (DNS SRV unless a port is set),
+/// the primary's first.
 async fn trunk_update(
-    secret_box: &SecretBox,
+    (secret_box, dns): (&SecretBox, &Dns),
     trunk: trunks::Trunk,
     sealed: Option<&[u8]>,
 ) -> anyhow::Result<Update> {
@@ -163,31 +164,42 @@ async fn trunk_update(
         .map(|sealed| secret_box.open_string(&trunks::password_context(trunk.id), sealed))
         .transpose()
         .with_context(|| format!("decrypting the password of trunk {}", trunk.name))?;
-    let port = trunk.port.unwrap_or(5060);
+    let transport = match trunk.transport {
+        trunks::Transport::Udp => Transport::Udp,
+        trunks::Transport::Tcp => Transport::Tcp,
+        trunks::Transport::Tls => Transport::Tls,
+    };
     let mut proxies = Vec::new();
-    for host in std::iter::once(&trunk.host).chain(&trunk.secondary_host) {
-        for network in networks(host).await {
-            proxies.push(std::net::SocketAddr::new(network.addr, port));
+    for name in std::iter::once(&trunk.host).chain(&trunk.secondary_host) {
+        for proxy in dns.proxies(name, trunk.port, transport).await {
+            if !proxies.contains(&proxy) {
+                proxies.push(proxy);
+            }
         }
     }
     let username = trunk.auth_username.clone().or(trunk.username.clone());
     let outbound = Outbound {
-        proxies,
+        proxies: proxies.clone(),
+        transport,
         host: trunk.host.clone(),
         credentials: username.zip(password),
         tech_prefix: trunk.tech_prefix.clone(),
         headers: trunk.custom_headers.clone().into_iter().collect(),
         register: trunk.register.then(|| trunk.username.clone()).flatten(),
     };
-    let mut entries = trunk.allowed_sources.clone();
-    if trunk.kind == TrunkKind::Credential {
-        entries.push(trunk.host.clone());
-        entries.extend(trunk.secondary_host.clone());
-    }
     let mut sources = Vec::new();
-    for entry in &entries {
-        sources.extend(networks(entry).await);
+    if trunk.kind == TrunkKind::Credential {
+        // A credential trunk's calls come from its proxies (found through SRV, maybe) and
+        // from the addresses of its host names.
+        sources.extend(proxies.iter().map(|p| host(p.ip())));
+        for name in std::iter::once(&trunk.host).chain(&trunk.secondary_host) {
+            sources.extend(networks(dns, name).await);
+        }
     }
+    for entry in &trunk.allowed_sources {
+        sources.extend(networks(dns, entry).await);
+    }
+    sources.dedup();
     Ok(Update::TrunkUpsert(Trunk {
         id: trunk.id,
         tenant_id: trunk.tenant_id,
@@ -251,11 +263,15 @@ fn number_update(number: numbers::Number) -> Update {
 }
 
 /// The current state of one trunk: an upsert, or a removal if it is gone or disabled.
-pub(super) async fn trunk(db: &Db, secret_box: &SecretBox, id: Uuid) -> anyhow::Result<Update> {
+pub(super) async fn trunk(
+    db: &Db,
+    (secret_box, dns): (&SecretBox, &Dns),
+    id: Uuid,
+) -> anyhow::Result<Update> {
     match trunks::get(db, Scope::All, id).await {
         Ok(trunk) => {
             let sealed = trunks::sealed_password(db, id).await?;
-            trunk_update(secret_box, trunk, sealed.as_deref()).await
+            trunk_update((secret_box, dns), trunk, sealed.as_deref()).await
         }
         Err(switchboard_storage::Error::NotFound) => Ok(Update::TrunkRemove(id)),
         Err(error) => Err(error.into()),

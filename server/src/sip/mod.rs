@@ -3,6 +3,7 @@
 //! directory in step with the database.
 
 mod directory;
+mod dns;
 mod http_node;
 pub(crate) mod persist;
 mod task;
@@ -66,6 +67,8 @@ pub(crate) enum Command {
     },
     /// A stream connection closed.
     Disconnected { conn: u64 },
+    /// A connection we were opening to `peer` could not be opened.
+    DialFailed { conn: u64, peer: Peer },
     /// The directory changed; `applied` is told once the core has it.
     Directory {
         update: Update,
@@ -100,6 +103,11 @@ pub struct SipHandle {
     credential_key: [u8; 32],
     /// `ws://` and `wss://` URLs of `/sip` at the advertised address.
     websocket_urls: Vec<String>,
+    /// Resolves trunk proxies.
+    dns: Arc<dns::Dns>,
+    /// Held while a trunk is read and handed to the core, so a re-resolution never hands
+    /// it an older state of a trunk than a change made through the control plane.
+    trunk_sync: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SipHandle {
@@ -213,11 +221,47 @@ impl SipHandle {
         }
     }
 
-    /// Re-reads a trunk (its sources resolved again) into the core.
+    /// Re-reads a trunk (its proxies and sources resolved again) into the core.
     pub async fn sync_trunk(&self, id: Uuid) {
-        match directory::trunk(&self.db, &self.secret_box, id).await {
+        let _serial = self.trunk_sync.lock().await;
+        match directory::trunk(&self.db, (&self.secret_box, &self.dns), id).await {
             Ok(update) => self.send(update).await,
             Err(error) => tracing::warn!(%error, %id, "could not sync trunk to signalling"),
+        }
+    }
+
+    /// Resolves every trunk again each `period` (DNS records move; a carrier's proxies are
+    /// not fixed) and hands the core the trunks whose addresses changed, until shutdown.
+    async fn refresh_trunks(self, period: std::time::Duration, shutdown: CancellationToken) {
+        let mut known: HashMap<Uuid, Update> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let ids = match switchboard_storage::trunks::all(&self.db).await {
+                Ok(trunks) => trunks.into_iter().map(|t| t.id).collect::<Vec<_>>(),
+                Err(error) => {
+                    tracing::warn!(%error, "could not list trunks to resolve them again");
+                    continue;
+                }
+            };
+            known.retain(|id, _| ids.contains(id));
+            for id in ids {
+                let _serial = self.trunk_sync.lock().await;
+                let update =
+                    match directory::trunk(&self.db, (&self.secret_box, &self.dns), id).await {
+                        Ok(update) => update,
+                        Err(error) => {
+                            tracing::warn!(%error, %id, "could not resolve trunk again");
+                            continue;
+                        }
+                    };
+                if known.get(&id) != Some(&update) {
+                    self.send(update.clone()).await;
+                    known.insert(id, update);
+                }
+            }
         }
     }
 
@@ -398,7 +442,8 @@ pub async fn start(
     let certificate = switchboard_signalling::media::Certificate::generate()
         .map_err(|e| anyhow::anyhow!("generating the WebRTC DTLS certificate: {e}"))?;
     core.set_webrtc_certificate(certificate);
-    for update in directory::load(db, secret_box).await? {
+    let dns = Arc::new(dns::Dns::new(&config.sip.dns_servers)?);
+    for update in directory::load(db, secret_box, &dns).await? {
         core.apply(update);
     }
     core.set_default_domain(&config.bootstrap.tenant_domain);
@@ -488,6 +533,14 @@ pub async fn start(
         open: Arc::new(AtomicUsize::new(0)),
         ..stream.clone()
     };
+    let dialer = tcp::Dialer {
+        shared: tcp::Shared {
+            open: Arc::new(AtomicUsize::new(0)),
+            ..stream.clone()
+        },
+        connector: tls::connector(config)?,
+        dns: dns.clone(),
+    };
     let tls_addr = if config.sip.tls {
         let acceptor = tls::acceptor(config, advertised)?;
         let shared = tcp::Shared {
@@ -541,6 +594,7 @@ pub async fn start(
     let media_stats = media.stats();
     tasks.push(tokio::spawn(persist::run(db.clone(), records_rx)));
     let trunk_registrations = TrunkRegistrations::default();
+    let shutdown_refresh = shutdown.clone();
     let io = task::Io {
         udp,
         inbox,
@@ -553,21 +607,30 @@ pub async fn start(
         trunk_registrations: trunk_registrations.clone(),
         commands: inbox_tx.clone(),
         http_allow_private: config.ivr.http_allow_private,
+        dialer,
     };
     tasks.push(tokio::spawn(task::run(core, io)));
+    let handle = SipHandle {
+        inbox: inbox_tx,
+        trunk_registrations,
+        stats,
+        media_stats,
+        recorder_stats,
+        db: db.clone(),
+        secret_box: secret_box.clone(),
+        websockets: ws_shared,
+        credential_key: websockets.credential_key,
+        websocket_urls,
+        dns,
+        trunk_sync: Arc::default(),
+    };
+    tasks.push(tokio::spawn(
+        handle
+            .clone()
+            .refresh_trunks(config.sip.dns_refresh, shutdown_refresh),
+    ));
     Ok(SipService {
-        handle: SipHandle {
-            inbox: inbox_tx,
-            trunk_registrations,
-            stats,
-            media_stats,
-            recorder_stats,
-            db: db.clone(),
-            secret_box: secret_box.clone(),
-            websockets: ws_shared,
-            credential_key: websockets.credential_key,
-            websocket_urls,
-        },
+        handle,
         udp: udp_addr,
         tcp: tcp_addr,
         tls: tls_addr,

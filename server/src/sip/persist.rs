@@ -203,6 +203,8 @@ fn ending(end: &CallEnd) -> Ending {
         hangup_side: hangup_side(end.side),
         // A flow's dial names the callee only after the call started.
         to_extension_id: end.start.to_extension,
+        // A call out that failed over names the trunk that took it.
+        trunk_id: end.start.trunk_id,
         legs: serde_json::Value::Array(legs),
         media_stats: serde_json::Value::Object(serde_json::Map::new()),
         recording_id: end.recording,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,8 @@ pub(crate) struct Io {
     pub(crate) commands: mpsc::Sender<Command>,
     /// `ivr.http_allow_private`.
     pub(crate) http_allow_private: bool,
+    /// Opens connections to trunk proxies over TCP and TLS.
+    pub(crate) dialer: super::tcp::Dialer,
 }
 
 /// Loads a prompt for a [`MediaCommand::Play`] and hands it to the media plane; a prompt that
@@ -88,7 +91,7 @@ fn wall_ms() -> u64 {
 
 /// Runs until shutdown.
 pub(crate) async fn run(mut core: Core, mut io: Io) {
-    let mut connections: HashMap<u64, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut connections = Connections::default();
     let mut buffers = vec![[0u8; DATAGRAM]; BATCH].into_boxed_slice();
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     let sleep = tokio::time::sleep_until(far());
@@ -98,7 +101,7 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
     loop {
         while let Some(output) = core.poll_output() {
             match output {
-                Output::Transmit { peer, bytes } => transmit(&io, &connections, peer, &bytes),
+                Output::Transmit { peer, bytes } => transmit(&io, &mut connections, peer, &bytes),
                 Output::Registration(change) => {
                     io.events.registration(&change);
                     record(
@@ -160,11 +163,15 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                 None => return,
                 Some(Command::Inbound { peer, bytes }) => core.handle_datagram(Instant::now(), wall_ms(), peer, &bytes),
                 Some(Command::Connected { conn, sender }) => {
-                    connections.insert(conn, sender);
+                    connections.open.insert(conn, sender);
                 }
                 Some(Command::Disconnected { conn }) => {
-                    connections.remove(&conn);
+                    connections.closed(conn);
                     core.connection_closed(Instant::now(), wall_ms(), conn);
+                }
+                Some(Command::DialFailed { conn, peer }) => {
+                    connections.closed(conn);
+                    core.transport_failed(Instant::now(), wall_ms(), peer);
                 }
                 Some(Command::Directory { update, applied }) => {
                     core.apply(update);
@@ -226,7 +233,23 @@ fn receive_batch(core: &mut Core, udp: &Udp, buffers: &mut [[u8; DATAGRAM]]) {
     }
 }
 
-fn transmit(io: &Io, connections: &HashMap<u64, mpsc::Sender<Bytes>>, peer: Peer, bytes: &Bytes) {
+/// The stream connections messages can be sent on.
+#[derive(Default)]
+struct Connections {
+    /// Every open connection (accepted, or opened by us and maybe still connecting).
+    open: HashMap<u64, mpsc::Sender<Bytes>>,
+    /// The connections we opened, by where they go (one per proxy and transport).
+    dialled: HashMap<(Transport, SocketAddr), u64>,
+}
+
+impl Connections {
+    fn closed(&mut self, conn: u64) {
+        self.open.remove(&conn);
+        self.dialled.retain(|_, c| *c != conn);
+    }
+}
+
+fn transmit(io: &Io, connections: &mut Connections, peer: Peer, bytes: &Bytes) {
     match peer.transport {
         Transport::Udp => {
             let Some(udp) = &io.udp else { return };
@@ -235,8 +258,27 @@ fn transmit(io: &Io, connections: &HashMap<u64, mpsc::Sender<Bytes>>, peer: Peer
                 tracing::debug!(to = %peer.addr, %error, "dropped outgoing SIP datagram");
             }
         }
-        _ => {
-            let Some(sender) = peer.conn.and_then(|conn| connections.get(&conn)) else {
+        transport => {
+            // A request to a trunk's proxy names no connection: ours to it, opened now if
+            // there is none (RFC 3261 §18.1.1).
+            let conn = match peer.conn {
+                Some(conn) => Some(conn),
+                None if matches!(transport, Transport::Tcp | Transport::Tls) => {
+                    let key = (transport, peer.addr);
+                    Some(match connections.dialled.get(&key) {
+                        Some(conn) => *conn,
+                        None => {
+                            let (conn, sender, outbound) = io.dialer.next();
+                            connections.open.insert(conn, sender);
+                            connections.dialled.insert(key, conn);
+                            io.dialer.dial(peer, conn, outbound);
+                            conn
+                        }
+                    })
+                }
+                None => None,
+            };
+            let Some(sender) = conn.and_then(|conn| connections.open.get(&conn)) else {
                 tracing::debug!(to = %peer.addr, "no connection for outgoing SIP message");
                 return;
             };

@@ -12,15 +12,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
+use rustls_pki_types::ServerName;
 use switchboard_signalling::peer::{Peer, Transport};
 use switchboard_sip::message::{Limits, frame_len};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use super::Command;
+use super::dns::Dns;
 
 /// Outbound messages queued per connection before new ones are dropped.
 const OUTBOUND_QUEUE: usize = 256;
@@ -105,7 +107,7 @@ async fn connection<S>(stream: S, addr: SocketAddr, id: u64, shared: &Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (sender, mut outbound) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
+    let (sender, outbound) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
     if shared
         .inbox
         .send(Command::Connected { conn: id, sender })
@@ -119,6 +121,16 @@ where
         addr,
         conn: Some(id),
     };
+    exchange(stream, peer, shared, outbound).await;
+}
+
+/// Frames what `peer`'s connection sends for the signalling task, and writes what the task
+/// queues in `outbound`, until either side ends.
+async fn exchange<S>(stream: S, peer: Peer, shared: &Shared, mut outbound: mpsc::Receiver<Bytes>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let addr = peer.addr;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     loop {
@@ -174,4 +186,97 @@ where
             },
         }
     }
+}
+
+/// Opens the connections of requests we send over TCP or TLS to a peer we have no
+/// connection with (a trunk's proxy): RFC 3261 §18.1.1. A connection it opens is served like
+/// an accepted one; it counts against no listener's limit (there is one per proxy).
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    /// What connections share (`tls` unused: the dialer has its own connector).
+    pub(crate) shared: Shared,
+    pub(crate) connector: TlsConnector,
+    pub(crate) dns: Arc<Dns>,
+}
+
+/// Longest a connection to a proxy may take to open (TCP and TLS handshakes together).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Dialer {
+    /// A new connection id and the queue of what is to be sent on it: the caller routes
+    /// messages for the peer to the sender from now on, then calls [`Self::dial`].
+    pub(crate) fn next(&self) -> (u64, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
+        let (sender, outbound) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
+        (
+            self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            sender,
+            outbound,
+        )
+    }
+
+    /// Opens connection `id` to `peer` (TCP or TLS) and serves it; what was queued in
+    /// `outbound` meanwhile is sent once it is up. A connection that cannot be opened is
+    /// reported as [`Command::DialFailed`], its end as [`Command::Disconnected`].
+    pub(crate) fn dial(&self, peer: Peer, id: u64, outbound: mpsc::Receiver<Bytes>) {
+        let dialer = self.clone();
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(peer)).await;
+            let stream = match opened {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::warn!(to = %peer.addr, transport = peer.transport.as_str(), %error, "SIP connection to a trunk failed");
+                    let _ = dialer
+                        .shared
+                        .inbox
+                        .send(Command::DialFailed { conn: id, peer })
+                        .await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(to = %peer.addr, transport = peer.transport.as_str(), "SIP connection to a trunk timed out");
+                    let _ = dialer
+                        .shared
+                        .inbox
+                        .send(Command::DialFailed { conn: id, peer })
+                        .await;
+                    return;
+                }
+            };
+            let peer = Peer {
+                conn: Some(id),
+                ..peer
+            };
+            match stream {
+                Opened::Tcp(stream) => exchange(stream, peer, &dialer.shared, outbound).await,
+                Opened::Tls(stream) => exchange(*stream, peer, &dialer.shared, outbound).await,
+            }
+            let _ = dialer
+                .shared
+                .inbox
+                .send(Command::Disconnected { conn: id })
+                .await;
+        });
+    }
+
+    async fn open(&self, peer: Peer) -> anyhow::Result<Opened> {
+        let stream = TcpStream::connect(peer.addr).await?;
+        let _ = stream.set_nodelay(true);
+        if peer.transport != Transport::Tls {
+            return Ok(Opened::Tcp(stream));
+        }
+        // The trunk's host name, else the address itself.
+        let name = self
+            .dns
+            .tls_name(peer.addr)
+            .unwrap_or_else(|| peer.addr.ip().to_string());
+        let server_name = ServerName::try_from(name)?;
+        let stream = self.connector.connect(server_name, stream).await?;
+        Ok(Opened::Tls(Box::new(stream)))
+    }
+}
+
+/// A connection we opened.
+enum Opened {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::Config;
 
@@ -78,6 +78,44 @@ fn self_signed(dir: &Path, cert: &Path, key: &Path, advertised: IpAddr) -> anyho
          sip.tls_cert and sip.tls_key for production"
     );
     Ok(())
+}
+
+/// The TLS client of connections we open to trunk proxies: the system's trust anchors and
+/// the certificates of `sip.tls_trust`; the proxy's certificate must name the trunk's host.
+pub(crate) fn connector(config: &Config) -> anyhow::Result<TlsConnector> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "a system trust anchor could not be read");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &config.sip.tls_trust {
+        let extra = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .with_context(|| format!("reading {} (config key sip.tls_trust)", path.display()))?;
+        for cert in extra {
+            roots.add(cert).with_context(|| {
+                format!(
+                    "a certificate in {} is not usable (config key sip.tls_trust)",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!("no TLS trust anchors: TLS trunks will fail (set sip.tls_trust)");
+    }
+    tracing::debug!(
+        system = added,
+        total = roots.len(),
+        "TLS trust anchors for trunks"
+    );
+    let client = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(client)))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -1485,19 +1485,31 @@ fn an_ivr_takes_keys_from_sip_info_and_answers_refreshes_itself() {
 
 /// A credential trunk whose proxy is at 192.0.2.60, and a route for North American numbers.
 fn with_outbound_trunk(world: &mut World, prefix: &str) -> Uuid {
+    trunk_route(world, prefix, (60, 10), "")
+}
+
+/// A credential trunk with one proxy at 192.0.2.`proxy` over UDP, its tech prefix, and a
+/// route for `prefix` at `priority`.
+fn trunk_route(
+    world: &mut World,
+    prefix: &str,
+    (proxy, priority): (u8, i32),
+    tech_prefix: &str,
+) -> Uuid {
     use crate::directory::{Outbound, Route, Trunk};
     let tenant = world.tenant();
     let trunk = Uuid::new_v4();
     world.core.apply(Update::TrunkUpsert(Trunk {
         id: trunk,
         tenant_id: tenant,
-        name: "telnyx".into(),
+        name: format!("carrier-{proxy}"),
         sources: Vec::new(),
         outbound: Some(Box::new(Outbound {
-            proxies: vec![SocketAddr::from(([192, 0, 2, 60], 5060))],
+            proxies: vec![SocketAddr::from(([192, 0, 2, proxy], 5060))],
+            transport: Transport::Udp,
             host: "sip.carrier.example".into(),
             credentials: Some(("acme".into(), "trunk-pass".into())),
-            tech_prefix: String::new(),
+            tech_prefix: tech_prefix.into(),
             headers: vec![("X-Telnyx-Username".into(), "acme".into())],
             register: None,
         })),
@@ -1507,9 +1519,69 @@ fn with_outbound_trunk(world: &mut World, prefix: &str) -> Uuid {
         tenant_id: tenant,
         prefix: prefix.into(),
         trunk_id: trunk,
-        priority: 10,
+        priority,
     }));
     trunk
+}
+
+#[test]
+fn a_trunk_that_fails_hands_the_call_to_the_next_route() {
+    let mut world = World::new(0, CoreConfig::default());
+    let first = trunk_route(&mut world, "1", (60, 1), "");
+    let second = trunk_route(&mut world, "1", (62, 2), "77#");
+    // A longer prefix elsewhere does not take part: it is not a route for this number.
+    trunk_route(&mut world, "44", (63, 1), "");
+    let (first_proxy, second_proxy) = (peer(60), peer(62));
+
+    // The first trunk's proxy is down (503): the call goes out through the second route.
+    world.call("5551234567");
+    let invite = world
+        .requests(first_proxy)
+        .pop()
+        .expect("INVITE to the first");
+    carrier_answers_from(&mut world, first_proxy, &invite, 503);
+    let again = world
+        .requests(second_proxy)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("the call through the second route's trunk");
+    assert_eq!(
+        again.uri.to_string(),
+        "sip:77%23+15551234567@sip.carrier.example"
+    );
+    assert!(world.statuses(world.alice).iter().all(|s| *s < 300));
+    world.answer_from(
+        second_proxy,
+        &again,
+        200,
+        Some(sdp("192.0.2.62", 40000, "sendrecv")),
+    );
+    let tag = alice_acks(&mut world);
+    assert!(world.requests(peer(63)).is_empty());
+    // The record started with the first trunk; its end names the one that took the call.
+    assert_eq!(world.started().trunk_id, Some(first));
+    let bye = world.alice_in_dialog("BYE", 3, &tag, "");
+    world.send(world.alice, &bye);
+    let ended = world.ended().expect("a call record");
+    assert_eq!(ended.start.trunk_id, Some(second));
+    assert_eq!(ended.cause, "normal_clearing");
+
+    // A busy callee is the callee's answer, not the carrier's failure: no second try.
+    world.outputs.clear();
+    world.call("5557654321");
+    let invite = world
+        .requests(first_proxy)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("INVITE to the first");
+    carrier_answers_from(&mut world, first_proxy, &invite, 486);
+    assert!(
+        world
+            .requests(second_proxy)
+            .iter()
+            .all(|r| r.method != Method::Invite)
+    );
+    assert_eq!(world.statuses(world.alice).last(), Some(&486));
 }
 
 #[test]
@@ -1677,6 +1749,7 @@ fn a_trunk_registers_through_a_challenge_and_refreshes_before_expiry() {
         sources: Vec::new(),
         outbound: Some(Box::new(Outbound {
             proxies: vec![SocketAddr::from(([192, 0, 2, 60], 5060))],
+            transport: Transport::Udp,
             host: "sip.carrier.example".into(),
             credentials: Some(("acme".into(), "trunk-pass".into())),
             tech_prefix: String::new(),
@@ -2050,6 +2123,7 @@ fn trunk_proxies_are_qualified_and_a_failing_one_hands_the_call_on() {
                 SocketAddr::from(([192, 0, 2, 60], 5060)),
                 SocketAddr::from(([192, 0, 2, 61], 5060)),
             ],
+            transport: Transport::Udp,
             host: "sip.carrier.example".into(),
             credentials: None,
             tech_prefix: String::new(),

@@ -442,6 +442,8 @@ struct Call {
     hunt: Option<Box<hunt::Hunt>>,
     /// A trunk's other proxies, for when the one tried fails.
     failover: Vec<std::net::SocketAddr>,
+    /// A call out through a trunk while it rings: the other routes' trunks.
+    trunk_dial: Option<Box<outbound::TrunkDial>>,
     /// It goes out through a trunk: the toll-fraud limits count it.
     out: bool,
     /// The caller is a browser: our WebRTC answer to its offer (sent instead of anchored
@@ -964,6 +966,7 @@ impl Core {
             trunk_auth: None,
             hunt: None,
             failover: Vec::new(),
+            trunk_dial: None,
             out: false,
             a_webrtc: None,
             a_sent: None,
@@ -1330,7 +1333,7 @@ impl Core {
             } else {
                 (480, Disposition::Failed, "no_user_response")
             };
-        if self.hunt_next(now, session) {
+        if self.hunt_next(now, session) || self.next_route(now, session, &statuses) {
             return;
         }
         if self.is_app(session) {

@@ -23,6 +23,7 @@ pub(super) const QUALIFY: Duration = Duration::from_secs(30);
 struct Proxy {
     /// The host its OPTIONS names.
     host: String,
+    transport: Transport,
     up: bool,
     next: Option<Instant>,
     pending: Option<ClientKey>,
@@ -54,27 +55,30 @@ impl TrunkHealth {
 impl Core {
     /// Asks about the proxies of every trunk calls can leave through, and forgets the others.
     pub(super) fn trunk_proxies_changed(&mut self) {
-        let wanted: Vec<(SocketAddr, String)> = self
+        let wanted: Vec<(SocketAddr, String, Transport)> = self
             .directory
             .trunks()
             .filter_map(|t| t.outbound.as_deref())
-            .flat_map(|o| o.proxies.iter().map(|p| (*p, o.host.clone())))
+            .flat_map(|o| o.proxies.iter().map(|p| (*p, o.host.clone(), o.transport)))
             .collect();
         let health = &mut self.trunk_health;
         health
             .proxies
-            .retain(|address, _| wanted.iter().any(|(a, _)| a == address));
+            .retain(|address, _| wanted.iter().any(|(a, ..)| a == address));
         health
             .by_key
-            .retain(|_, address| wanted.iter().any(|(a, _)| a == address));
-        for (address, host) in wanted {
-            health.proxies.entry(address).or_insert(Proxy {
-                host,
+            .retain(|_, address| wanted.iter().any(|(a, ..)| a == address));
+        for (address, host, transport) in wanted {
+            let proxy = health.proxies.entry(address).or_insert(Proxy {
+                host: String::new(),
+                transport,
                 up: true,
                 next: None,
                 pending: None,
                 cseq: 0,
             });
+            proxy.host = host;
+            proxy.transport = transport;
         }
         self.count_down();
     }
@@ -90,16 +94,16 @@ impl Core {
             // A new proxy is first asked one period from now.
             proxy.next.get_or_insert(now + QUALIFY);
         }
-        let due: Vec<SocketAddr> = self
+        let due: Vec<(SocketAddr, Transport)> = self
             .trunk_health
             .proxies
             .iter()
             .filter(|(_, p)| p.pending.is_none() && p.next.is_none_or(|at| at <= now))
-            .map(|(a, _)| *a)
+            .map(|(a, p)| (*a, p.transport))
             .collect();
-        for address in due {
+        for (address, transport) in due {
             let peer = Peer {
-                transport: Transport::Udp,
+                transport,
                 addr: address,
                 conn: None,
             };

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{Core, Output};
 use crate::directory::Trunk;
-use crate::peer::{Peer, Transport};
+use crate::peer::Peer;
 use crate::stats::SipStats;
 
 /// The binding time we ask for.
@@ -96,7 +96,7 @@ impl Core {
         let wanted = trunk.and_then(|t| {
             let outbound = t.outbound.as_ref()?;
             let user = outbound.register.clone()?;
-            let proxy = *outbound.proxies.first()?;
+            let proxy = outbound.peer(*outbound.proxies.first()?);
             Some((
                 user,
                 outbound.host.clone(),
@@ -105,12 +105,7 @@ impl Core {
             ))
         });
         match (wanted, self.trunk_regs.regs.contains_key(&id)) {
-            (Some((user, host, proxy, auth)), _) => {
-                let peer = Peer {
-                    transport: Transport::Udp,
-                    addr: proxy,
-                    conn: None,
-                };
+            (Some((user, host, peer, auth)), _) => {
                 let same = self.trunk_regs.regs.get(&id).is_some_and(|r| {
                     r.user == user && r.host == host && r.proxy == peer && r.auth == auth
                 });

@@ -625,3 +625,33 @@ fn lossy_link_completes_every_transaction() {
         .count();
     assert_eq!(requests, 200);
 }
+
+#[test]
+fn a_transport_failure_ends_the_transactions_to_that_peer_at_once() {
+    let mut net = Net::new(Answer::Ignore);
+    net.blackhole = Some(ALICE);
+    net.reliable = true;
+    let key = net
+        .alice
+        .send_request(net.now, invite(0), BOB, true)
+        .unwrap();
+    let other = net
+        .alice
+        .send_request(net.now, request(Method::Options, "z9hG4bKopt", 1), 3, true)
+        .unwrap();
+    net.drain();
+    net.alice.transport_failed(&BOB);
+    net.drain();
+    // The INVITE to BOB is over, reported as a timeout; the OPTIONS to someone else is not.
+    assert_eq!(net.alice_events, [Event::Timeout { key: key.clone() }]);
+    assert_eq!(net.alice.len().0, 1);
+    net.alice.transport_failed(&BOB);
+    net.drain();
+    assert_eq!(net.alice_events.len(), 1, "reported once");
+    net.run(Duration::from_secs(60));
+    assert!(
+        net.alice_events
+            .iter()
+            .any(|e| matches!(e, Event::Timeout { key } if *key == other))
+    );
+}

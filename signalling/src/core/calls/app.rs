@@ -29,12 +29,13 @@ use switchboard_sip::transaction::ServerKey;
 
 use rand::RngExt as _;
 
-use super::outbound::TrunkCaller;
+use super::outbound::TrunkDial;
 use super::{
     CallStart, Disposition, Forking, NO_OFFER, NO_PORTS, RecordingState, Refusal, Refused, Side,
     media, retry_later,
 };
 use crate::core::{Core, Output};
+use crate::directory::Outbound;
 use crate::directory::Tenant;
 use crate::ivr::{
     Action, CallInfo, DialFailure, DialTarget, EndReason, Event, FlowRun, RecordRequest,
@@ -68,7 +69,7 @@ pub(super) struct App {
     /// The voicemail being recorded.
     recording: Option<uuid::Uuid>,
     /// The trunk its latest dial to a number went out through.
-    out_trunk: Option<uuid::Uuid>,
+    pub(super) out_trunk: Option<uuid::Uuid>,
 }
 
 /// What a finished flow leaves in the call record.
@@ -511,55 +512,49 @@ impl Core {
             tracing::warn!(session, number = %e164, cause = refusal.cause, "IVR dial refused");
             return failed(self);
         }
-        let chosen = match trunk {
-            Some(name) => self.directory.trunk_by_name(tenant, name),
+        // A named trunk is the only one tried; else the routes', in turn.
+        let mut trunks: Vec<(uuid::Uuid, Outbound)> = match trunk {
+            Some(name) => self
+                .directory
+                .trunk_by_name(tenant, name)
+                .into_iter()
+                .collect::<Vec<_>>(),
             None => self
                 .directory
-                .route(tenant, e164.trim_start_matches('+'))
-                .map(|(_, trunk)| trunk),
-        };
-        let out_trunk = chosen.map(|t| t.id);
-        let (Some(outbound), Some(answer)) = (
-            chosen.and_then(|t| t.outbound.clone()),
-            call.app.as_ref().map(|a| a.answer.clone()),
-        ) else {
+                .routes(tenant, e164.trim_start_matches('+'))
+                .into_iter()
+                .map(|(_, trunk)| trunk)
+                .collect(),
+        }
+        .into_iter()
+        .filter_map(|t| Some((t.id, (*t.outbound.clone()?))))
+        .collect();
+        let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
             return failed(self);
         };
-        let offer = media::anchor(&answer, self.advertised, call.b_port);
-        let (caller, domain, did) = (
-            call.record.from_number.clone(),
-            call.tenant.domain.clone(),
-            call.record.did.clone(),
-        );
-        let (forks, failover) = self.fork_trunk(
-            now,
-            session,
-            &outbound,
-            &e164,
-            TrunkCaller {
-                display: "",
-                number: &caller,
-                domain: &domain,
-                diversion: did.as_deref(),
-                anonymous: false,
-            },
-            &offer,
-        );
+        if trunks.is_empty() {
+            return failed(self);
+        }
+        let (out_trunk, outbound) = trunks.remove(0);
+        let dial = TrunkDial {
+            e164: e164.clone(),
+            display: String::new(),
+            number: call.record.from_number.clone(),
+            domain: call.tenant.domain.clone(),
+            diversion: call.record.did.clone(),
+            anonymous: false,
+            offer: media::anchor(&answer, self.advertised, call.b_port),
+            next_trunks: trunks.into_iter().map(|(id, _)| id).collect(),
+        };
+        self.dial_trunk(now, session, &outbound, dial);
         let Some(call) = self.calls.calls.get_mut(&session) else {
             return;
         };
         call.record.to_number = e164;
         if let Some(app) = call.app.as_mut() {
-            app.out_trunk = out_trunk;
+            app.out_trunk = Some(out_trunk);
         }
-        call.forks = forks;
-        call.failover = failover;
-        call.out = true;
-        call.winner = None;
-        call.trunk_auth = outbound
-            .credentials
-            .map(|(user, password)| Box::new((user, password, false)));
-        if call.forks.is_empty() {
+        if call.forks.is_empty() && !self.next_route(now, session, &[503]) {
             failed(self);
         }
     }
@@ -576,6 +571,7 @@ impl Core {
             call.ring_deadline = None;
             // A later dial (to a phone) must not reuse a trunk's credentials or proxies.
             call.trunk_auth = None;
+            call.trunk_dial = None;
             call.failover.clear();
         }
     }
@@ -608,6 +604,7 @@ impl Core {
             }
             call.winner = None;
             call.trunk_auth = None;
+            call.trunk_dial = None;
             call.failover.clear();
         }
         self.outputs.push_back(Output::Media(MediaCommand::Update {

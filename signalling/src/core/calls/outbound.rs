@@ -18,7 +18,7 @@ use super::{CallStart, Disposition, NO_PORTS, Refusal, Refused, cseq_of, media, 
 use crate::core::Core;
 use crate::directory::{Extension, Outbound, Tenant};
 use crate::media::SessionId;
-use crate::peer::{Peer, Transport};
+use crate::peer::Peer;
 use crate::stats::SipStats;
 use switchboard_media::sdp::Sdp;
 
@@ -61,19 +61,27 @@ const NO_ROUTE: Refusal = Refusal {
 /// Milliseconds in a day: outbound minutes are counted per UTC day.
 pub(super) const DAY_MS: u64 = 86_400_000;
 
-/// Who a call through a trunk presents.
-pub(super) struct TrunkCaller<'a> {
+/// A call out through a trunk, kept while it rings: what its INVITE says, and the trunks
+/// of the other matching routes, tried in turn when one fails (408 or 5xx once every proxy
+/// of the trunk was tried).
+pub(super) struct TrunkDial {
+    /// The number, E.164.
+    pub(super) e164: String,
     /// Display name.
-    pub(super) display: &'a str,
+    pub(super) display: String,
     /// Caller ID number.
-    pub(super) number: &'a str,
+    pub(super) number: String,
     /// Our domain for From, P-Asserted-Identity and Diversion.
-    pub(super) domain: &'a str,
+    pub(super) domain: String,
     /// The number the call was for, when it is passed on.
-    pub(super) diversion: Option<&'a str>,
+    pub(super) diversion: Option<String>,
     /// Withhold the number from the callee (RFC 3323): From says `Anonymous`, the carrier
     /// still gets it in P-Asserted-Identity, with `Privacy: id`.
     pub(super) anonymous: bool,
+    /// Our offer, anchored on the callee-facing port.
+    pub(super) offer: Sdp,
+    /// Trunks not tried yet, best first.
+    pub(super) next_trunks: Vec<Uuid>,
 }
 
 impl Core {
@@ -139,13 +147,16 @@ impl Core {
         if let Some(refusal) = self.outbound_refusal(tenant.id, digits, wall_ms) {
             return self.refuse(now, refused, record, refusal, |_| {});
         }
-        let Some((trunk_id, outbound)) = self
+        let mut trunks: Vec<(Uuid, Outbound)> = self
             .directory
-            .route(tenant.id, digits)
-            .and_then(|(_, trunk)| Some((trunk.id, trunk.outbound.clone()?)))
-        else {
+            .routes(tenant.id, digits)
+            .into_iter()
+            .filter_map(|(_, trunk)| Some((trunk.id, (*trunk.outbound.clone()?))))
+            .collect();
+        if trunks.is_empty() {
             return self.refuse(now, refused, record, NO_ROUTE, |_| {});
-        };
+        }
+        let (trunk_id, outbound) = trunks.remove(0);
         record.trunk_id = Some(trunk_id);
         let Some(offer) = super::audio_offer(&request, false) else {
             return self.refuse_without_offer(now, refused, record);
@@ -170,55 +181,121 @@ impl Core {
         let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
         call.out = true;
         call.record_policy = record_policy;
-        call.trunk_auth = outbound
-            .credentials
-            .clone()
-            .map(|(user, password)| Box::new((user, password, false)));
         self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
         if !self.answer_browser(now, wall_ms, session, browser) {
             return;
         }
-        let (forks, failover) = self.fork_trunk(
-            now,
-            session,
-            &outbound,
-            &e164,
-            TrunkCaller {
-                display: &caller.display_name,
-                number: &caller_id,
-                domain: &domain,
-                diversion: None,
-                anonymous,
-            },
-            &b_offer,
-        );
+        let dial = TrunkDial {
+            e164,
+            display: caller.display_name.clone(),
+            number: caller_id,
+            domain,
+            diversion: None,
+            anonymous,
+            offer: b_offer,
+            next_trunks: trunks.into_iter().map(|(id, _)| id).collect(),
+        };
+        self.dial_trunk(now, session, &outbound, dial);
         let ring_deadline = now + self.config.ring_timeout;
         self.calls
             .timers
             .push(std::cmp::Reverse((ring_deadline, session)));
         if let Some(call) = self.calls.calls.get_mut(&session) {
-            call.forks = forks;
-            call.failover = failover;
             call.ring_deadline = Some(ring_deadline);
         }
-        if self.calls.calls[&session].forks.is_empty() {
+        if self.calls.calls[&session].forks.is_empty() && !self.next_route(now, session, &[503]) {
             let cause = "no_usable_contact";
             self.fail_call(now, wall_ms, session, 503, Disposition::Failed, cause);
         }
     }
 
-    /// The INVITE through a trunk (its proxy, tech prefix and custom headers) for `e164`,
-    /// with the caller ID in From and P-Asserted-Identity (RFC 3325) and, for a call passed
-    /// on, a Diversion header naming the number that was called (RFC 5806).
-    pub(super) fn fork_trunk(
+    /// Places `dial` through `outbound`: the call's forks, proxies to fail over to and
+    /// credentials become this trunk's. The call has no fork when the trunk has no proxy.
+    pub(super) fn dial_trunk(
         &mut self,
         now: Instant,
         session: SessionId,
         outbound: &Outbound,
-        e164: &str,
-        caller: TrunkCaller<'_>,
-        offer: &Sdp,
+        dial: TrunkDial,
+    ) {
+        let (forks, failover) = self.fork_trunk(now, session, outbound, &dial);
+        let Some(call) = self.calls.calls.get_mut(&session) else {
+            return;
+        };
+        for fork in call.forks.drain(..) {
+            self.calls.by_fork.remove(&fork.key);
+        }
+        call.forks = forks;
+        call.failover = failover;
+        call.winner = None;
+        call.out = true;
+        call.trunk_auth = outbound
+            .credentials
+            .clone()
+            .map(|(user, password)| Box::new((user, password, false)));
+        call.trunk_dial = Some(Box::new(dial));
+    }
+
+    /// The call's trunk failed with `statuses` (408 or 5xx, each of its proxies tried): the
+    /// next route's trunk takes the call. False when none is left or the failure was the
+    /// callee's (busy, rejected, not found…), which another carrier would only repeat.
+    pub(super) fn next_route(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        statuses: &[u16],
+    ) -> bool {
+        if statuses.is_empty() || !statuses.iter().all(|s| matches!(s, 408 | 500..=599)) {
+            return false;
+        }
+        loop {
+            let Some(call) = self.calls.calls.get_mut(&session) else {
+                return false;
+            };
+            let Some(mut dial) = call.trunk_dial.take() else {
+                return false;
+            };
+            if dial.next_trunks.is_empty() {
+                return false;
+            }
+            let trunk = dial.next_trunks.remove(0);
+            let Some(outbound) = self
+                .directory
+                .trunk(trunk)
+                .and_then(|t| t.outbound.as_deref().cloned())
+            else {
+                // The trunk went since: the next one.
+                if let Some(call) = self.calls.calls.get_mut(&session) {
+                    call.trunk_dial = Some(dial);
+                }
+                continue;
+            };
+            tracing::info!(session, %trunk, "trunk failed; trying the next route");
+            self.dial_trunk(now, session, &outbound, *dial);
+            let Some(call) = self.calls.calls.get_mut(&session) else {
+                return false;
+            };
+            if call.forks.is_empty() {
+                continue;
+            }
+            match call.app.as_mut() {
+                Some(app) => app.out_trunk = Some(trunk),
+                None => call.record.trunk_id = Some(trunk),
+            }
+            return true;
+        }
+    }
+
+    /// The INVITE through a trunk (its proxy, tech prefix and custom headers) for the dialled
+    /// number, with the caller ID in From and P-Asserted-Identity (RFC 3325) and, for a call
+    /// passed on, a Diversion header naming the number that was called (RFC 5806).
+    fn fork_trunk(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        outbound: &Outbound,
+        caller: &TrunkDial,
     ) -> (Vec<super::Fork>, Vec<SocketAddr>) {
         // Proxies that answer their OPTIONS first; the others are kept for failover.
         let mut proxies = outbound.proxies.clone();
@@ -227,7 +304,9 @@ impl Core {
             return (Vec::new(), Vec::new());
         }
         let proxy = proxies.remove(0);
-        let user = format!("{}{e164}", outbound.tech_prefix);
+        // `#` (allowed in a tech prefix) is not allowed in a URI's user part: escaped
+        // (RFC 3261 §25.1).
+        let user = format!("{}{}", outbound.tech_prefix, caller.e164).replace('#', "%23");
         let host = match outbound.host.parse::<std::net::Ipv6Addr>() {
             Ok(v6) => format!("[{v6}]"),
             Err(_) => outbound.host.clone(),
@@ -237,7 +316,7 @@ impl Core {
             "P-Asserted-Identity".into(),
             format!("<sip:{}@{}>", caller.number, caller.domain),
         ));
-        if let Some(diverted) = caller.diversion {
+        if let Some(diverted) = &caller.diversion {
             headers.push((
                 "Diversion".into(),
                 format!("<sip:{diverted}@{}>;reason=unconditional", caller.domain),
@@ -249,13 +328,12 @@ impl Core {
             headers.push(("Privacy".into(), "id".into()));
             (("Anonymous", "anonymous"), "anonymous.invalid")
         } else {
-            ((caller.display, caller.number), caller.domain)
+            (
+                (caller.display.as_str(), caller.number.as_str()),
+                caller.domain.as_str(),
+            )
         };
-        let peer = Peer {
-            transport: Transport::Udp,
-            addr: proxy,
-            conn: None,
-        };
+        let peer = outbound.peer(proxy);
         let forks = self.fork_to(
             now,
             session,
@@ -266,7 +344,7 @@ impl Core {
                 callee_id: None,
                 domain: from_domain,
                 to_domain: &host,
-                offer,
+                offer: &caller.offer,
                 max_forwards: 70,
                 headers: &headers,
             },
@@ -284,12 +362,13 @@ impl Core {
             return false;
         }
         let next = call.failover.remove(0);
-        let peer = Peer {
-            transport: Transport::Udp,
-            addr: next,
-            conn: None,
-        };
         let fork = &call.forks[index];
+        // The trunk's other proxies are reached over the same transport.
+        let peer = Peer {
+            conn: None,
+            addr: next,
+            ..fork.peer
+        };
         let mut invite = fork.invite.clone();
         let seq = cseq_of(&invite.headers).map_or(1, |c| c.seq) + 1;
         invite.headers.set(HeaderName::Via, self.our_via(peer));
