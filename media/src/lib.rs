@@ -13,7 +13,7 @@
 //! (G.107) MOS estimates from those statistics; [`jitter`], the adaptive jitter buffer
 //! (reordering, loss concealment, talk spurts, clock skew); [`recording`], the stereo
 //! timeline of a recorded call; [`prompt`], uploaded WAV prompts read and converted to 8 kHz
-//! mono.
+//! mono; [`hold`], the music a held party hears.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ pub mod codec;
 pub mod dtmf;
 pub mod g711;
 pub mod g722;
+pub mod hold;
 pub mod jitter;
 pub mod prompt;
 pub mod quality;

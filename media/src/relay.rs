@@ -130,6 +130,11 @@ struct DtmfOut {
 }
 
 impl Leg {
+    /// When we last sent this leg a packet (forwarded or our own).
+    pub fn last_sent_at(&self) -> Option<Instant> {
+        self.last_sent.map(|(_, _, at)| at)
+    }
+
     /// A leg whose SDP announced `expected`, receiving a stream at `clock_rate` Hz with the
     /// SSRC of the first source forwarded to it, or `out_ssrc` if we report first.
     pub fn new(

@@ -73,6 +73,8 @@ pub struct WorkerStats {
     pub inactive: AtomicU64,
     /// RTP packets of IVR prompts sent to callers.
     pub prompt_packets: AtomicU64,
+    /// RTP packets of music on hold sent to held legs.
+    pub hold_music_packets: AtomicU64,
     /// Browser legs (WebRTC) of live sessions.
     pub webrtc_legs: AtomicU64,
     /// Browser legs whose Opus is transcoded.
@@ -281,6 +283,8 @@ struct Session {
     dtmf_task: Option<JoinHandle<()>>,
     /// Streams a prompt to the caller's leg.
     player: Option<JoinHandle<()>>,
+    /// Plays music on hold to a held leg.
+    hold_music: Option<JoinHandle<()>>,
     /// Plays up to this id were stopped (a late one is not started).
     stopped_through: u32,
     /// The session's WebRTC legs, if a side is a browser.
@@ -404,6 +408,21 @@ impl Session {
         }));
     }
 
+    /// Plays music on hold to `side` (0 or 8: its G.711 payload type), or stops (`None`).
+    fn hold_music(&mut self, shell: &Shell, side: Option<Side>, payload_type: u8) {
+        if let Some(task) = self.hold_music.take() {
+            task.abort();
+        }
+        let Some(side) = side else { return };
+        let (bridge, socket) = (self.bridge.clone(), self.sockets[index(side)].0.clone());
+        let counters = shell.counters.clone();
+        let browsers = self.browsers.clone();
+        self.hold_music = Some(tokio::task::spawn_local(async move {
+            let out = (&*socket, &*browsers, &counters);
+            play_hold_music(&bridge, side, out, payload_type).await;
+        }));
+    }
+
     /// Stops the prompt playing, and plays up to `id` not started yet.
     fn stop_play(&mut self, id: u32) {
         self.stopped_through = self.stopped_through.max(id);
@@ -430,6 +449,7 @@ impl Session {
             .drain(..)
             .chain(self.dtmf_task.take())
             .chain(self.player.take())
+            .chain(self.hold_music.take())
             .chain(self.browser_task.take())
         {
             task.abort();
@@ -635,6 +655,64 @@ async fn play_prompt(
     }
 }
 
+/// How long the leg must have been sent nothing else (and the call held) before the music
+/// plays: the holder's own music (many phones send theirs) or a prompt wins.
+const HOLD_QUIET: Duration = Duration::from_millis(100);
+
+/// Plays music on hold to `side`, 20 ms at a time, until aborted; a frame is skipped when
+/// something else reached the leg within [`HOLD_QUIET`].
+async fn play_hold_music(
+    bridge: &RefCell<Bridge>,
+    side: Side,
+    (socket, browsers, counters): (&UdpSocket, &Browsers, &Counters),
+    payload_type: u8,
+) {
+    let law = if payload_type == 8 {
+        Law::Alaw
+    } else {
+        Law::Ulaw
+    };
+    let music = switchboard_media::hold::music();
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut payload, mut buffer) = ([0u8; FRAME], Vec::with_capacity(12 + FRAME));
+    let (mut position, mut ours, mut playing) = (0usize, None, false);
+    let held = Instant::now();
+    loop {
+        interval.tick().await;
+        let now = Instant::now();
+        let last = bridge.borrow().leg(side).last_sent_at();
+        let others = last.is_some_and(|at| Some(at) != ours && now - at < HOLD_QUIET);
+        // The holder gets a moment to start its own music first.
+        if others || now - held < HOLD_QUIET {
+            playing = false;
+            continue;
+        }
+        let mut samples = [0i16; FRAME];
+        for sample in &mut samples {
+            *sample = music[position];
+            position = (position + 1) % music.len();
+        }
+        law.encode(&samples, &mut payload);
+        let sent = bridge.borrow_mut().audio_transmit(
+            now,
+            side,
+            payload_type,
+            !playing,
+            &payload,
+            FRAME as u32,
+            &mut buffer,
+        );
+        ours = Some(now);
+        playing = true;
+        if let Some((len, to)) = sent
+            && browsers.deliver(side, socket, &buffer[..len], to)
+        {
+            inc(&counters.hold_music_packets);
+        }
+    }
+}
+
 /// The wallclock as an NTP timestamp, for RTCP sender reports.
 fn ntp_now() -> u64 {
     rtcp::ntp_from_system_time(SystemTime::now())
@@ -712,6 +790,12 @@ async fn worker(shell: Shell, mut commands: mpsc::Receiver<Job>, shutdown: Cance
                         _ => {
                             let _ = events.try_send(MediaEvent::PlayDone { session, id });
                         }
+                    }
+                }
+                Some((MediaCommand::HoldMusic { session, to_a_side, payload_type }, _, _)) => {
+                    if let Some(state) = sessions.get_mut(&session) {
+                        let side = to_a_side.map(|a| if a { Side::A } else { Side::B });
+                        state.hold_music(&shell, side, payload_type);
                     }
                 }
                 Some((MediaCommand::StopPlay { session, id }, _, _)) => {
@@ -816,6 +900,7 @@ fn create(
         recording: None,
         dtmf_task: None,
         player: None,
+        hold_music: None,
         stopped_through: 0,
         browsers,
         browser_task: None,

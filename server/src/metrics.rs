@@ -355,7 +355,7 @@ impl Collector for MediaCollector {
             ConstCounter::new(self.0.sum(field))
                 .encode(family.encode_family(&[("direction", direction)])?)?;
         }
-        let counters: [(&str, &str, Field); 6] = [
+        let counters: [(&str, &str, Field); 7] = [
             (
                 "switchboard_media_rtp_dropped",
                 "RTP packets dropped (foreign source, malformed, no destination yet)",
@@ -385,6 +385,11 @@ impl Collector for MediaCollector {
                 "switchboard_media_prompt_packets",
                 "RTP packets of IVR prompts sent to callers",
                 |w| &w.prompt_packets,
+            ),
+            (
+                "switchboard_media_hold_music_packets",
+                "RTP packets of music on hold sent to held legs",
+                |w| &w.hold_music_packets,
             ),
         ];
         for (name, help, field) in counters {

@@ -531,9 +531,13 @@ impl Core {
         if !matches!(request.uri, Uri::Sip(_)) {
             return self.respond(now, &key, &request, 416, "Unsupported URI Scheme", |_| {});
         }
+        // Extensions a request may require of us: session timers (RFC 4028).
         let required: Vec<String> = request
             .headers
             .get_all(&HeaderName::Require)
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|option| !option.is_empty() && !option.eq_ignore_ascii_case("timer"))
             .map(str::to_owned)
             .collect();
         if !required.is_empty() && request.method != Method::Cancel {

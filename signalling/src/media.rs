@@ -94,6 +94,16 @@ pub enum MediaCommand {
         /// 0 (PCMU) or 8 (PCMA).
         payload_type: u8,
     },
+    /// Play music on hold to a leg whenever nothing else is sent to it (the other side
+    /// holds the call), or stop (`to_a_side` `None`: resumed).
+    HoldMusic {
+        /// Session.
+        session: SessionId,
+        /// The held leg: true for the caller's.
+        to_a_side: Option<bool>,
+        /// That leg's G.711 payload type: 0 (PCMU) or 8 (PCMA).
+        payload_type: u8,
+    },
     /// Stop the prompt playing, and drop any play up to `id` not started yet.
     StopPlay {
         /// Session.
@@ -112,6 +122,7 @@ impl MediaCommand {
             | Self::Update { session, .. }
             | Self::Destroy { session }
             | Self::Record { session, .. }
+            | Self::HoldMusic { session, .. }
             | Self::SendDtmf { session, .. }
             | Self::Play { session, .. }
             | Self::StopPlay { session, .. } => *session,
@@ -268,6 +279,22 @@ pub fn telephone_event(sdp: &Sdp) -> Option<u8> {
         .into_iter()
         .find(|map| map.encoding.eq_ignore_ascii_case("telephone-event"))
         .map(|map| map.payload_type)
+}
+
+/// The G.711 payload type an SDP's first audio stream prefers: 8 (PCMA) when it lists PCMA
+/// before PCMU, else 0 (PCMU).
+pub fn g711_payload_type(sdp: &Sdp) -> u8 {
+    sdp.media
+        .iter()
+        .find(|m| m.kind == "audio")
+        .and_then(|audio| {
+            audio
+                .rtpmaps()
+                .into_iter()
+                .map(|map| map.payload_type)
+                .find(|pt| matches!(pt, 0 | 8))
+        })
+        .unwrap_or(0)
 }
 
 /// Whether an SDP's preferred audio codec (its first payload type) is wideband.

@@ -1060,6 +1060,34 @@ async fn a_voicemail_left_through_a_flow_is_in_the_box_and_downloadable() {
 }
 
 #[tokio::test]
+async fn a_held_party_hears_music_while_the_holder_is_silent() {
+    if sipp().is_none() {
+        return;
+    }
+    let bench = CallBench::start(&[]).await;
+    // The caller streams a second of tone, holds for a second sending nothing, resumes and
+    // hangs up; the callee echoes every packet it gets.
+    let run = bench.run_with(
+        "call_uac.xml",
+        Some(("call_uas.xml", true)),
+        "5002",
+        &["-d", "1000"],
+    );
+    assert!(run.caller.status.success(), "{}", run.report());
+    let music = metric(&bench.server, "switchboard_media_hold_music_packets_total").await;
+    // A second of hold, less the moment the holder gets to start its own music.
+    assert!((35..=50).contains(&music), "{music}");
+    // The callee got the music: its echo came back and went on to the caller.
+    let to_caller = r#"switchboard_media_rtp_forwarded_total{direction="to_caller"}"#;
+    let echoed = metric(&bench.server, to_caller).await;
+    assert!(
+        echoed >= 49 + music - 2,
+        "{echoed} forwarded for {music} of music"
+    );
+    assert!(bench.server.terminate().success());
+}
+
+#[tokio::test]
 async fn a_call_out_through_a_credential_trunk_answers_the_407() {
     if sipp().is_none() {
         return;

@@ -225,7 +225,21 @@ impl World {
 
     /// A response from Bob's phone to `request`, with Bob's tag, contact and optional SDP.
     fn answer_from(&mut self, phone: Peer, request: &Request, status: u16, body: Option<String>) {
+        self.answer_with(phone, request, (status, body), &[]);
+    }
+
+    /// Like `answer_from`, with `extra` headers.
+    fn answer_with(
+        &mut self,
+        phone: Peer,
+        request: &Request,
+        (status, body): (u16, Option<String>),
+        extra: &[(&str, &str)],
+    ) {
         let mut response = transaction::response_to(request, status, "Whatever");
+        for (name, value) in extra {
+            response.headers.push(HeaderName::parse(name), *value);
+        }
         let to = response.headers.get(&HeaderName::To).unwrap().to_owned();
         if !to.contains("tag=") {
             response
@@ -673,7 +687,17 @@ fn hold_is_a_relayed_reinvite_with_anchored_sdp() {
             ..
         }
     )));
+    // Bob, who is held, hears music whenever Alice sends nothing.
+    assert!(world.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::HoldMusic {
+            to_a_side: Some(false),
+            payload_type: 0,
+            ..
+        }
+    )));
     let relayed = world.requests(bob).pop().expect("re-INVITE to Bob");
+    world.outputs.clear();
     assert_eq!(relayed.method, Method::Invite);
     let offer = Sdp::parse(&relayed.body).unwrap();
     assert_eq!(offer.direction(0), Direction::SendOnly);
@@ -708,6 +732,24 @@ fn hold_is_a_relayed_reinvite_with_anchored_sdp() {
         Sdp::parse(&ok.body).unwrap().direction(0),
         Direction::RecvOnly
     );
+    // Bob's recvonly answer leaves the call held for the media plane.
+    assert!(
+        world
+            .media()
+            .iter()
+            .all(|m| !matches!(m, MediaCommand::Update { hold: false, .. }))
+    );
+    // Resumed: the music stops.
+    world.outputs.clear();
+    let resume = world.alice_in_dialog("INVITE", 5, &tag, &sdp("192.0.2.10", 4000, "sendrecv"));
+    world.send(world.alice, &resume);
+    assert!(world.media().iter().any(|m| matches!(
+        m,
+        MediaCommand::HoldMusic {
+            to_a_side: None,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -1125,6 +1167,222 @@ fn a_trunk_call_to_a_number_rings_its_extension() {
     world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
     assert_eq!(world.statuses(carrier), [200]);
     assert_eq!(SipStats::get(&world.core.stats().trunk_calls), 1);
+}
+
+/// A request from the carrier inside the dialog of its call `n` (our To tag `tag`).
+fn carrier_in_dialog(n: u32, (method, cseq): (&str, u32), tag: &str, extra: &str) -> String {
+    format!(
+        "{method} sip:switchboard@203.0.113.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKcarrier{n}{method}{cseq}\r\nMax-Forwards: 70\r\n\
+         From: \"Carol\" <sip:+15550001111@carrier.example>;tag=carol{n}\r\nTo: <sip:+15551230002@203.0.113.1>;tag={tag}\r\nCall-ID: carrier-{n}\r\n\
+         CSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_carriers_session_timer_is_granted_refreshed_and_enforced() {
+    let mut world = World::new(1, CoreConfig::default());
+    with_trunk(&mut world);
+    let (carrier, bob) = (peer(50), world.bob[0]);
+    let asks = |n: u32, interval: u32| {
+        carrier_invite(n, "+15551230002").replace(
+            "Max-Forwards: 70\r\n",
+            &format!(
+                "Max-Forwards: 70\r\nSupported: timer\r\nAllow: INVITE, ACK, BYE, UPDATE\r\n\
+                 Session-Expires: {interval}\r\n"
+            ),
+        )
+    };
+    // Below our Min-SE: 422 with it, and a record that says why (RFC 4028 §9).
+    world.send(carrier, &asks(1, 60));
+    let refused = world.responses(carrier).pop().expect("422");
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.headers.get(&HeaderName::MinSe), Some("90"));
+    assert_eq!(world.ended().unwrap().cause, "session_interval_too_small");
+    world.outputs.clear();
+
+    // 120 s: granted, the carrier refreshing (it named no refresher).
+    world.send(carrier, &asks(2, 120));
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_from(bob, &invite, 200, Some(sdp("192.0.2.20", 6000, "sendrecv")));
+    let ok = world.responses(carrier).pop().expect("200 to the carrier");
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.headers.get(&HeaderName::SessionExpires),
+        Some("120;refresher=uac")
+    );
+    assert_eq!(ok.headers.get(&HeaderName::Require), Some("timer"));
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    world.send(carrier, &carrier_in_dialog(2, ("ACK", 1), &tag, ""));
+
+    // The carrier refreshes with an UPDATE at half time; it reaches Bob and the 200 comes
+    // back with the timer.
+    world.advance(Duration::from_secs(60));
+    world.send(
+        carrier,
+        &carrier_in_dialog(
+            2,
+            ("UPDATE", 2),
+            &tag,
+            "Session-Expires: 120;refresher=uac\r\n",
+        ),
+    );
+    let update = world
+        .requests(bob)
+        .into_iter()
+        .find(|r| r.method == Method::Update)
+        .expect("the UPDATE relayed to Bob");
+    world.answer_from(bob, &update, 200, None);
+    let ok = world.responses(carrier).pop().expect("200 to the UPDATE");
+    assert_eq!(
+        (ok.status, ok.headers.get(&HeaderName::SessionExpires)),
+        (200, Some("120;refresher=uac"))
+    );
+
+    // No refresh after that: the session ends 32 s before the interval runs out.
+    world.advance(Duration::from_secs(87));
+    assert!(world.ended().is_none(), "still within the interval");
+    world.advance(Duration::from_secs(2));
+    assert!(
+        world
+            .requests(carrier)
+            .iter()
+            .any(|r| r.method == Method::Bye)
+    );
+    assert!(world.requests(bob).iter().any(|r| r.method == Method::Bye));
+    let ended = world.ended().expect("a record");
+    assert_eq!(ended.cause, "session_timer_expired");
+    assert_eq!(ended.disposition, Disposition::Answered);
+}
+
+#[test]
+fn a_callee_that_wants_us_to_refresh_gets_updates_until_it_forgets_the_dialog() {
+    let mut world = World::new(1, CoreConfig::default());
+    let bob = world.bob[0];
+    world.call("1002");
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    assert_eq!(
+        invite.headers.get(&HeaderName::SessionExpires),
+        Some("1800;refresher=uas")
+    );
+    assert!(
+        invite
+            .headers
+            .get_all(&HeaderName::Supported)
+            .any(|o| o == "timer")
+    );
+    // Bob wants at least 5 minutes (RFC 4028 §7.3): the INVITE again, CSeq 2, asking for it.
+    world.answer_with(bob, &invite, (422, None), &[("Min-SE", "300")]);
+    let again = world
+        .requests(bob)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("the INVITE again");
+    assert_eq!(again.headers.get(&HeaderName::CSeq), Some("2 INVITE"));
+    assert_eq!(
+        again.headers.get(&HeaderName::SessionExpires),
+        Some("300;refresher=uas")
+    );
+    // Bob answers naming us refresher, and takes UPDATE.
+    world.answer_with(
+        bob,
+        &again,
+        (200, Some(sdp("192.0.2.20", 6000, "sendrecv"))),
+        &[
+            ("Session-Expires", "300;refresher=uac"),
+            ("Require", "timer"),
+            ("Allow", "INVITE, ACK, BYE, UPDATE"),
+        ],
+    );
+    alice_acks(&mut world);
+    world.requests(bob);
+    // Half the interval: our UPDATE, no body.
+    world.advance(Duration::from_secs(150));
+    let update = world
+        .requests(bob)
+        .into_iter()
+        .find(|r| r.method == Method::Update)
+        .expect("our refresh");
+    assert!(update.body.is_empty());
+    assert_eq!(
+        update.headers.get(&HeaderName::SessionExpires),
+        Some("300;refresher=uac")
+    );
+    world.answer_from(bob, &update, 200, None);
+    assert!(world.ended().is_none());
+    // The next one gets 481: Bob lost the dialog, the call ends (RFC 4028 §10).
+    world.advance(Duration::from_secs(150));
+    let update = world
+        .requests(bob)
+        .into_iter()
+        .find(|r| r.method == Method::Update)
+        .expect("the next refresh");
+    world.answer_from(bob, &update, 481, None);
+    assert!(
+        world
+            .requests(world.alice)
+            .iter()
+            .any(|r| r.method == Method::Bye)
+    );
+    assert_eq!(
+        world.ended().expect("a record").cause,
+        "session_refresh_failed"
+    );
+}
+
+#[test]
+fn reliable_provisional_responses_are_pracked_once_and_in_order() {
+    let mut world = World::new(1, CoreConfig::default());
+    let bob = world.bob[0];
+    world.call("1002");
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    assert_eq!(
+        invite
+            .headers
+            .get_all(&HeaderName::Supported)
+            .collect::<Vec<_>>(),
+        ["100rel", "timer"]
+    );
+    let reliable = |rseq: &'static str| [("Require", "100rel"), ("RSeq", rseq)];
+    let early = Some(sdp("192.0.2.20", 6000, "sendrecv"));
+    world.answer_with(bob, &invite, (183, early.clone()), &reliable("7"));
+    let pracks = |world: &mut World| -> Vec<Request> {
+        world
+            .requests(bob)
+            .into_iter()
+            .filter(|r| r.method == Method::Prack)
+            .collect()
+    };
+    let prack = pracks(&mut world).pop().expect("a PRACK");
+    assert_eq!(prack.headers.get(&HeaderName::RAck), Some("7 1 INVITE"));
+    assert_eq!(prack.headers.get(&HeaderName::CSeq), Some("2 PRACK"));
+    assert!(prack.headers.get(&HeaderName::To).unwrap().contains("tag="));
+    assert_eq!(world.statuses(world.alice), [100, 183]);
+    // Sent again (our PRACK was slow): not acknowledged twice, not relayed twice.
+    world.answer_with(bob, &invite, (183, early.clone()), &reliable("7"));
+    assert!(pracks(&mut world).is_empty());
+    assert!(world.statuses(world.alice).is_empty());
+    // One that skips ahead waits for the missing one.
+    world.answer_with(bob, &invite, (180, None), &reliable("9"));
+    assert!(pracks(&mut world).is_empty());
+    world.answer_with(bob, &invite, (180, None), &reliable("8"));
+    let prack = pracks(&mut world).pop().expect("the next PRACK");
+    assert_eq!(prack.headers.get(&HeaderName::RAck), Some("8 1 INVITE"));
+    assert_eq!(prack.headers.get(&HeaderName::CSeq), Some("3 PRACK"));
+    // The dialog's requests continue after the PRACKs.
+    world.answer_from(bob, &invite, 200, early);
+    let tag = alice_acks(&mut world);
+    let bye = world.alice_in_dialog("BYE", 3, &tag, "");
+    world.send(world.alice, &bye);
+    let bye = world
+        .requests(bob)
+        .into_iter()
+        .find(|r| r.method == Method::Bye)
+        .expect("BYE to Bob");
+    assert_eq!(bye.headers.get(&HeaderName::CSeq), Some("4 BYE"));
 }
 
 #[test]

@@ -30,6 +30,8 @@ use uuid::Uuid;
 mod app;
 mod hunt;
 mod outbound;
+mod prack;
+mod timer;
 
 pub use self::app::IvrSummary;
 use super::{Core, Output};
@@ -225,6 +227,14 @@ struct Refusal {
     cause: &'static str,
 }
 
+/// The caller asked for a session interval below our Min-SE (RFC 4028 §9).
+const SESSION_TOO_SMALL: Refusal = Refusal {
+    status: 422,
+    reason: "Session Interval Too Small",
+    disposition: Disposition::Failed,
+    cause: "session_interval_too_small",
+};
+
 /// Max-Forwards reached zero (RFC 3261 §16.3 step 3).
 const LOOP: Refusal = Refusal {
     status: 483,
@@ -331,6 +341,10 @@ struct Fork {
     callee: Option<Uuid>,
     /// A browser's fork: the WebRTC leg our offer came from, until it answers.
     webrtc: Option<Box<media::WebRtcLeg>>,
+    /// The RSeq of the last reliable provisional response we acknowledged (RFC 3262).
+    rseq: Option<u32>,
+    /// The CSeq of our last PRACK: the dialog's requests continue after it.
+    prack_seq: u32,
 }
 
 /// What a client transaction of a call is for.
@@ -342,6 +356,8 @@ enum Pending {
         key: ServerKey,
         request: Box<Request>,
     },
+    /// Our session refresh (RFC 4028) on `side`: an UPDATE, or a re-INVITE (`invite`).
+    Refresh { side: Side, invite: bool },
     /// Nothing to do with the response (BYE, CANCEL).
     Ignore,
 }
@@ -353,6 +369,14 @@ enum Side {
 }
 
 impl Side {
+    /// The side's slot in per-side arrays.
+    fn index(self) -> usize {
+        match self {
+            Self::A => 0,
+            Self::B => 1,
+        }
+    }
+
     fn other(self) -> Self {
         match self {
             Self::A => Self::B,
@@ -450,8 +474,10 @@ struct Call {
     /// SDP).
     a_webrtc: Option<String>,
     /// The SDP we last sent the caller (answered again on a refresh when a browser is in
-    /// the call).
+    /// the call, and our session refresh by re-INVITE).
     a_sent: Option<String>,
+    /// Each leg's session timer (RFC 4028), if it negotiated one.
+    session_timers: [Option<timer::SessionTimer>; 2],
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -782,6 +808,13 @@ impl Core {
                 r.headers.push(HeaderName::RetryAfter, "1");
             });
         }
+        if let Some((interval, _)) = timer::session_expires(&request.headers)
+            && interval < timer::MIN_SE
+        {
+            return self.refuse(now, refused, record, SESSION_TOO_SMALL, |r| {
+                r.headers.push(HeaderName::MinSe, timer::MIN_SE.to_string());
+            });
+        }
         let callee = match (&caller, &did) {
             (Caller::Extension(_), _) => self
                 .directory
@@ -970,6 +1003,7 @@ impl Core {
             out: false,
             a_webrtc: None,
             a_sent: None,
+            session_timers: [None, None],
         }
     }
 
@@ -1056,6 +1090,14 @@ impl Core {
                 HeaderName::Allow,
                 "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO",
             );
+            // Reliable provisional responses (RFC 3262): we PRACK them. Session timers
+            // (RFC 4028 §7.1): the callee is asked to refresh; we watch.
+            headers.push(HeaderName::Supported, "100rel, timer");
+            headers.push(
+                HeaderName::SessionExpires,
+                format!("{};refresher=uas", timer::SESSION_EXPIRES),
+            );
+            headers.push(HeaderName::MinSe, timer::MIN_SE.to_string());
             headers.push(HeaderName::UserAgent, self.config.server_name.clone());
             headers.push(HeaderName::ContentType, "application/sdp");
             let invite = Request {
@@ -1080,6 +1122,8 @@ impl Core {
                         state: ForkState::Trying,
                         callee: forking.callee_id,
                         webrtc,
+                        rseq: None,
+                        prack_seq: 0,
                     });
                 }
                 Err(error) => tracing::debug!(%error, "could not fork INVITE"),
@@ -1145,13 +1189,16 @@ impl Core {
             if response.status >= 200 {
                 self.calls.pending.remove(key);
             }
-            if let Pending::Relay {
-                side,
-                key: server_key,
-                request,
-            } = pending
-            {
-                self.relay_response(now, session, side, &server_key, &request, response);
+            match pending {
+                Pending::Relay {
+                    side,
+                    key: server_key,
+                    request,
+                } => self.relay_response(now, session, side, &server_key, &request, response),
+                Pending::Refresh { side, invite } => {
+                    self.refresh_answered(now, wall_ms, session, (side, invite), Some(&response));
+                }
+                Pending::Ignore => {}
             }
             return true;
         }
@@ -1189,17 +1236,21 @@ impl Core {
             );
             timeout.headers.set(HeaderName::CSeq, "1 INVITE");
             self.fork_response(now, wall_ms, session, key, timeout);
-        } else if let Some((
-            session,
-            Pending::Relay {
-                side,
-                key: server_key,
-                request,
-            },
-        )) = self.calls.pending.remove(key)
-        {
-            let timeout = transaction::response_to(&request, 408, "Request Timeout");
-            self.relay_response(now, session, side, &server_key, &request, timeout);
+        } else if let Some((session, pending)) = self.calls.pending.remove(key) {
+            match pending {
+                Pending::Relay {
+                    side,
+                    key: server_key,
+                    request,
+                } => {
+                    let timeout = transaction::response_to(&request, 408, "Request Timeout");
+                    self.relay_response(now, session, side, &server_key, &request, timeout);
+                }
+                Pending::Refresh { side, invite } => {
+                    self.refresh_answered(now, wall_ms, session, (side, invite), None);
+                }
+                Pending::Ignore => {}
+            }
         }
     }
 
@@ -1211,6 +1262,12 @@ impl Core {
         key: &ClientKey,
         response: Response,
     ) {
+        if response.status == 422 && self.retry_session_interval(now, session, key, &response) {
+            return;
+        }
+        if (101..200).contains(&response.status) && !self.prack(now, session, key, &response) {
+            return;
+        }
         if matches!(response.status, 401 | 407 | 408 | 503) {
             let index = self
                 .calls
@@ -1385,6 +1442,8 @@ impl Core {
         let Ok(mut dialog) = Dialog::from_uac(&call.forks[index].invite, &response) else {
             return;
         };
+        // Our PRACKs were requests of this dialog: what follows continues their CSeq.
+        dialog.local_seq = dialog.local_seq.max(call.forks[index].prack_seq);
         if call.winner == Some(index) || call.winner.is_some() {
             // A retransmitted 2xx of the winner gets its ACK again; a 2xx from another fork is
             // acknowledged and hung up (§13.2.2.4).
@@ -1458,6 +1517,7 @@ impl Core {
         self.cancel_forks(now, session, Some(index));
         self.call_event(session, CallEventKind::Answered);
         self.media_update(session, Side::B, &answer, media::is_hold(&answer));
+        self.arm_callee_timer(now, session, &response);
         let Some(call) = self.calls.calls.get_mut(&session) else {
             return;
         };
@@ -1562,11 +1622,13 @@ impl Core {
             }
             call.wideband[usize::from(side == Side::B)] = media::is_wideband(sdp);
         }
+        // The call stays held while the answer to a hold (recvonly) goes by.
+        let held = self.calls.calls.get(&session).is_some_and(|c| c.held);
         self.outputs.push_back(Output::Media(MediaCommand::Update {
             session,
             a_side: side == Side::A,
             expected: media::audio_address(sdp),
-            hold,
+            hold: hold || held,
             dtmf,
         }));
     }
@@ -1702,6 +1764,7 @@ impl Core {
             call.a_sent = std::str::from_utf8(&response.body).ok().map(str::to_owned);
         }
         if (200..300).contains(&status) {
+            self.arm_caller_timer(now, session, &mut response);
             let bytes = Bytes::from(response.to_bytes());
             self.retransmit_ok(now, session, (Side::A, cseq, peer), bytes);
         }
@@ -2169,6 +2232,8 @@ impl Core {
                 .push(HeaderName::ContentType, "application/sdp");
             response.body = Bytes::from(ours.to_string());
         }
+        self.session_refreshed(now, session, side);
+        self.timer_headers(session, side, &mut response);
         let bytes = Bytes::from(response.to_bytes());
         if self.transactions.send_response(now, key, response).is_ok()
             && request.method == Method::Invite
@@ -2193,6 +2258,14 @@ impl Core {
                 CallEventKind::Resumed
             };
             self.call_event(session, kind);
+            // The held side hears music whenever the side that holds sends nothing: a
+            // carrier's RTP timeout never fires on a held call.
+            self.outputs
+                .push_back(Output::Media(MediaCommand::HoldMusic {
+                    session,
+                    to_a_side: hold.then_some(side.other() == Side::A),
+                    payload_type: media::g711_payload_type(offer),
+                }));
         }
         self.media_update(session, side, offer, hold);
         hold
@@ -2265,6 +2338,10 @@ impl Core {
         };
         if matches!(request.method, Method::Invite | Method::Update) {
             call.relaying = true;
+        }
+        if side.other() == Side::A && content_type.as_deref() == Some("application/sdp") {
+            // What the caller has from us now (our refresh re-INVITE sends it again).
+            call.a_sent = std::str::from_utf8(&body).ok().map(str::to_owned);
         }
         let dialog = match side.other() {
             Side::A => call.a_dialog.as_mut(),
@@ -2366,12 +2443,24 @@ impl Core {
             HeaderName::Contact,
             format!("<{}>", self.our_contact(our_peer)),
         );
+        if (200..300).contains(&status) && matches!(request.method, Method::Invite | Method::Update)
+        {
+            // A 2xx to a re-INVITE or UPDATE refreshes both legs' sessions (RFC 4028 §10).
+            self.session_refreshed(now, session, side.other());
+            self.session_refreshed(now, session, side);
+            self.timer_headers(session, side, &mut relayed);
+        }
         if let Some(Ok(sdp)) = sdp_of(&response.body, &response.headers) {
             self.media_update(session, side.other(), &sdp, media::is_hold(&sdp));
             relayed
                 .headers
                 .push(HeaderName::ContentType, "application/sdp");
             relayed.body = Bytes::from(media::anchor(&sdp, self.advertised, port).to_string());
+            if side == Side::A
+                && let Some(call) = self.calls.calls.get_mut(&session)
+            {
+                call.a_sent = std::str::from_utf8(&relayed.body).ok().map(str::to_owned);
+            }
         }
         if request.method == Method::Invite && (200..300).contains(&status) {
             let cseq = cseq_of(&request.headers).map_or(0, |c| c.seq);
@@ -2409,6 +2498,12 @@ impl Core {
                 );
                 continue;
             }
+            if self.session_timers_due(now, wall_ms, session) {
+                continue;
+            }
+            let Some(call) = self.calls.calls.get_mut(&session) else {
+                continue;
+            };
             let t2 = self.config.timers.t2;
             let Some(ok) = call.ok.as_mut() else { continue };
             if ok.give_up <= now {

@@ -416,6 +416,22 @@ fn request_checks_follow_8_2() {
             .collect::<Vec<_>>(),
         ["foo", "bar"]
     );
+    // Session timers are ours to support (RFC 4028): only the rest is refused.
+    let unsupported = Phone::responses(&phone.send(&request(
+        "OPTIONS",
+        "sip:x@example.com",
+        "Require: timer, foo\r\n",
+    )))
+    .pop()
+    .unwrap();
+    assert_eq!(unsupported.status, 420);
+    assert_eq!(
+        unsupported
+            .headers
+            .get_all(&HeaderName::Unsupported)
+            .collect::<Vec<_>>(),
+        ["foo"]
+    );
     let v3 = request("OPTIONS", "sip:y@example.com", "").replacen("SIP/2.0\r\n", "SIP/3.0\r\n", 1);
     assert_eq!(Phone::last_status(&phone.send(&v3)), 505);
     assert_eq!(

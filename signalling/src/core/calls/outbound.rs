@@ -443,7 +443,7 @@ impl Core {
 
     /// Sends fork `index` of `session` again as `invite` to `peer`, in a new transaction that
     /// takes the fork's place. False if it cannot be sent.
-    fn resend_fork(
+    pub(super) fn resend_fork(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -474,6 +474,8 @@ impl Core {
                     fork.invite = invite;
                     fork.peer = peer;
                     fork.state = super::ForkState::Trying;
+                    // A new transaction: its reliable provisional responses count afresh.
+                    fork.rseq = None;
                 }
                 true
             }
