@@ -1540,6 +1540,35 @@ async fn extensions_crud_and_validation() {
         app.patch(&path, &root, json!({"password": "short"})).await,
         "password",
     );
+    // Call forwarding: to an extension or a number outside; never to itself; null removes it.
+    let forwarded = expect(
+        app.patch(
+            &path,
+            &root,
+            json!({"forward_busy": " 1002 ", "forward_no_answer": "+15557654321"}),
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(forwarded["forward_busy"], "1002");
+    assert_eq!(forwarded["forward_no_answer"], "+15557654321");
+    assert_eq!(forwarded["forward_always"], Value::Null);
+    expect_invalid(
+        app.patch(&path, &root, json!({"forward_always": "1001"}))
+            .await,
+        "forward_always",
+    );
+    expect_invalid(
+        app.patch(&path, &root, json!({"forward_busy": "my mobile"}))
+            .await,
+        "forward_busy",
+    );
+    let cleared = expect(
+        app.patch(&path, &root, json!({"forward_busy": null})).await,
+        StatusCode::OK,
+    );
+    assert_eq!(cleared["forward_busy"], Value::Null);
+    assert_eq!(cleared["forward_no_answer"], "+15557654321");
 
     let other = app.create_extension(&root, "1002", json!({})).await;
     expect_error(

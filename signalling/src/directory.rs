@@ -49,6 +49,20 @@ pub struct Extension {
     /// The number presented on its outbound calls (else the tenant's, else the extension's
     /// own number).
     pub caller_id: Option<String>,
+    /// Where its calls are forwarded.
+    pub forward: Forwarding,
+}
+
+/// An extension's call forwarding: each target is an extension number of its tenant or a
+/// number outside (as the extension would dial it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// Every call goes there instead.
+    pub always: Option<String>,
+    /// Calls go there when every phone of the extension is busy.
+    pub busy: Option<String>,
+    /// Calls go there when nobody answers in the ring time, or no phone is registered.
+    pub no_answer: Option<String>,
 }
 
 impl std::fmt::Debug for Extension {
@@ -482,6 +496,7 @@ mod tests {
             record_calls: false,
             outbound_allowed: false,
             caller_id: None,
+            forward: Forwarding::default(),
         }
     }
 

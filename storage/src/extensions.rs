@@ -33,6 +33,12 @@ pub struct Extension {
     pub voicemail_enabled: bool,
     /// Whether its answered calls (made or received) are recorded.
     pub record_calls: bool,
+    /// Where every call for it goes instead (an extension number or a number outside).
+    pub forward_always: Option<String>,
+    /// Where its calls go when it is busy.
+    pub forward_busy: Option<String>,
+    /// Where its calls go when it does not answer in time or has no phone registered.
+    pub forward_no_answer: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -56,7 +62,7 @@ pub struct Filter {
 
 const COLUMNS: &str = "id, tenant_id, number, display_name, user_id, caller_id_name, \
                        caller_id_number, outbound_allowed, voicemail_enabled, record_calls, created_at, \
-                       updated_at";
+                       updated_at, forward_always, forward_busy, forward_no_answer";
 
 /// The live-registration count as a column (the query binds `now` as `$now`).
 fn registered_contacts(now: &str) -> String {
@@ -75,8 +81,8 @@ fn number_taken(number: &str) -> String {
 pub async fn create(db: &Db, extension: &Extension, sealed_secret: &[u8]) -> Result<(), Error> {
     const SQL: &str = "INSERT INTO extensions (id, tenant_id, number, display_name, user_id, \
         caller_id_name, caller_id_number, outbound_allowed, voicemail_enabled, sip_secret, \
-        created_at, updated_at, record_calls) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-        $12, $13)";
+        created_at, updated_at, record_calls, forward_always, forward_busy, forward_no_answer) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
     exec!(db, |pool| sqlx::query(SQL)
         .bind(extension.id)
         .bind(extension.tenant_id)
@@ -90,7 +96,10 @@ pub async fn create(db: &Db, extension: &Extension, sealed_secret: &[u8]) -> Res
         .bind(sealed_secret)
         .bind(extension.created_at)
         .bind(extension.updated_at)
-        .bind(extension.record_calls))
+        .bind(extension.record_calls)
+        .bind(&extension.forward_always)
+        .bind(&extension.forward_busy)
+        .bind(&extension.forward_no_answer))
     .map_err(|e| Error::conflict_on_unique(e, || number_taken(&extension.number)))?;
     Ok(())
 }
@@ -171,7 +180,8 @@ pub async fn all_with_secrets(db: &Db) -> Result<Vec<(Extension, Vec<u8>)>, Erro
 pub async fn update(db: &Db, extension: &Extension) -> Result<Extension, Error> {
     const SQL: &str = "UPDATE extensions SET number = $3, display_name = $4, user_id = $5, \
         caller_id_name = $6, caller_id_number = $7, outbound_allowed = $8, voicemail_enabled = $9, \
-        updated_at = $10, record_calls = $11 WHERE id = $1 AND tenant_id = $2";
+        updated_at = $10, record_calls = $11, forward_always = $12, forward_busy = $13, \
+        forward_no_answer = $14 WHERE id = $1 AND tenant_id = $2";
     let now = Timestamp::now();
     let done = exec!(db, |pool| sqlx::query(SQL)
         .bind(extension.id)
@@ -184,7 +194,10 @@ pub async fn update(db: &Db, extension: &Extension) -> Result<Extension, Error> 
         .bind(extension.outbound_allowed)
         .bind(extension.voicemail_enabled)
         .bind(now)
-        .bind(extension.record_calls))
+        .bind(extension.record_calls)
+        .bind(&extension.forward_always)
+        .bind(&extension.forward_busy)
+        .bind(&extension.forward_no_answer))
     .map_err(|e| Error::conflict_on_unique(e, || number_taken(&extension.number)))?;
     one_row(done)?;
     Ok(Extension {
@@ -239,6 +252,9 @@ pub(crate) mod tests {
             outbound_allowed: true,
             voicemail_enabled: false,
             record_calls: false,
+            forward_always: None,
+            forward_busy: Some("+15557654321".into()),
+            forward_no_answer: Some("1002".into()),
             created_at: now,
             updated_at: now,
             registered_contacts: 0,

@@ -46,6 +46,12 @@ struct CreateExtension {
     /// Record its answered calls, made and received (default false).
     #[serde(default)]
     record_calls: bool,
+    /// Forward every call to this extension number or number outside.
+    forward_always: Option<String>,
+    /// Forward calls when it is busy.
+    forward_busy: Option<String>,
+    /// Forward calls it does not answer in the ring time (or with no phone registered).
+    forward_no_answer: Option<String>,
     /// Tenant (superadmins only; default: the caller's).
     tenant_id: Option<Uuid>,
 }
@@ -70,6 +76,43 @@ struct UpdateExtension {
     outbound_allowed: Option<bool>,
     voicemail_enabled: Option<bool>,
     record_calls: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    forward_always: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    forward_busy: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    forward_no_answer: Option<Option<String>>,
+}
+
+/// Checks the forwarding targets of `extension`: each a number as the extension would dial
+/// it (an extension number, or a number outside, `+` and 2 to 15 digits), never its own.
+fn check_forwards(extension: &mut Extension) -> ApiResult<()> {
+    for (field, target) in [
+        ("forward_always", &mut extension.forward_always),
+        ("forward_busy", &mut extension.forward_busy),
+        ("forward_no_answer", &mut extension.forward_no_answer),
+    ] {
+        let Some(value) = target else { continue };
+        let trimmed = value.trim();
+        let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+        if !(2..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::invalid(
+                field,
+                "an extension number or a number outside: 2 to 15 digits, `+` first for E.164",
+            ));
+        }
+        if trimmed == extension.number {
+            return Err(ApiError::invalid(
+                field,
+                "an extension cannot forward to itself",
+            ));
+        }
+        *value = trimmed.to_owned();
+    }
+    Ok(())
 }
 
 async fn check_owner(state: &AppState, tenant_id: Uuid, user_id: Option<Uuid>) -> ApiResult<()> {
@@ -126,7 +169,7 @@ async fn create_extension(
     validate::sip_password("password", &body.password)?;
     check_owner(&state, tenant_id, body.user_id).await?;
     let now = Timestamp::now();
-    let extension = Extension {
+    let mut extension = Extension {
         id: new_id(),
         tenant_id,
         number,
@@ -137,10 +180,14 @@ async fn create_extension(
         outbound_allowed: body.outbound_allowed,
         voicemail_enabled: body.voicemail_enabled,
         record_calls: body.record_calls,
+        forward_always: body.forward_always,
+        forward_busy: body.forward_busy,
+        forward_no_answer: body.forward_no_answer,
         created_at: now,
         updated_at: now,
         registered_contacts: 0,
     };
+    check_forwards(&mut extension)?;
     let sealed = state.secret_box.seal(
         &extensions::secret_context(extension.id),
         body.password.as_bytes(),
@@ -214,6 +261,16 @@ async fn update_extension(
         .voicemail_enabled
         .unwrap_or(extension.voicemail_enabled);
     extension.record_calls = body.record_calls.unwrap_or(extension.record_calls);
+    for (change, target) in [
+        (body.forward_always, &mut extension.forward_always),
+        (body.forward_busy, &mut extension.forward_busy),
+        (body.forward_no_answer, &mut extension.forward_no_answer),
+    ] {
+        if let Some(change) = change {
+            *target = change;
+        }
+    }
+    check_forwards(&mut extension)?;
     if let Some(password) = &body.password {
         validate::sip_password("password", password)?;
     }

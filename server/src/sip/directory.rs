@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_signalling::directory::{
-    Extension, Network, Number, NumberTarget, Outbound, PublishedFlow, RingGroup, Route, Tenant,
-    Trunk, Update,
+    Extension, Forwarding, Network, Number, NumberTarget, Outbound, PublishedFlow, RingGroup,
+    Route, Tenant, Trunk, Update,
 };
 use switchboard_signalling::ivr::Flow;
 use switchboard_signalling::peer::Transport;
@@ -43,6 +43,11 @@ fn extension_update(
         record_calls: extension.record_calls,
         outbound_allowed: extension.outbound_allowed,
         caller_id: extension.caller_id_number,
+        forward: Forwarding {
+            always: extension.forward_always,
+            busy: extension.forward_busy,
+            no_answer: extension.forward_no_answer,
+        },
     }))
 }
 

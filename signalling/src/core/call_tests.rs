@@ -11,7 +11,7 @@ use switchboard_sip::digest::Challenge;
 use switchboard_sip::message::{Limits, Message};
 
 use super::*;
-use crate::directory::{Extension, Tenant};
+use crate::directory::{Extension, Forwarding, Tenant};
 use crate::media::MediaEvent;
 
 const WALL: u64 = 1_795_305_600_000;
@@ -66,6 +66,7 @@ impl World {
                 record_calls: false,
                 outbound_allowed: number == "1001",
                 caller_id: None,
+                forward: Forwarding::default(),
             }));
         }
         let mut world = Self {
@@ -1385,6 +1386,149 @@ fn reliable_provisional_responses_are_pracked_once_and_in_order() {
     assert_eq!(bye.headers.get(&HeaderName::CSeq), Some("4 BYE"));
 }
 
+/// Sets extension `number`'s forwarding and outbound permission.
+fn forwards(world: &mut World, number: &str, forward: Forwarding, outbound_allowed: bool) {
+    let id = world.extension_id(number);
+    let mut extension = world.core.directory.extension(id).unwrap().clone();
+    extension.forward = forward;
+    extension.outbound_allowed = outbound_allowed;
+    world.core.apply(Update::ExtensionUpsert(extension));
+}
+
+fn diversion_of(request: &Request) -> Option<&str> {
+    request.headers.get(&HeaderName::Diversion)
+}
+
+#[test]
+fn a_busy_or_unanswered_extension_forwards_with_diversion() {
+    let config = CoreConfig {
+        ring_timeout: Duration::from_secs(20),
+        ..CoreConfig::default()
+    };
+    let mut world = World::new(1, config);
+    let trunk = with_outbound_trunk(&mut world, "1");
+    let (bob, proxy) = (world.bob[0], peer(60));
+    forwards(
+        &mut world,
+        "1002",
+        Forwarding {
+            busy: Some("(555) 765-4321".into()),
+            no_answer: Some("1001".into()),
+            ..Forwarding::default()
+        },
+        true,
+    );
+
+    // Busy: out through the trunk, Alice's number presented, Diversion naming Bob.
+    world.call("1002");
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_from(bob, &invite, 486, None);
+    let out = world
+        .requests(proxy)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("the call forwarded outside");
+    assert_eq!(out.uri.to_string(), "sip:+15557654321@sip.carrier.example");
+    assert_eq!(
+        diversion_of(&out),
+        Some("<sip:1002@example.com>;reason=user-busy")
+    );
+    assert!(
+        out.headers
+            .get(&HeaderName::From)
+            .unwrap()
+            .contains("sip:1001@")
+    );
+    assert!(world.statuses(world.alice).iter().all(|s| *s < 300));
+    world.answer_from(proxy, &out, 200, Some(sdp("192.0.2.60", 7000, "sendrecv")));
+    let tag = alice_acks(&mut world);
+    let bye = world.alice_in_dialog("BYE", 3, &tag, "");
+    world.send(world.alice, &bye);
+    let ended = world.ended().expect("a record");
+    assert_eq!(ended.start.to_number, "+15557654321");
+    assert_eq!(ended.start.trunk_id, Some(trunk));
+    assert_eq!(ended.disposition, Disposition::Answered);
+
+    // No answer in the ring time: Bob's calls go to extension 1001 (Alice's phone here).
+    let alice = world.alice;
+    world.register(alice, "1001", "alice-pass", 9);
+    world.outputs.clear();
+    world.call("1002");
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_from(bob, &invite, 180, None);
+    world.advance(Duration::from_secs(21));
+    assert!(
+        world
+            .requests(bob)
+            .iter()
+            .any(|r| r.method == Method::Cancel)
+    );
+    let forwarded = world
+        .requests(world.alice)
+        .into_iter()
+        .find(|r| r.method == Method::Invite)
+        .expect("the call forwarded to 1001");
+    assert_eq!(
+        diversion_of(&forwarded),
+        Some("<sip:1002@example.com>;reason=no-answer")
+    );
+    // Forwarded once: nobody answers there either, and the call ends.
+    world.advance(Duration::from_secs(21));
+    let ended = world.ended().expect("a record");
+    assert_eq!(
+        (ended.disposition, ended.cause),
+        (Disposition::NoAnswer, "no_answer")
+    );
+    assert_eq!(ended.start.to_number, "1001");
+}
+
+#[test]
+fn forwarding_always_or_with_no_phone_needs_the_extensions_permission() {
+    let mut world = World::new(0, CoreConfig::default());
+    with_outbound_trunk(&mut world, "1");
+    let proxy = peer(60);
+    // No phone registered: forwarded as unavailable.
+    forwards(
+        &mut world,
+        "1002",
+        Forwarding {
+            no_answer: Some("+15557654321".into()),
+            ..Forwarding::default()
+        },
+        true,
+    );
+    world.call("1002");
+    let out = world.requests(proxy).pop().expect("forwarded outside");
+    assert_eq!(
+        diversion_of(&out),
+        Some("<sip:1002@example.com>;reason=unavailable")
+    );
+    world.answer_from(proxy, &out, 486, None);
+    assert_eq!(world.statuses(world.alice).last(), Some(&486));
+    assert!(
+        world
+            .requests(proxy)
+            .iter()
+            .all(|r| r.method != Method::Invite)
+    );
+
+    // Always, but Bob may not call outside: refused, with a record that says so.
+    forwards(
+        &mut world,
+        "1002",
+        Forwarding {
+            always: Some("+15557654321".into()),
+            ..Forwarding::default()
+        },
+        false,
+    );
+    world.outputs.clear();
+    world.call("1002");
+    assert!(world.requests(proxy).is_empty());
+    assert_eq!(world.statuses(world.alice).last(), Some(&480));
+    assert_eq!(world.ended().expect("a record").cause, "forward_failed");
+}
+
 #[test]
 fn trunk_refusals_say_why() {
     let mut world = World::new(1, CoreConfig::default());
@@ -2146,6 +2290,7 @@ fn a_sequential_ring_group_rings_members_in_turn_and_records_who_answered() {
             record_calls: false,
             outbound_allowed: false,
             caller_id: None,
+            forward: Forwarding::default(),
         }));
     let nobody = id_of(&world, "1003");
     let group = Uuid::new_v4();

@@ -28,6 +28,7 @@ use switchboard_sip::uri::Uri;
 use uuid::Uuid;
 
 mod app;
+mod forward;
 mod hunt;
 mod outbound;
 mod prack;
@@ -35,7 +36,7 @@ mod timer;
 
 pub use self::app::IvrSummary;
 use super::{Core, Output};
-use crate::directory::{Extension, NumberTarget, Tenant};
+use crate::directory::{Extension, Forwarding, NumberTarget, Tenant};
 use crate::media::{self, MediaCommand, MediaEvent, SessionId};
 use crate::peer::{Peer, Transport};
 use crate::stats::SipStats;
@@ -478,6 +479,8 @@ struct Call {
     a_sent: Option<String>,
     /// Each leg's session timer (RFC 4028), if it negotiated one.
     session_timers: [Option<timer::SessionTimer>; 2],
+    /// A call for an extension that forwards, until it is forwarded.
+    forward: Option<Box<forward::Forwards>>,
 }
 
 /// Every live call, with the indexes that find a call from a message.
@@ -865,7 +868,8 @@ impl Core {
             .iter()
             .map(|b| (b.contact.clone(), b.peer))
             .collect();
-        if bindings.is_empty() {
+        let forwarding = callee.forward.clone();
+        if bindings.is_empty() && forwarding.always.is_none() && forwarding.no_answer.is_none() {
             return self.refuse(now, refused, record, NOT_REGISTERED, |_| {});
         }
         let Some(offer) = audio_offer(&request, true) else {
@@ -889,9 +893,29 @@ impl Core {
         let record_policy = tenant.record_calls || caller_records || callee.record_calls;
         let mut call = self.new_call(opened, record, tenant, (key, request, from), &offer);
         call.record_policy = record_policy;
+        if forwarding != Forwarding::default() {
+            call.forward = Some(Box::new(forward::Forwards {
+                from: callee.clone(),
+                caller: (caller_id.0.to_owned(), caller_id.1.clone()),
+                offer: b_offer.clone(),
+            }));
+        }
         self.calls.insert(session, call);
         SipStats::set(&self.stats.active_calls, self.calls.calls.len() as u64);
         if !self.answer_browser(now, wall_ms, session, browser) {
+            return;
+        }
+        // Forwarded at once: always, or no phone to ring.
+        let why = match (&forwarding.always, bindings.is_empty()) {
+            (Some(_), _) => Some(forward::Why::Always),
+            (None, true) => Some(forward::Why::Unavailable),
+            (None, false) => None,
+        };
+        if let Some(why) = why {
+            if !self.forward(now, wall_ms, session, why) {
+                let cause = "forward_failed";
+                self.fail_call(now, wall_ms, session, 480, Disposition::Failed, cause);
+            }
             return;
         }
         let forks = self.fork_to(
@@ -1004,6 +1028,7 @@ impl Core {
             a_webrtc: None,
             a_sent: None,
             session_timers: [None, None],
+            forward: None,
         }
     }
 
@@ -1391,6 +1416,14 @@ impl Core {
                 (480, Disposition::Failed, "no_user_response")
             };
         if self.hunt_next(now, session) || self.next_route(now, session, &statuses) {
+            return;
+        }
+        let why = match status {
+            486 => Some(forward::Why::Busy),
+            480 => Some(forward::Why::NoAnswer),
+            _ => None,
+        };
+        if why.is_some_and(|why| self.forward(now, wall_ms, session, why)) {
             return;
         }
         if self.is_app(session) {

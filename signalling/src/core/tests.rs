@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use switchboard_sip::digest::Challenge;
 
 use super::*;
-use crate::directory::{Extension, Tenant};
+use crate::directory::{Extension, Forwarding, Tenant};
 use crate::peer::Transport;
 
 const WALL: u64 = 1_795_305_600_000;
@@ -50,6 +50,7 @@ impl Phone {
             record_calls: false,
             outbound_allowed: false,
             caller_id: None,
+            forward: Forwarding::default(),
         }));
         let peer = Peer {
             transport: Transport::Udp,
@@ -311,6 +312,7 @@ fn unknown_user_wrong_realm_and_foreign_aor() {
         record_calls: false,
         outbound_allowed: false,
         caller_id: None,
+        forward: Forwarding::default(),
     }));
     let good = challenge.answer("1001", "s3cret-pass", "REGISTER", "sip:example.com", "c", 2);
     let text = phone

@@ -541,7 +541,7 @@ impl Core {
             display: String::new(),
             number: call.record.from_number.clone(),
             domain: call.tenant.domain.clone(),
-            diversion: call.record.did.clone(),
+            diversion: call.record.did.clone().map(|did| (did, "unconditional")),
             anonymous: false,
             offer: media::anchor(&answer, self.advertised, call.b_port),
             next_trunks: trunks.into_iter().map(|(id, _)| id).collect(),

@@ -194,7 +194,9 @@ impl Core {
         session: SessionId,
     ) -> bool {
         self.cancel_forks(now, session, None);
-        if self.hunt_next(now, session) {
+        if self.hunt_next(now, session)
+            || self.forward(now, wall_ms, session, super::forward::Why::NoAnswer)
+        {
             return true;
         }
         if self.is_app(session) {

@@ -73,8 +73,8 @@ pub(super) struct TrunkDial {
     pub(super) number: String,
     /// Our domain for From, P-Asserted-Identity and Diversion.
     pub(super) domain: String,
-    /// The number the call was for, when it is passed on.
-    pub(super) diversion: Option<String>,
+    /// The number the call was for, when it is passed on, and why (a Diversion reason).
+    pub(super) diversion: Option<(String, &'static str)>,
     /// Withhold the number from the callee (RFC 3323): From says `Anonymous`, the carrier
     /// still gets it in P-Asserted-Identity, with `Privacy: id`.
     pub(super) anonymous: bool,
@@ -316,10 +316,10 @@ impl Core {
             "P-Asserted-Identity".into(),
             format!("<sip:{}@{}>", caller.number, caller.domain),
         ));
-        if let Some(diverted) = &caller.diversion {
+        if let Some((diverted, reason)) = &caller.diversion {
             headers.push((
                 "Diversion".into(),
-                format!("<sip:{diverted}@{}>;reason=unconditional", caller.domain),
+                super::forward::diversion(diverted, &caller.domain, reason),
             ));
         }
         // RFC 3323 §4.1.1.3 and RFC 3325 §9.3: the anonymous From of RFC 3323, the real
