@@ -31,7 +31,10 @@ const MAX_ADDRESSES: usize = 16;
 
 /// The resolver, and the TLS names of the proxies it resolved.
 pub(crate) struct Dns {
-    resolver: TokioResolver,
+    /// `None` when the system's configuration cannot be read (a container without
+    /// `/etc/resolv.conf`): host names then go to the system's own lookup (A/AAAA, hosts
+    /// file), without SRV.
+    resolver: Option<TokioResolver>,
     tls_names: Mutex<HashMap<SocketAddr, String>>,
 }
 
@@ -40,9 +43,20 @@ impl Dns {
     pub(crate) fn new(servers: &[SocketAddr]) -> anyhow::Result<Self> {
         let provider = TokioRuntimeProvider::default();
         let builder = if servers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| {
-                anyhow::anyhow!("reading the system's DNS configuration (/etc/resolv.conf): {e}")
-            })?
+            match TokioResolver::builder(provider) {
+                Ok(builder) => builder,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "the system's DNS configuration cannot be read: trunk hosts are looked up \
+                         without SRV (set sip.dns_servers)"
+                    );
+                    return Ok(Self {
+                        resolver: None,
+                        tls_names: Mutex::new(HashMap::new()),
+                    });
+                }
+            }
         } else {
             let name_servers = servers
                 .iter()
@@ -66,7 +80,7 @@ impl Dns {
             .build()
             .map_err(|e| anyhow::anyhow!("starting the DNS resolver (sip.dns_servers): {e}"))?;
         Ok(Self {
-            resolver,
+            resolver: Some(resolver),
             tls_names: Mutex::new(HashMap::new()),
         })
     }
@@ -123,9 +137,31 @@ impl Dns {
 
     /// The A and AAAA records of `host`, on `port`.
     pub(crate) async fn addresses(&self, host: &str, port: u16) -> Vec<SocketAddr> {
-        let lookup = self.resolver.lookup_ip(fqdn(host));
-        match tokio::time::timeout(TIMEOUT, lookup).await {
-            Ok(Ok(found)) => found.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+        let found = match &self.resolver {
+            Some(resolver) => {
+                let lookup = resolver.lookup_ip(fqdn(host));
+                tokio::time::timeout(TIMEOUT, lookup).await.map(|found| {
+                    found
+                        .map(|found| found.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+                        .map_err(|e| e.to_string())
+                })
+            }
+            None => {
+                let lookup = tokio::net::lookup_host((host, port));
+                tokio::time::timeout(TIMEOUT, lookup).await.map(|found| {
+                    found
+                        .map(Iterator::collect::<Vec<_>>)
+                        .map_err(|e| e.to_string())
+                })
+            }
+        };
+        match found {
+            Ok(Ok(mut found)) => {
+                // Answers rotate (round robin): one order, so a re-resolution that found the
+                // same addresses changes nothing.
+                found.sort();
+                found
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, host, "trunk host does not resolve");
                 Vec::new()
@@ -146,7 +182,8 @@ impl Dns {
             Transport::Udp => "_sip._udp",
         };
         let name = format!("{service}.{}", fqdn(host));
-        let lookup = match tokio::time::timeout(TIMEOUT, self.resolver.srv_lookup(name)).await {
+        let resolver = self.resolver.as_ref()?;
+        let lookup = match tokio::time::timeout(TIMEOUT, resolver.srv_lookup(name)).await {
             Ok(Ok(lookup)) => lookup,
             Ok(Err(error)) => {
                 tracing::debug!(%error, host, "no SRV record; using A/AAAA");
@@ -167,9 +204,12 @@ impl Dns {
                 _ => None,
             })
             .collect();
-        // RFC 2782: lowest priority first; among equals the heavier first (a deterministic
-        // order, so every node tries the same proxy first).
-        records.sort_by_key(|(priority, weight, ..)| (*priority, std::cmp::Reverse(*weight)));
+        // RFC 2782: lowest priority first; among equals the heavier first, then by name (a
+        // deterministic order, so every node tries the same proxy first and a rotated answer
+        // changes nothing).
+        records.sort_by(|a, b| {
+            (a.0, std::cmp::Reverse(a.1), &a.2, a.3).cmp(&(b.0, std::cmp::Reverse(b.1), &b.2, b.3))
+        });
         // A target of "." says the service is not offered there.
         let targets: Vec<(String, u16)> = records
             .into_iter()
@@ -219,6 +259,24 @@ mod tests {
         assert_eq!(
             dns.tls_name(SocketAddr::from(([192, 0, 2, 7], 5061))),
             Some("192.0.2.7".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_resolver_names_go_to_the_systems_lookup() {
+        let dns = Dns {
+            resolver: None,
+            tls_names: Mutex::new(HashMap::new()),
+        };
+        let found = dns.proxies("localhost", None, Transport::Tcp).await;
+        assert!(
+            found.contains(&SocketAddr::from(([127, 0, 0, 1], 5060))),
+            "{found:?}"
+        );
+        assert!(
+            dns.proxies("nothing.invalid", None, Transport::Udp)
+                .await
+                .is_empty()
         );
     }
 }

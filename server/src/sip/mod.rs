@@ -257,10 +257,17 @@ impl SipHandle {
                             continue;
                         }
                     };
-                if known.get(&id) != Some(&update) {
-                    self.send(update.clone()).await;
-                    known.insert(id, update);
+                if known.get(&id) == Some(&update) {
+                    continue;
                 }
+                // A name that did not resolve this time (a DNS hiccup) keeps the addresses it
+                // had: the trunk must not lose its proxies and sources until the next round.
+                if lost_proxies(known.get(&id), &update) {
+                    tracing::warn!(%id, "trunk hosts did not resolve; keeping their last addresses");
+                    continue;
+                }
+                self.send(update.clone()).await;
+                known.insert(id, update);
             }
         }
     }
@@ -298,6 +305,17 @@ impl SipHandle {
             Err(error) => tracing::warn!(%error, %id, "could not sync number to signalling"),
         }
     }
+}
+
+/// Whether `new` is trunk `old` with no proxy left where it had some.
+fn lost_proxies(old: Option<&Update>, new: &Update) -> bool {
+    let proxies = |update: &Update| match update {
+        Update::TrunkUpsert(trunk) => trunk.outbound.as_ref().map_or(0, |o| o.proxies.len()),
+        _ => 0,
+    };
+    matches!(new, Update::TrunkUpsert(_))
+        && proxies(new) == 0
+        && old.is_some_and(|old| proxies(old) > 0)
 }
 
 /// The running SIP service.
@@ -636,4 +654,41 @@ pub async fn start(
         tls: tls_addr,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_signalling::directory::{Outbound, Trunk};
+    use switchboard_signalling::peer::Transport;
+
+    use super::*;
+
+    fn trunk(proxies: Vec<SocketAddr>) -> Update {
+        Update::TrunkUpsert(Trunk {
+            id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            name: "carrier".into(),
+            sources: Vec::new(),
+            outbound: Some(Box::new(Outbound {
+                proxies,
+                transport: Transport::Udp,
+                host: "sip.carrier.example".into(),
+                credentials: None,
+                tech_prefix: String::new(),
+                headers: Vec::new(),
+                register: None,
+            })),
+        })
+    }
+
+    #[test]
+    fn a_trunk_that_stops_resolving_keeps_its_last_addresses() {
+        let up = trunk(vec![SocketAddr::from(([192, 0, 2, 1], 5060))]);
+        let lost = trunk(Vec::new());
+        assert!(lost_proxies(Some(&up), &lost));
+        // Never resolved: nothing to keep. Removed or disabled: the removal goes through.
+        assert!(!lost_proxies(None, &lost));
+        assert!(!lost_proxies(Some(&up), &Update::TrunkRemove(Uuid::nil())));
+        assert!(!lost_proxies(Some(&lost), &up));
+    }
 }

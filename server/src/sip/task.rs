@@ -166,11 +166,16 @@ pub(crate) async fn run(mut core: Core, mut io: Io) {
                     connections.open.insert(conn, sender);
                 }
                 Some(Command::Disconnected { conn }) => {
-                    connections.closed(conn);
+                    // A connection of ours to a proxy: what waits on it fails now, not at
+                    // Timer B; the next request opens a new one.
+                    let dialled = connections.closed(conn);
                     core.connection_closed(Instant::now(), wall_ms(), conn);
+                    if let Some(peer) = dialled {
+                        core.transport_failed(Instant::now(), wall_ms(), peer);
+                    }
                 }
                 Some(Command::DialFailed { conn, peer }) => {
-                    connections.closed(conn);
+                    let _ = connections.closed(conn);
                     core.transport_failed(Instant::now(), wall_ms(), peer);
                 }
                 Some(Command::Directory { update, applied }) => {
@@ -243,9 +248,19 @@ struct Connections {
 }
 
 impl Connections {
-    fn closed(&mut self, conn: u64) {
+    /// Forgets connection `conn`; returns the peer it went to if we had opened it.
+    fn closed(&mut self, conn: u64) -> Option<Peer> {
         self.open.remove(&conn);
-        self.dialled.retain(|_, c| *c != conn);
+        let key = self
+            .dialled
+            .iter()
+            .find_map(|(key, c)| (*c == conn).then_some(*key))?;
+        self.dialled.remove(&key);
+        Some(Peer {
+            transport: key.0,
+            addr: key.1,
+            conn: None,
+        })
     }
 }
 

@@ -223,17 +223,12 @@ impl Dialer {
             let opened = tokio::time::timeout(CONNECT_TIMEOUT, dialer.open(peer)).await;
             let stream = match opened {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
+                failed => {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    };
                     tracing::warn!(to = %peer.addr, transport = peer.transport.as_str(), %error, "SIP connection to a trunk failed");
-                    let _ = dialer
-                        .shared
-                        .inbox
-                        .send(Command::DialFailed { conn: id, peer })
-                        .await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(to = %peer.addr, transport = peer.transport.as_str(), "SIP connection to a trunk timed out");
                     let _ = dialer
                         .shared
                         .inbox

@@ -1219,8 +1219,8 @@ fn a_carriers_session_timer_is_granted_refreshed_and_enforced() {
         .to_owned();
     world.send(carrier, &carrier_in_dialog(2, ("ACK", 1), &tag, ""));
 
-    // The carrier refreshes with an UPDATE at half time; it reaches Bob and the 200 comes
-    // back with the timer.
+    // The carrier refreshes with an UPDATE at half time: no offer in it, so we answer it
+    // (Bob's leg has a session of its own), with the timer.
     world.advance(Duration::from_secs(60));
     world.send(
         carrier,
@@ -1231,12 +1231,12 @@ fn a_carriers_session_timer_is_granted_refreshed_and_enforced() {
             "Session-Expires: 120;refresher=uac\r\n",
         ),
     );
-    let update = world
-        .requests(bob)
-        .into_iter()
-        .find(|r| r.method == Method::Update)
-        .expect("the UPDATE relayed to Bob");
-    world.answer_from(bob, &update, 200, None);
+    assert!(
+        world
+            .requests(bob)
+            .iter()
+            .all(|r| r.method != Method::Update)
+    );
     let ok = world.responses(carrier).pop().expect("200 to the UPDATE");
     assert_eq!(
         (ok.status, ok.headers.get(&HeaderName::SessionExpires)),
@@ -1275,8 +1275,8 @@ fn a_callee_that_wants_us_to_refresh_gets_updates_until_it_forgets_the_dialog() 
             .get_all(&HeaderName::Supported)
             .any(|o| o == "timer")
     );
-    // Bob wants at least 5 minutes (RFC 4028 §7.3): the INVITE again, CSeq 2, asking for it.
-    world.answer_with(bob, &invite, (422, None), &[("Min-SE", "300")]);
+    // Bob wants at least an hour (RFC 4028 §7.3): the INVITE again, CSeq 2, asking for it.
+    world.answer_with(bob, &invite, (422, None), &[("Min-SE", "3600")]);
     let again = world
         .requests(bob)
         .into_iter()
@@ -1285,9 +1285,9 @@ fn a_callee_that_wants_us_to_refresh_gets_updates_until_it_forgets_the_dialog() 
     assert_eq!(again.headers.get(&HeaderName::CSeq), Some("2 INVITE"));
     assert_eq!(
         again.headers.get(&HeaderName::SessionExpires),
-        Some("300;refresher=uas")
+        Some("3600;refresher=uas")
     );
-    // Bob answers naming us refresher, and takes UPDATE.
+    // Bob answers with a shorter interval (§9 lets it), naming us refresher; it takes UPDATE.
     world.answer_with(
         bob,
         &again,
@@ -1335,6 +1335,50 @@ fn a_callee_that_wants_us_to_refresh_gets_updates_until_it_forgets_the_dialog() 
 }
 
 #[test]
+fn a_relayed_offer_carries_the_other_legs_timer_and_a_2xx_without_one_ends_it() {
+    let mut world = World::new(1, CoreConfig::default());
+    let bob = world.bob[0];
+    world.call("1002");
+    let invite = world.requests(bob).pop().expect("INVITE to Bob");
+    world.answer_with(
+        bob,
+        &invite,
+        (200, Some(sdp("192.0.2.20", 6000, "sendrecv"))),
+        &[
+            ("Session-Expires", "600;refresher=uac"),
+            ("Allow", "UPDATE"),
+        ],
+    );
+    let tag = alice_acks(&mut world);
+    world.requests(bob);
+    // Alice holds: the re-INVITE relayed to Bob is a refresh of Bob's session too.
+    let hold = world.alice_in_dialog("INVITE", 3, &tag, &sdp("192.0.2.10", 4000, "sendonly"));
+    world.send(world.alice, &hold);
+    let relayed = world.requests(bob).pop().expect("re-INVITE to Bob");
+    assert_eq!(
+        relayed.headers.get(&HeaderName::SessionExpires),
+        Some("600;refresher=uac")
+    );
+    // Bob's 2xx says nothing of it: its session has no timer from now on (RFC 4028 §10).
+    world.answer_from(
+        bob,
+        &relayed,
+        200,
+        Some(sdp("192.0.2.20", 6000, "recvonly")),
+    );
+    let ack = world.alice_in_dialog("ACK", 3, &tag, "");
+    world.send(world.alice, &ack);
+    world.advance(Duration::from_secs(700));
+    assert!(
+        world
+            .requests(bob)
+            .iter()
+            .all(|r| r.method != Method::Update)
+    );
+    assert_eq!(world.ended().map(|e| e.cause), None, "the call goes on");
+}
+
+#[test]
 fn reliable_provisional_responses_are_pracked_once_and_in_order() {
     let mut world = World::new(1, CoreConfig::default());
     let bob = world.bob[0];
@@ -1373,9 +1417,22 @@ fn reliable_provisional_responses_are_pracked_once_and_in_order() {
     let prack = pracks(&mut world).pop().expect("the next PRACK");
     assert_eq!(prack.headers.get(&HeaderName::RAck), Some("8 1 INVITE"));
     assert_eq!(prack.headers.get(&HeaderName::CSeq), Some("3 PRACK"));
-    // The dialog's requests continue after the PRACKs.
-    world.answer_from(bob, &invite, 200, early);
-    let tag = alice_acks(&mut world);
+    // The 200 has no SDP: the reliable 183's answer stands (RFC 3262 §5). The dialog's
+    // requests continue after the PRACKs.
+    world.answer_from(bob, &invite, 200, None);
+    let ok = world
+        .responses(world.alice)
+        .into_iter()
+        .find(|r| r.status == 200)
+        .expect("200 to Alice");
+    assert!(!ok.body.is_empty(), "Alice gets our answer");
+    let tag = NameAddr::parse(ok.headers.get(&HeaderName::To).unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned();
+    let ack = world.alice_in_dialog("ACK", 2, &tag, "");
+    world.send(world.alice, &ack);
     let bye = world.alice_in_dialog("BYE", 3, &tag, "");
     world.send(world.alice, &bye);
     let bye = world

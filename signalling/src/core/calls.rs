@@ -346,6 +346,9 @@ struct Fork {
     rseq: Option<u32>,
     /// The CSeq of our last PRACK: the dialog's requests continue after it.
     prack_seq: u32,
+    /// The SDP answer of a reliable provisional response (RFC 3262 §5): binding, so a 2xx
+    /// without SDP uses it.
+    early_answer: Option<Sdp>,
 }
 
 /// What a client transaction of a call is for.
@@ -458,6 +461,8 @@ struct Call {
     b_dtmf: Option<u8>,
     /// Whether each leg's SDP prefers a wideband codec.
     wideband: [bool; 2],
+    /// The G.711 payload type each leg's last SDP prefers (music on hold is sent in it).
+    g711: [u8; 2],
     /// The IVR flow answering the call, if a number routed it to one.
     app: Option<Box<app::App>>,
     /// For a call out through a trunk: the credentials for its challenge, and whether they
@@ -469,6 +474,9 @@ struct Call {
     failover: Vec<std::net::SocketAddr>,
     /// A call out through a trunk while it rings: the other routes' trunks.
     trunk_dial: Option<Box<outbound::TrunkDial>>,
+    /// A fork of the current dial got a provisional response: it reached the callee, so a
+    /// failure is not handed to another route (which would ring them again).
+    dial_rang: bool,
     /// It goes out through a trunk: the toll-fraud limits count it.
     out: bool,
     /// The caller is a browser: our WebRTC answer to its offer (sent instead of anchored
@@ -862,12 +870,7 @@ impl Core {
         };
         record.to_extension = Some(callee.id);
         record.to_number = callee.number.clone();
-        let bindings: Vec<(String, Peer)> = self
-            .registrar
-            .bindings(callee.id)
-            .iter()
-            .map(|b| (b.contact.clone(), b.peer))
-            .collect();
+        let bindings = self.contacts(callee.id);
         let forwarding = callee.forward.clone();
         if bindings.is_empty() && forwarding.always.is_none() && forwarding.no_answer.is_none() {
             return self.refuse(now, refused, record, NOT_REGISTERED, |_| {});
@@ -951,6 +954,15 @@ impl Core {
         }
     }
 
+    /// Where extension `id`'s phones are registered: each contact and the peer it came from.
+    fn contacts(&self, id: Uuid) -> Vec<(String, Peer)> {
+        self.registrar
+            .bindings(id)
+            .iter()
+            .map(|b| (b.contact.clone(), b.peer))
+            .collect()
+    }
+
     /// Opens the media session of a new call: both ports, the worker's session (the caller's
     /// side from `offer`, telephone-event from `dtmf_from`), and the call's record. Returns
     /// the session and its ports; `None` when the port range is used up.
@@ -1019,11 +1031,13 @@ impl Core {
             a_dtmf: media::telephone_event(offer),
             b_dtmf: None,
             wideband: [media::is_wideband(offer), false],
+            g711: [media::g711_payload_type(offer), 0],
             app: None,
             trunk_auth: None,
             hunt: None,
             failover: Vec::new(),
             trunk_dial: None,
+            dial_rang: false,
             out: false,
             a_webrtc: None,
             a_sent: None,
@@ -1149,6 +1163,7 @@ impl Core {
                         webrtc,
                         rseq: None,
                         prack_seq: 0,
+                        early_answer: None,
                     });
                 }
                 Err(error) => tracing::debug!(%error, "could not fork INVITE"),
@@ -1331,6 +1346,7 @@ impl Core {
                 return;
             }
             call.forks[index].state = ForkState::Early;
+            call.dial_rang = true;
             let browser = call.forks[index].webrtc.is_some();
             if let Some(app) = &call.app {
                 // A flow's dial before the flow answered: the caller hears the callee's early
@@ -1440,10 +1456,12 @@ impl Core {
         index: usize,
         response: &Response,
     ) -> Option<Sdp> {
-        let Some(Ok(answer)) = sdp_of(&response.body, &response.headers) else {
-            return None;
-        };
         let call = self.calls.calls.get_mut(&session)?;
+        let answer = match sdp_of(&response.body, &response.headers) {
+            Some(Ok(answer)) => answer,
+            // The answer came in a reliable provisional response (RFC 3261 §13.3.1.4).
+            _ => call.forks[index].early_answer.clone()?,
+        };
         let Some(mut leg) = call.forks[index].webrtc.take() else {
             return Some(answer);
         };
@@ -1654,6 +1672,7 @@ impl Core {
                 Side::B => call.b_dtmf = dtmf,
             }
             call.wideband[usize::from(side == Side::B)] = media::is_wideband(sdp);
+            call.g711[side.index()] = media::g711_payload_type(sdp);
         }
         // The call stays held while the answer to a hold (recvonly) goes by.
         let held = self.calls.calls.get(&session).is_some_and(|c| c.held);
@@ -2187,6 +2206,15 @@ impl Core {
                     self.answer_refresh(now, session, side, &key, &request, ours);
                     return true;
                 }
+                if request.method == Method::Update && request.body.is_empty() {
+                    // A session refresh without an offer (RFC 4028 §10): ours to answer; the
+                    // other leg has a session of its own.
+                    self.session_refreshed(now, session, side);
+                    let mut ok = transaction::response_to(&request, 200, "OK");
+                    self.timer_headers(session, side, &mut ok);
+                    let _ = self.transactions.send_response(now, &key, ok);
+                    return true;
+                }
                 self.relay_request(now, session, side, key, request);
             }
             _ => self.respond(now, &key, &request, 501, "Not Implemented", |r| {
@@ -2290,6 +2318,8 @@ impl Core {
             } else {
                 CallEventKind::Resumed
             };
+            // The held leg's own codec.
+            let payload_type = call.g711[side.other().index()];
             self.call_event(session, kind);
             // The held side hears music whenever the side that holds sends nothing: a
             // carrier's RTP timeout never fires on a held call.
@@ -2297,7 +2327,7 @@ impl Core {
                 .push_back(Output::Media(MediaCommand::HoldMusic {
                     session,
                     to_a_side: hold.then_some(side.other() == Side::A),
-                    payload_type: media::g711_payload_type(offer),
+                    payload_type,
                 }));
         }
         self.media_update(session, side, offer, hold);
@@ -2384,13 +2414,24 @@ impl Core {
         let mut dialog = dialog.clone();
         let via = self.our_via(peer);
         let contact = self.our_contact(peer);
-        let relayed = dialog.request(
+        let mut relayed = dialog.request(
             request.method.clone(),
             &via,
             &contact,
             body,
             content_type.as_deref(),
         );
+        // A re-INVITE or UPDATE is a refresh of the other leg's session too: it says so, or
+        // the other side would turn its timer off (RFC 4028 §9).
+        if matches!(request.method, Method::Invite | Method::Update)
+            && let Some(timer) = self.session_timer(session, side.other())
+        {
+            relayed.headers.push(
+                HeaderName::SessionExpires,
+                timer.header(side.other() == Side::A),
+            );
+            relayed.headers.push(HeaderName::Supported, "timer");
+        }
         if let Some(call) = self.calls.calls.get_mut(&session) {
             match side.other() {
                 Side::A => call.a_dialog = Some(dialog),
@@ -2478,8 +2519,13 @@ impl Core {
         );
         if (200..300).contains(&status) && matches!(request.method, Method::Invite | Method::Update)
         {
-            // A 2xx to a re-INVITE or UPDATE refreshes both legs' sessions (RFC 4028 §10).
-            self.session_refreshed(now, session, side.other());
+            // A 2xx to a re-INVITE or UPDATE refreshes both legs' sessions (RFC 4028 §10);
+            // one without Session-Expires turns the answering leg's timer off.
+            if response.headers.get(&HeaderName::SessionExpires).is_some() {
+                self.session_refreshed(now, session, side.other());
+            } else if let Some(call) = self.calls.calls.get_mut(&session) {
+                call.session_timers[side.other().index()] = None;
+            }
             self.session_refreshed(now, session, side);
             self.timer_headers(session, side, &mut relayed);
         }

@@ -517,18 +517,11 @@ impl Core {
             Some(name) => self
                 .directory
                 .trunk_by_name(tenant, name)
+                .and_then(|t| Some((t.id, (*t.outbound.clone()?))))
                 .into_iter()
-                .collect::<Vec<_>>(),
-            None => self
-                .directory
-                .routes(tenant, e164.trim_start_matches('+'))
-                .into_iter()
-                .map(|(_, trunk)| trunk)
                 .collect(),
-        }
-        .into_iter()
-        .filter_map(|t| Some((t.id, (*t.outbound.clone()?))))
-        .collect();
+            None => self.route_trunks(tenant, e164.trim_start_matches('+')),
+        };
         let Some(answer) = call.app.as_ref().map(|a| a.answer.clone()) else {
             return failed(self);
         };
@@ -572,6 +565,8 @@ impl Core {
             // A later dial (to a phone) must not reuse a trunk's credentials or proxies.
             call.trunk_auth = None;
             call.trunk_dial = None;
+            // The callee's leg is gone: so is its session timer.
+            call.session_timers[super::Side::B.index()] = None;
             call.failover.clear();
         }
     }
@@ -605,6 +600,8 @@ impl Core {
             call.winner = None;
             call.trunk_auth = None;
             call.trunk_dial = None;
+            // The callee's leg is gone: so is its session timer.
+            call.session_timers[super::Side::B.index()] = None;
             call.failover.clear();
         }
         self.outputs.push_back(Output::Media(MediaCommand::Update {

@@ -18,12 +18,11 @@ use std::cmp::Reverse;
 use std::time::Instant;
 
 use switchboard_media::sdp::Sdp;
-use uuid::Uuid;
 
 use super::outbound::TrunkDial;
 use super::{ForkState, Forking};
 use crate::core::Core;
-use crate::directory::{Extension, Outbound};
+use crate::directory::Extension;
 use crate::media::SessionId;
 
 /// What a call for a forwarding extension keeps, until it is forwarded (once).
@@ -118,12 +117,7 @@ impl Core {
         forwards: &Forwards,
         (extension, why): (&Extension, Why),
     ) -> bool {
-        let bindings: Vec<(String, crate::peer::Peer)> = self
-            .registrar
-            .bindings(extension.id)
-            .iter()
-            .map(|b| (b.contact.clone(), b.peer))
-            .collect();
+        let bindings = self.contacts(extension.id);
         let Some(domain) = self
             .calls
             .calls
@@ -159,6 +153,7 @@ impl Core {
         }
         call.forks = forks;
         call.winner = None;
+        call.session_timers[super::Side::B.index()] = None;
         call.record.to_extension = Some(extension.id);
         call.record.to_number = extension.number.clone();
         call.record_policy |= extension.record_calls;
@@ -189,12 +184,7 @@ impl Core {
             tracing::warn!(session, cause = refusal.cause, "forwarding outside refused");
             return false;
         }
-        let mut trunks: Vec<(Uuid, Outbound)> = self
-            .directory
-            .routes(tenant.id, digits)
-            .into_iter()
-            .filter_map(|(_, trunk)| Some((trunk.id, (*trunk.outbound.clone()?))))
-            .collect();
+        let mut trunks = self.route_trunks(tenant.id, digits);
         if trunks.is_empty() {
             return false;
         }

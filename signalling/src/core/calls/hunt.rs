@@ -131,12 +131,7 @@ impl Core {
         offer: &Sdp,
         (display, number): &(String, String),
     ) -> Vec<Fork> {
-        let bindings: Vec<(String, Peer)> = self
-            .registrar
-            .bindings(member.id)
-            .iter()
-            .map(|b| (b.contact.clone(), b.peer))
-            .collect();
+        let bindings = self.contacts(member.id);
         let Some(domain) = self
             .directory
             .tenant(member.tenant_id)

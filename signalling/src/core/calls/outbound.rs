@@ -147,12 +147,7 @@ impl Core {
         if let Some(refusal) = self.outbound_refusal(tenant.id, digits, wall_ms) {
             return self.refuse(now, refused, record, refusal, |_| {});
         }
-        let mut trunks: Vec<(Uuid, Outbound)> = self
-            .directory
-            .routes(tenant.id, digits)
-            .into_iter()
-            .filter_map(|(_, trunk)| Some((trunk.id, (*trunk.outbound.clone()?))))
-            .collect();
+        let mut trunks = self.route_trunks(tenant.id, digits);
         if trunks.is_empty() {
             return self.refuse(now, refused, record, NO_ROUTE, |_| {});
         }
@@ -210,6 +205,16 @@ impl Core {
         }
     }
 
+    /// The trunks a number of `tenant` (E.164 digits) may leave through, best route first,
+    /// with how calls go out through each.
+    pub(super) fn route_trunks(&self, tenant: Uuid, digits: &str) -> Vec<(Uuid, Outbound)> {
+        self.directory
+            .routes(tenant, digits)
+            .into_iter()
+            .filter_map(|(_, trunk)| Some((trunk.id, (*trunk.outbound.clone()?))))
+            .collect()
+    }
+
     /// Places `dial` through `outbound`: the call's forks, proxies to fail over to and
     /// credentials become this trunk's. The call has no fork when the trunk has no proxy.
     pub(super) fn dial_trunk(
@@ -230,6 +235,8 @@ impl Core {
         call.failover = failover;
         call.winner = None;
         call.out = true;
+        call.dial_rang = false;
+        call.session_timers[super::Side::B.index()] = None;
         call.trunk_auth = outbound
             .credentials
             .clone()
@@ -237,9 +244,10 @@ impl Core {
         call.trunk_dial = Some(Box::new(dial));
     }
 
-    /// The call's trunk failed with `statuses` (408 or 5xx, each of its proxies tried): the
-    /// next route's trunk takes the call. False when none is left or the failure was the
-    /// callee's (busy, rejected, not found…), which another carrier would only repeat.
+    /// The call's trunk failed with `statuses` (408 or 5xx, each of its proxies tried) before
+    /// anything rang: the next route's trunk takes the call. False when none is left, when
+    /// the callee was reached already (a provisional response: another carrier would ring
+    /// them again), or the failure was the callee's (busy, rejected, not found…).
     pub(super) fn next_route(
         &mut self,
         now: Instant,
@@ -247,6 +255,9 @@ impl Core {
         statuses: &[u16],
     ) -> bool {
         if statuses.is_empty() || !statuses.iter().all(|s| matches!(s, 408 | 500..=599)) {
+            return false;
+        }
+        if self.calls.calls.get(&session).is_none_or(|c| c.dial_rang) {
             return false;
         }
         loop {

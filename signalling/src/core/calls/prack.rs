@@ -70,6 +70,10 @@ impl Core {
         {
             fork.rseq = Some(rseq);
             fork.prack_seq = dialog.local_seq;
+            // Its SDP answers our offer for good (RFC 3262 §5).
+            if let Some(Ok(answer)) = super::sdp_of(&response.body, &response.headers) {
+                fork.early_answer = Some(answer);
+            }
         }
         self.send_unwatched(now, session, prack, peer);
         true

@@ -176,10 +176,11 @@ impl Core {
     /// The callee's 2xx: its leg gets a session timer when the 2xx says `Session-Expires`
     /// (RFC 4028 §7.2); we refresh when it names us (`uac`) or no one.
     pub(super) fn arm_callee_timer(&mut self, now: Instant, session: SessionId, ok: &Response) {
-        let Some((interval, refresher)) = session_expires(&ok.headers) else {
+        let Some(call) = self.calls.calls.get_mut(&session) else {
             return;
         };
-        let Some(call) = self.calls.calls.get_mut(&session) else {
+        let Some((interval, refresher)) = session_expires(&ok.headers) else {
+            call.session_timers[Side::B.index()] = None;
             return;
         };
         let timer = SessionTimer::new(
@@ -209,7 +210,7 @@ impl Core {
         };
         let fork = &call.forks[index];
         let asked = min_se(&response.headers).unwrap_or(0);
-        let sent = min_se(&fork.invite.headers).unwrap_or(MIN_SE);
+        let sent = session_expires(&fork.invite.headers).map_or(MIN_SE, |(interval, _)| interval);
         // Only a larger interval helps; at most a day, whatever the callee says.
         if asked <= sent || asked > 86_400 {
             return false;
@@ -239,15 +240,18 @@ impl Core {
         }
     }
 
-    /// `Session-Expires` and `Require: timer` on a 2xx we send on `side`'s leg, when it has
-    /// a session timer (RFC 4028 §9).
-    pub(super) fn timer_headers(&self, session: SessionId, side: Side, response: &mut Response) {
-        let Some(timer) = self
-            .calls
+    /// `side`'s session timer in `session`, if it has one.
+    pub(super) fn session_timer(&self, session: SessionId, side: Side) -> Option<SessionTimer> {
+        self.calls
             .calls
             .get(&session)
             .and_then(|c| c.session_timers[side.index()])
-        else {
+    }
+
+    /// `Session-Expires` and `Require: timer` on a 2xx we send on `side`'s leg, when it has
+    /// a session timer (RFC 4028 §9).
+    pub(super) fn timer_headers(&self, session: SessionId, side: Side, response: &mut Response) {
+        let Some(timer) = self.session_timer(session, side) else {
             return;
         };
         response.headers.push(HeaderName::Require, "timer");
@@ -266,12 +270,7 @@ impl Core {
         session: SessionId,
     ) -> bool {
         for side in [Side::A, Side::B] {
-            let Some(timer) = self
-                .calls
-                .calls
-                .get(&session)
-                .and_then(|c| c.session_timers[side.index()])
-            else {
+            let Some(timer) = self.session_timer(session, side) else {
                 continue;
             };
             if timer.expires_at <= now {
@@ -317,6 +316,8 @@ impl Core {
         }
         timer.refresh_at = None;
         let (update, header) = (timer.update, timer.header(side == Side::A));
+        // Whatever becomes of the refresh, the session ends on time without one.
+        self.calls.timers.push(Reverse((timer.expires_at, session)));
         let (dialog, peer, sdp) = match side {
             Side::A => (
                 call.a_dialog.as_mut(),
