@@ -170,7 +170,14 @@ impl Core {
         );
         call.session_timers[Side::A.index()] = Some(timer);
         self.calls.timers.push(Reverse((timer.next(), session)));
-        self.timer_headers(session, Side::A, ok);
+        let request = self
+            .calls
+            .calls
+            .get(&session)
+            .map(|c| c.a_invite.headers.clone());
+        if let Some(request) = request {
+            self.timer_headers(session, Side::A, &request, ok);
+        }
     }
 
     /// The callee's 2xx: its leg gets a session timer when the 2xx says `Session-Expires`
@@ -248,13 +255,24 @@ impl Core {
             .and_then(|c| c.session_timers[side.index()])
     }
 
-    /// `Session-Expires` and `Require: timer` on a 2xx we send on `side`'s leg, when it has
-    /// a session timer (RFC 4028 §9).
-    pub(super) fn timer_headers(&self, session: SessionId, side: Side, response: &mut Response) {
+    /// `Session-Expires` on a 2xx we send on `side`'s leg to `request`, when the leg has a
+    /// session timer, with `Require: timer` when the request says it supports it (RFC 4028
+    /// §9).
+    pub(super) fn timer_headers(
+        &self,
+        session: SessionId,
+        side: Side,
+        request: &Headers,
+        response: &mut Response,
+    ) {
         let Some(timer) = self.session_timer(session, side) else {
             return;
         };
-        response.headers.push(HeaderName::Require, "timer");
+        if lists(request, &HeaderName::Supported, "timer")
+            || lists(request, &HeaderName::Require, "timer")
+        {
+            response.headers.push(HeaderName::Require, "timer");
+        }
         // The caller's leg: the peer is the dialog's UAC. The callee's: we are.
         response
             .headers
