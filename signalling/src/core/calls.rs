@@ -2211,7 +2211,12 @@ impl Core {
                     // other leg has a session of its own.
                     self.session_refreshed(now, session, side);
                     let mut ok = transaction::response_to(&request, 200, "OK");
-                    self.timer_headers(session, side, &request.headers, &mut ok);
+                    self.timer_headers(
+                        session,
+                        side,
+                        timer::supports_timer(&request.headers),
+                        &mut ok,
+                    );
                     let _ = self.transactions.send_response(now, &key, ok);
                     return true;
                 }
@@ -2294,7 +2299,12 @@ impl Core {
             response.body = Bytes::from(ours.to_string());
         }
         self.session_refreshed(now, session, side);
-        self.timer_headers(session, side, &request.headers, &mut response);
+        self.timer_headers(
+            session,
+            side,
+            timer::supports_timer(&request.headers),
+            &mut response,
+        );
         let bytes = Bytes::from(response.to_bytes());
         if self.transactions.send_response(now, key, response).is_ok()
             && request.method == Method::Invite
@@ -2527,7 +2537,12 @@ impl Core {
                 call.session_timers[side.other().index()] = None;
             }
             self.session_refreshed(now, session, side);
-            self.timer_headers(session, side, &request.headers, &mut relayed);
+            self.timer_headers(
+                session,
+                side,
+                timer::supports_timer(&request.headers),
+                &mut relayed,
+            );
         }
         if let Some(Ok(sdp)) = sdp_of(&response.body, &response.headers) {
             self.media_update(session, side.other(), &sdp, media::is_hold(&sdp));

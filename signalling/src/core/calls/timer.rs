@@ -139,6 +139,11 @@ pub(super) fn lists(headers: &Headers, name: &HeaderName, option: &str) -> bool 
         .any(|o| o.trim().eq_ignore_ascii_case(option))
 }
 
+/// Whether a request supports session timers (`timer` in `Supported` or `Require`).
+pub(super) fn supports_timer(headers: &Headers) -> bool {
+    lists(headers, &HeaderName::Supported, "timer") || lists(headers, &HeaderName::Require, "timer")
+}
+
 /// Whether a message's `Allow` lists UPDATE.
 pub(super) fn allows_update(headers: &Headers) -> bool {
     lists(headers, &HeaderName::Allow, "UPDATE")
@@ -155,9 +160,7 @@ impl Core {
         let Some((interval, refresher)) = session_expires(headers) else {
             return;
         };
-        if !lists(headers, &HeaderName::Supported, "timer")
-            && !lists(headers, &HeaderName::Require, "timer")
-        {
+        if !supports_timer(headers) {
             return;
         }
         // The caller refreshes unless it asked us to.
@@ -170,14 +173,7 @@ impl Core {
         );
         call.session_timers[Side::A.index()] = Some(timer);
         self.calls.timers.push(Reverse((timer.next(), session)));
-        let request = self
-            .calls
-            .calls
-            .get(&session)
-            .map(|c| c.a_invite.headers.clone());
-        if let Some(request) = request {
-            self.timer_headers(session, Side::A, &request, ok);
-        }
+        self.timer_headers(session, Side::A, true, ok);
     }
 
     /// The callee's 2xx: its leg gets a session timer when the 2xx says `Session-Expires`
@@ -255,22 +251,19 @@ impl Core {
             .and_then(|c| c.session_timers[side.index()])
     }
 
-    /// `Session-Expires` on a 2xx we send on `side`'s leg to `request`, when the leg has a
-    /// session timer, with `Require: timer` when the request says it supports it (RFC 4028
-    /// §9).
+    /// `Session-Expires` on a 2xx we send on `side`'s leg, when the leg has a session timer,
+    /// with `Require: timer` when the request it answers `supported` timers (RFC 4028 §9).
     pub(super) fn timer_headers(
         &self,
         session: SessionId,
         side: Side,
-        request: &Headers,
+        supported: bool,
         response: &mut Response,
     ) {
         let Some(timer) = self.session_timer(session, side) else {
             return;
         };
-        if lists(request, &HeaderName::Supported, "timer")
-            || lists(request, &HeaderName::Require, "timer")
-        {
+        if supported {
             response.headers.push(HeaderName::Require, "timer");
         }
         // The caller's leg: the peer is the dialog's UAC. The callee's: we are.
